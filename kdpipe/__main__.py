@@ -1,0 +1,5 @@
+"""`python -m kdpipe` is the same as the `kdpipe` command (torchrun launches it this way)."""
+
+from kdpipe.cli import main
+
+main()

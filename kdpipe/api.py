@@ -1,0 +1,130 @@
+"""The public Python API. `run(cfg)` is the whole pipeline; the CLI is a thin layer over it.
+
+    from kdpipe.api import run
+    from kdpipe.config import RunConfig
+    report = run(RunConfig())          # resnet50 -> resnet18 on digits
+
+Stages (teacher, distill, export, profile, report) talk only through return values and files
+in the run directory. A stage whose input fingerprint matches its last `stage.json` is
+skipped and its files are reused; `force` names stages to redo (and everything after them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import yaml
+
+from kdpipe import models, ui
+from kdpipe.config import RunConfig
+from kdpipe.data import load_data
+from kdpipe.distill.methods import get as get_method
+from kdpipe.distill.stage import run_distill_stage
+from kdpipe.errors import ConfigError
+from kdpipe.export.stage import FILES as ONNX_FILES
+from kdpipe.export.stage import run_export_stage
+from kdpipe.profile.stage import run_profile_stage
+from kdpipe.report.markdown import render_markdown
+from kdpipe.report.schema import build_report
+from kdpipe.runs import STAGES, RunDir, ensure_writable_dir, file_sha256, fingerprint, read_json, write_json, write_text
+from kdpipe.teacher import cache_root, load_teacher, run_teacher_stage, teacher_fingerprint
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check names and files before any work starts, so bad input fails in a second."""
+    models.check_name(cfg.teacher.arch)
+    models.check_name(cfg.student.arch)
+    get_method(cfg.distill.method)
+    for label, path in (("--teacher-weights", cfg.teacher.weights), ("--student-weights", cfg.student.weights)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{label} file {path} does not exist", "check the path")
+
+
+def _forced(force: Iterable[str]) -> set[str]:
+    force = set(force)
+    unknown = force - set(STAGES) - {"all"}
+    if unknown:
+        raise ConfigError(f"unknown stage '{sorted(unknown)[0]}' for --force", f"use one of: {', '.join(STAGES)}, all")
+    if "all" in force:
+        return set(STAGES)
+    first = min((STAGES.index(s) for s in force), default=len(STAGES))
+    return set(STAGES[first:])  # redoing a stage invalidates everything downstream
+
+
+def run(cfg: RunConfig, force: Iterable[str] = ()) -> dict:
+    """Run the whole pipeline; return the report (also written as report.json / report.md)."""
+    validate(cfg)
+    redo = _forced(force)
+    out = cfg.out_dir()
+    ensure_writable_dir(out)
+    rd = RunDir(out)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    torch.manual_seed(cfg.seed)
+    stages: dict[str, dict] = {}
+
+    def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        if name not in redo and rd.is_done(name, fp):
+            ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")
+            result = load()
+            stages[name] = {"seconds": time.perf_counter() - start, "reused": True}
+            return result
+        result = work(rd.stage_dir(name))
+        seconds = time.perf_counter() - start
+        rd.mark_done(name, fp, outputs, seconds)
+        stages[name] = {"seconds": seconds, "reused": False}
+        return result
+
+    start = time.perf_counter()
+    data = load_data(cfg.data, cfg.seed)
+    ui.info(
+        f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
+        f"train/val/test {data.info.sizes['train']}/{data.info.sizes['val']}/{data.info.sizes['test']}"
+    )
+    stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
+    k = data.info.num_classes
+
+    t_fp = teacher_fingerprint(cfg)
+    if "teacher" in redo and cfg.teacher.weights is None:
+        for f in (cache_root() / "teachers" / f"{cfg.teacher.arch}-{t_fp}").glob("*"):
+            f.unlink()
+    teacher = stage(
+        "teacher", t_fp, ["model.pt", "metrics.json"],
+        lambda d: run_teacher_stage(cfg, data, d, t_fp),
+        lambda: load_teacher(cfg, k, rd.stage_dir("teacher")),
+    )
+
+    s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
+    d_fp = fingerprint("distill", t_fp, cfg.student.arch, s_weights, cfg.distill.model_dump(), cfg.data.model_dump(), cfg.seed)
+    d_dir = rd.stage_dir("distill")
+    student, distill_metrics = stage(
+        "distill", d_fp, ["student.pt", "metrics.json", "log.jsonl"],
+        lambda d: run_distill_stage(cfg, data, teacher.model, d),
+        lambda: (models.create(cfg.student.arch, k, d_dir / "student.pt").eval(), read_json(d_dir / "metrics.json")),
+    )
+
+    e_fp = fingerprint("export", d_fp, cfg.export.model_dump())
+    e_dir = rd.stage_dir("export")
+    onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]
+    export = stage(
+        "export", e_fp, [*onnx_names, "export.json"],
+        lambda d: run_export_stage(cfg, data, student, d),
+        lambda: read_json(e_dir / "export.json"),
+    )
+
+    p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
+    files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
+    onnx_files = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
+    profile = stage(
+        "profile", p_fp, ["results.json"],
+        lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, d),
+        lambda: read_json(rd.stage_dir("profile") / "results.json"),
+    )
+
+    report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", render_markdown(report))
+    return report

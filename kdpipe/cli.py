@@ -1,0 +1,190 @@
+"""The `kdpipe` command: a thin typer layer over kdpipe.api.
+
+Every failure the user can fix prints `error: ...` and `hint: ...` on stderr and exits 2
+(1 for a broken budget); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdpipe import __version__, ui
+from kdpipe.errors import ConfigError, KdpipeError
+
+app = typer.Typer(
+    help="Distill a big image model into a small one, export it, profile both, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console(highlight=False)
+
+
+def _fail(message: str, hint: str, code: int) -> None:
+    ui.console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    if hint:
+        ui.console.print(f"hint: {hint}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def errors_reported(debug: bool) -> Iterator[None]:
+    """Turn kdpipe's errors into one line plus a hint; anything else is an internal error."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KdpipeError as e:
+        if debug:
+            traceback.print_exc()
+        _fail(e.message, e.hint, e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", "finished stages are kept; run the same command again to resume", 130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if debug:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        _fail(f"internal error: {type(e).__name__}: {first}", "rerun with --debug and report it", 1)
+
+
+def _csv(value: str | None, cast: type = str, option: str = "") -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32") from None
+
+
+def _params(pairs: list[str] | None) -> dict[str, float] | None:
+    if not pairs:
+        return None
+    out: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--set takes NAME=NUMBER, got '{pair}'", "e.g. --set T=4 --set alpha=0.9") from None
+    return out
+
+
+Opt = typer.Option
+
+
+@app.command()
+def run(
+    teacher: Annotated[str | None, Opt(help="Teacher architecture (any torchvision classifier).")] = None,
+    student: Annotated[str | None, Opt(help="Student architecture.")] = None,
+    data: Annotated[str | None, Opt(help="digits | imagefolder:PATH | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | mnist:ROOT | fashion-mnist:ROOT")] = None,
+    teacher_weights: Annotated[Path | None, Opt(help="Teacher state_dict file; without it the teacher is trained (and cached).")] = None,
+    student_weights: Annotated[Path | None, Opt(help="Student state_dict file to start from.")] = None,
+    method: Annotated[str | None, Opt(help="Distillation method (see `kdpipe methods`).")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Method hyperparameter NAME=NUMBER (repeatable).")] = None,
+    epochs: Annotated[int | None, Opt(help="Distillation epochs.")] = None,
+    teacher_epochs: Annotated[int | None, Opt(help="Epochs when training the teacher.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Training batch size (teacher and student).")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate of the student.")] = None,
+    image_size: Annotated[int | None, Opt(help="Input height/width (digits default 32).")] = None,
+    seed: Annotated[int | None, Opt(help="Seed for splits, initialization and order.")] = None,
+    precision: Annotated[str | None, Opt(help="Export precisions, comma-separated: fp32,int8.")] = None,
+    batch_sizes: Annotated[str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads for profiling (default: all cores).")] = None,
+    min_iters: Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")] = None,
+    min_seconds: Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")] = None,
+    out: Annotated[Path | None, Opt(help="Run directory (default runs/<name>).")] = None,
+    name: Annotated[str | None, Opt(help="Run name (default TEACHER-to-STUDENT-DATA).")] = None,
+    config: Annotated[Path | None, Opt(help="YAML or TOML config file; options override it.")] = None,
+    force: Annotated[list[str] | None, Opt(help="Redo a stage and those after it: teacher, distill, export, profile, all.")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Train or load the teacher, distill the student, export, profile both and report."""
+    ui.set_quiet(quiet)
+    with errors_reported(debug):
+        from kdpipe.api import run as run_pipeline
+        from kdpipe.config import build_config, load_config_file
+        from kdpipe.report.terminal import print_summary
+
+        overrides: dict[str, Any] = {
+            "teacher.arch": teacher, "student.arch": student, "data.spec": data,
+            "teacher.weights": teacher_weights, "student.weights": student_weights,
+            "distill.method": method, "distill.params": _params(set_),
+            "distill.train.epochs": epochs, "teacher.train.epochs": teacher_epochs,
+            "distill.train.batch_size": batch_size, "teacher.train.batch_size": batch_size,
+            "distill.train.lr": lr, "data.image_size": image_size, "seed": seed,
+            "export.precisions": _csv(precision, str, "--precision"),
+            "profile.batch_sizes": _csv(batch_sizes, int, "--batch-sizes"),
+            "profile.threads": threads, "profile.min_iters": min_iters,
+            "profile.min_seconds": min_seconds, "out": out, "name": name,
+        }
+        cfg = build_config(load_config_file(config) if config else {}, overrides)
+        report = run_pipeline(cfg, force or ())
+        print_summary(report, stdout)
+        stdout.print(f"report: {cfg.out_dir() / 'report.json'}  {cfg.out_dir() / 'report.md'}")
+
+
+@app.command("models")
+def list_models(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -> None:
+    """List every model name `--teacher`/`--student` accept."""
+    with errors_reported(debug):
+        from kdpipe.models import available
+
+        for model_name in available():
+            stdout.print(model_name)
+
+
+@app.command("methods")
+def list_methods(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -> None:
+    """List the distillation methods with their papers and default hyperparameters."""
+    with errors_reported(debug):
+        from kdpipe.distill.methods import all_methods
+
+        table = Table("method", "paper", "stages", "defaults")
+        for method_name, cls in all_methods().items():
+            defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()) or "-"
+            table.add_row(method_name, cls.paper, "1", defaults)
+        stdout.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print kdpipe's version."""
+    stdout.print(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors become one line and exit code 2, like every other bad input."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        ui.console.print("[red]error:[/red] aborted")
+        code = 130
+    except Exception as e:
+        # Typer's (click's) usage errors: a bad option, a missing value, a wrong type.
+        if not callable(getattr(e, "format_message", None)):
+            raise
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "kdpipe"
+        if e.format_message():  # empty when the help was shown for a bare command
+            ui.console.print(f"[red]error:[/red] {e.format_message()}", soft_wrap=True)
+            ui.console.print(f"hint: see `{cmd} --help`")
+        code = getattr(e, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Image files on disk: `imagefolder:PATH` (class sub-folders) and `imagenet:ROOT` (train/ val/).
+
+`imagefolder:PATH` takes either one folder of class sub-folders, split stratified into
+train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test/` splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
+from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
+from kdpipe.errors import DataError
+
+
+def _image_folder(path: Path, size: int) -> ImageFolder:
+    if not path.is_dir():
+        raise DataError(
+            f"image folder {path} does not exist",
+            "point imagefolder:PATH at a folder with one sub-folder of images per class",
+        )
+    try:
+        return ImageFolder(str(path), transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(
+            f"no images found in {path}: {str(e).splitlines()[0]}",
+            "put images (.png, .jpg, ...) in one sub-folder per class, e.g. PATH/cat/1.png",
+        ) from None
+
+
+def load_imagefolder(
+    root: Path, seed: int, size: int, val_fraction: float, test_fraction: float, name: str
+) -> DataSplits:
+    split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+    if "train" in split_dirs and len(split_dirs) > 1:
+        train_full = _image_folder(split_dirs["train"], size)
+        held = {s: _image_folder(p, size) for s, p in split_dirs.items() if s != "train"}
+        for split, ds in held.items():
+            if ds.classes != train_full.classes:
+                raise DataError(
+                    f"{root}/{split} has classes {ds.classes[:5]}... unlike train's",
+                    "every split folder must hold the same class sub-folders",
+                )
+        labels = np.asarray(train_full.targets)
+        check_labels(labels, str(root))
+        if "val" in held:
+            train: Dataset = train_full
+            val: Dataset = held["val"]
+        else:
+            train_idx, val_idx = stratified_indices(labels, [val_fraction], seed)
+            train, val = Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist())
+        test = held.get("test", held.get("val"))
+        assert test is not None
+        classes, sizes = train_full.classes, {"train": len(train), "val": len(val), "test": len(test)}  # type: ignore[arg-type]
+    else:
+        full = _image_folder(root, size)
+        labels = np.asarray(full.targets)
+        check_labels(labels, str(root))
+        tr, va, te = stratified_indices(labels, [val_fraction, test_fraction], seed)
+        if min(len(tr), len(va), len(te)) == 0:
+            raise DataError(
+                f"dataset {root} has only {len(labels)} images, too few for train/val/test",
+                "add images, or lower the split fractions",
+            )
+        train, val, test = (Subset(full, i.tolist()) for i in (tr, va, te))
+        classes, sizes = full.classes, {"train": len(tr), "val": len(va), "test": len(te)}
+    info = DataInfo(
+        name=name,
+        class_names=list(classes),
+        input_size=(3, size, size),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        sizes=sizes,
+        preprocessing=describe(size, IMAGENET_MEAN, IMAGENET_STD),
+    )
+    return DataSplits(train, val, test, info)
+
+
+def load_imagenet(root: Path, seed: int, size: int, val_fraction: float) -> DataSplits:
+    """ImageNet in its usual ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*."""
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"ImageNet folder {root / split} not found",
+                "lay ImageNet out as ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG",
+            )
+    # With train/ and val/ present the test fraction is unused: val is the held-out split.
+    return load_imagefolder(root, seed, size, val_fraction, 0.1, name="imagenet")

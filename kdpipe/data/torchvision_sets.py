@@ -1,0 +1,61 @@
+"""CIFAR-10/100, MNIST and Fashion-MNIST from local files through torchvision (never downloaded).
+
+The official test split is the test split; validation is carved, stratified, from train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+
+from kdpipe.data.splits import DataInfo, DataSplits, stratified_indices
+from kdpipe.data.transforms import describe, eval_transform
+from kdpipe.errors import DataError
+
+# name: (torchvision class, mean, std, grayscale, where the files go under ROOT)
+SETS = {
+    "cifar10": (datasets.CIFAR10, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616], False,
+                "ROOT/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
+    "cifar100": (datasets.CIFAR100, [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762], False,
+                 "ROOT/cifar-100-python/ (train, test, meta)"),
+    "mnist": (datasets.MNIST, [0.1307] * 3, [0.3081] * 3, True,
+              "ROOT/MNIST/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-...)"),
+    "fashion-mnist": (datasets.FashionMNIST, [0.2860] * 3, [0.3530] * 3, True,
+                      "ROOT/FashionMNIST/raw/ (train-images-idx3-ubyte, ..., t10k-labels-idx1-ubyte)"),
+}
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    targets = getattr(ds, "targets")
+    return np.asarray(targets.numpy() if hasattr(targets, "numpy") else targets, dtype=np.int64)
+
+
+def load(name: str, root: Path, seed: int, size: int, val_fraction: float) -> DataSplits:
+    cls, mean, std, gray, where = SETS[name]
+    tf = eval_transform(size, mean, std, grayscale=gray)
+    try:
+        train_full = cls(str(root), train=True, transform=tf, download=False)
+        test = cls(str(root), train=False, transform=tf, download=False)
+    except RuntimeError as e:
+        raise DataError(
+            f"{name} files not found under {root} ({str(e).splitlines()[0].rstrip('.')})",
+            f"kdpipe never downloads: put the original files at {where}",
+        ) from None
+    labels = _labels(train_full)
+    train_idx, val_idx = stratified_indices(labels, [val_fraction], seed)
+    classes = [str(c) for c in train_full.classes]  # type: ignore[attr-defined]
+    info = DataInfo(
+        name=name,
+        class_names=classes,
+        input_size=(3, size, size),
+        mean=mean,
+        std=std,
+        sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test)},  # type: ignore[arg-type]
+        preprocessing=("grayscale->RGB, " if gray else "") + describe(size, mean, std),
+    )
+    return DataSplits(
+        Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist()), test, info
+    )

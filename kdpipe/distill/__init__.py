@@ -1,0 +1,1 @@
+"""Distillation: the Distiller contract, feature taps, methods and the training loop."""

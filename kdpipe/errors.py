@@ -1,0 +1,58 @@
+"""The error family every stage raises: one line saying what is wrong, one saying how to fix it.
+
+The CLI turns a KdpipeError into `error: ...` / `hint: ...` on stderr and its exit code,
+without a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KdpipeError(Exception):
+    """Base of all errors kdpipe reports to users."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(KdpipeError):
+    """An option or config file value is invalid."""
+
+
+class DataError(KdpipeError):
+    """A dataset is unknown, missing or unreadable."""
+
+
+class ModelError(KdpipeError):
+    """A model name is unknown or its weights do not fit."""
+
+
+class ExportError(KdpipeError):
+    """Export or verification of an artifact failed."""
+
+
+class BackendUnavailable(KdpipeError):
+    """A runtime (CUDA, TensorRT, onnxruntime-gpu) is not installed or has no device."""
+
+
+class BudgetError(KdpipeError):
+    """A budget was broken (gate)."""
+
+    exit_code = 1
+
+
+def closest(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
+    """The valid names nearest to a misspelt one, best first."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A hint listing the names nearest to `word`, or an empty string if none is close."""
+    near = closest(word, choices)
+    return f"did you mean: {', '.join(near)}?" if near else ""

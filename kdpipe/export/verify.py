@@ -1,0 +1,54 @@
+"""Parity of an exported model with PyTorch on real images: max |dlogit|, top-1 agreement, accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from kdpipe.errors import ExportError
+from kdpipe.export.onnx import INPUT_NAME
+
+
+def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExportError(f"onnxruntime cannot load {path}: {first}", "re-export the model") from None
+
+
+def ort_logits(session: ort.InferenceSession, dataset: Dataset, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    out, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        out.append(torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy().astype(np.float32)})[0]))
+        labels.append(y)
+    return torch.cat(out), torch.cat(labels)
+
+
+def parity(reference: Tensor, candidate: Tensor, labels: Tensor) -> dict:
+    """How closely `candidate` logits follow the PyTorch `reference` logits on the same images."""
+    diff = (candidate - reference).abs()
+    scale = float(reference.abs().max().clamp_min(1.0))
+    return {
+        "samples": int(len(labels)),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(diff.max()) / scale,
+        "top1_agreement": float((candidate.argmax(1) == reference.argmax(1)).float().mean()),
+        "accuracy": float((candidate.argmax(1) == labels).float().mean()),
+        "reference_accuracy": float((reference.argmax(1) == labels).float().mean()),
+    }
+
+
+def parity_subset(dataset: Dataset, samples: int) -> Dataset:
+    n = min(samples, len(dataset))  # type: ignore[arg-type]
+    return dataset if n == len(dataset) else Subset(dataset, list(range(n)))  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""Safe weight files: always `weights_only=True`, checkpoint dicts unwrapped, mismatches named."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdpipe.errors import ModelError
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "student", "net")
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict (or a checkpoint dict holding one) without executing any pickled code."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist", "check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise ModelError(
+            f"refused to load {path}: it holds objects other than tensors ({first})",
+            "save weights with torch.save(model.state_dict(), path); kdpipe never unpickles code",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ModelError(
+            f"weights file {path} is not a readable PyTorch file ({first})",
+            "pass a file written by torch.save(model.state_dict(), path)",
+        ) from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(
+            f"weights file {path} holds no state_dict",
+            "save it with torch.save(model.state_dict(), path)",
+        )
+    # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
+    return {
+        k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)
+    }
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` strictly; on mismatch name the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys ({', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"shape mismatch in {len(shapes)} ({'; '.join(shapes[:2])})")
+        raise ModelError(
+            f"weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)}",
+            "check the architecture name and the number of classes the weights were trained for",
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,79 @@
+"""One resolver for every model: `create(name, num_classes, weights)`.
+
+Names are torchvision's classification builders (`resnet50`, `mobilenet_v3_small`, ...).
+The classifier head is sized to `num_classes`. Nothing is ever downloaded: `weights` is a
+local file, or `torchvision` for ImageNet weights already in torchvision's cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from kdpipe.errors import ModelError, closest
+from kdpipe.models.weights import load_state_dict_file, load_into
+
+# Residual families whose last BN per block can start at zero, which lets deep nets train
+# from scratch on small data (resnet50 on digits: ~97 % with it, stalls near 61 % without).
+_ZERO_INIT = ("resnet", "resnext", "wide_resnet")
+
+
+def available() -> list[str]:
+    """Every torchvision classification model name."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_name(name: str) -> None:
+    names = available()
+    if name not in names:
+        near = closest(name, names) or [n for n in names if n.startswith(name[:3])][:5]
+        hint = f"closest valid names: {', '.join(near)}" if near else "run `kdpipe models` to list them"
+        raise ModelError(f"unknown model '{name}'", hint)
+
+
+def create(name: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
+    """Build `name` with a `num_classes` head; load `weights` (a file, or 'torchvision')."""
+    check_name(name)
+    if weights == "torchvision":
+        model = _from_torchvision_cache(name)
+        replace_head(model, num_classes)
+        return model
+    kwargs: dict = {"num_classes": num_classes}
+    if name.startswith(_ZERO_INIT):
+        kwargs["zero_init_residual"] = True
+    if name.startswith(("inception", "googlenet")):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is not None:
+        load_into(model, load_state_dict_file(Path(weights)), source=str(weights))
+    return model
+
+
+def _from_torchvision_cache(name: str) -> nn.Module:
+    enum = torchvision.models.get_model_weights(name).DEFAULT  # type: ignore[attr-defined]
+    filename = enum.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not cached.is_file():
+        raise ModelError(
+            f"torchvision weights for {name} are not in the local cache ({cached})",
+            "copy the file there, or pass a weights file; kdpipe never downloads",
+        )
+    model = torchvision.models.get_model(name, weights=None)
+    load_into(model, load_state_dict_file(cached), source=str(cached))
+    return model
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last Linear layer for a fresh one with `num_classes` outputs."""
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ModelError(f"{type(model).__name__} has no Linear classifier to resize", "")
+    path, linear = last[-1]
+    if linear.out_features == num_classes:
+        return
+    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+    setattr(parent, path.rpartition(".")[2], nn.Linear(linear.in_features, num_classes))

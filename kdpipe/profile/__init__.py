@@ -1,0 +1,1 @@
+"""Profiling: latency, throughput, complexity and accuracy of every model on every backend."""

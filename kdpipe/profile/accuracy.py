@@ -1,0 +1,29 @@
+"""Accuracy of a model on a dataset: logits for every sample, top-1, agreement between models."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Logits [N, K] and labels [N] for every sample of `dataset`, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits.append(model(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def top1(logits: Tensor, labels: Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def agreement(a: Tensor, b: Tensor) -> float:
+    """Share of samples on which two logit sets predict the same class."""
+    return float((a.argmax(1) == b.argmax(1)).float().mean())

@@ -1,0 +1,71 @@
+"""Timing methodology (design.md): warm up, then time every call; interleave models.
+
+Each measured callable is warmed up (>= `warmup` calls and >= `warmup_seconds`), then all are
+timed in rounds (A B C A B C ...) with `time.perf_counter_ns` around every call, so a slow
+spell of the machine hits every model alike and ratios between them survive the noise. A
+callable leaves the rotation once it has >= `min_iters` calls and >= `min_seconds` of timings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+
+import numpy as np
+
+ROUND_CALLS = 5  # calls per model per round: short enough to interleave, long enough to stay warm
+
+
+def warm_up(fn: Callable[[], object], calls: int, seconds: float) -> None:
+    start, n = time.perf_counter(), 0
+    while n < calls or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+
+
+def measure_interleaved(
+    calls: dict[Hashable, Callable[[], object]],
+    warmup: int = 10,
+    warmup_seconds: float = 0.5,
+    min_iters: int = 200,
+    min_seconds: float = 2.0,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[Hashable, list[float]]:
+    """Per-call latencies in milliseconds for every callable, measured interleaved."""
+    for fn in calls.values():
+        warm_up(fn, warmup, warmup_seconds)
+    samples: dict[Hashable, list[float]] = {k: [] for k in calls}
+    spent = dict.fromkeys(calls, 0.0)
+    active = list(calls)
+    while active:
+        for key in active:
+            fn, out = calls[key], samples[key]
+            for _ in range(ROUND_CALLS):
+                t0 = time.perf_counter_ns()
+                fn()
+                dt = (time.perf_counter_ns() - t0) / 1e6
+                out.append(dt)
+                spent[key] += dt / 1e3
+        active = [k for k in active if len(samples[k]) < min_iters or spent[k] < min_seconds]
+        if on_round is not None:
+            on_round(len(calls) - len(active), len(calls))
+    return samples
+
+
+def summarize(ms: list[float], batch_size: int) -> dict[str, float]:
+    """Percentiles, spread and throughput (images/s) of per-call latencies."""
+    a = np.asarray(ms, dtype=np.float64)
+    mean = float(a.mean())
+    return {
+        "iters": int(a.size),
+        "min_ms": float(a.min()),
+        "mean_ms": mean,
+        "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+        "cv": float(a.std() / mean) if mean > 0 else 0.0,
+        "throughput": batch_size * 1000.0 / mean if mean > 0 else 0.0,
+    }

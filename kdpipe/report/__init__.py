@@ -1,0 +1,1 @@
+"""Reports: versioned report.json, report.md, and the terminal summary."""

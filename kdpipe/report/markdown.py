@@ -1,0 +1,81 @@
+"""report.md: the report as Markdown, short enough for a pull-request comment."""
+
+from __future__ import annotations
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def render_markdown(r: dict) -> str:
+    s, t, st = r["summary"], r["teacher"], r["student"]
+    basis = s["speedup_basis"]
+    lines = [
+        f"# kdpipe report: {t['arch']} -> {st['arch']} on {r['data']['name']}",
+        "",
+        f"Student keeps **{_pct(s['accuracy_retention'])}** of the teacher's accuracy and runs "
+        f"**{s['speedup_vs_teacher']:.2f}x** faster at batch {basis['batch_size']} "
+        f"({basis['student']['backend']} {basis['student']['precision']} vs teacher torch-cpu fp32, p50); "
+        f"**{s['param_compression']:.1f}x** fewer parameters, **{s['size_compression']:.1f}x** smaller file.",
+        "",
+        "| | teacher | student |",
+        "|---|---|---|",
+        f"| architecture | {t['arch']} | {st['arch']} ({st['method']}) |",
+        f"| test top-1 | {_pct(t['accuracy'])} | {_pct(st['accuracy'])} |",
+        f"| parameters | {t['params']:,} | {st['params']:,} |",
+        f"| FLOPs / image | {t['flops']:,} | {st['flops']:,} |",
+        f"| weights file | {_mb(t['size_bytes'])} | {_mb(st['size_bytes'])} |",
+        "",
+        "## Models",
+        "",
+        "| model | backend | precision | top-1 | agrees with teacher | file |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in r["models"]:
+        lines.append(
+            f"| {m['model']} | {m['backend']} | {m['precision']} | {_pct(m['accuracy'])} | "
+            f"{_pct(m['agreement_with_teacher'])} | {_mb(m['size_bytes'])} |"
+        )
+    lines += [
+        "",
+        "## Latency (ms per batch)",
+        "",
+        "| model | backend | precision | batch | p50 | p90 | p95 | p99 | mean ± std | images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in r["latency"]:
+        lines.append(
+            f"| {e['model']} | {e['backend']} | {e['precision']} | {e['batch_size']} | "
+            f"{e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
+            f"{e['mean_ms']:.3f} ± {e['std_ms']:.3f} | {e['throughput']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Export parity (ONNX vs PyTorch, real test images)",
+        "",
+        "| precision | file | max abs Δlogit | top-1 agreement | top-1 | drop vs FP32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for precision, x in r["export"].items():
+        p = x["parity"]
+        lines.append(
+            f"| {precision} | {x['file']} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
+            f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} | {100 * x['accuracy_drop_vs_fp32']:+.2f} pt |"
+        )
+    env = r["environment"]
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"{env['cpu']}, {env['cores']} cores, {env['threads']} threads; GPU: {env['gpu'] or 'none'}; "
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, kdpipe {env['kdpipe']}.",
+        "",
+        "Stage times: "
+        + ", ".join(f"{k} {v['seconds']:.1f}s{' (reused)' if v['reused'] else ''}" for k, v in r["stages"].items()),
+        "",
+    ]
+    return "\n".join(lines)

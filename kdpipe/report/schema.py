@@ -1,0 +1,106 @@
+"""report.json: the versioned, machine-readable result of a run (documented in docs/report-schema.md)."""
+
+from __future__ import annotations
+
+import time
+
+from kdpipe import __version__
+from kdpipe.config import RunConfig
+from kdpipe.data import DataInfo
+
+SCHEMA_VERSION = "1.0"
+
+
+def _model_row(profile: dict, model: str, backend: str, precision: str) -> dict:
+    for row in profile["models"]:
+        if (row["model"], row["backend"], row["precision"]) == (model, backend, precision):
+            return row
+    raise KeyError((model, backend, precision))
+
+
+def _p50(profile: dict, model: str, backend: str, precision: str, bs: int) -> float | None:
+    for e in profile["latency"]:
+        if (e["model"], e["backend"], e["precision"], e["batch_size"]) == (model, backend, precision, bs):
+            return e["p50_ms"]
+    return None
+
+
+def summarize(profile: dict) -> dict:
+    """Headline ratios: accuracy retention, speedup at the smallest batch, size/FLOPs compression."""
+    teacher = _model_row(profile, "teacher", "torch-cpu", "fp32")
+    student = _model_row(profile, "student", "torch-cpu", "fp32")
+    bs = min(e["batch_size"] for e in profile["latency"])
+    t_p50 = _p50(profile, "teacher", "torch-cpu", "fp32", bs)
+    candidates = [
+        (e["p50_ms"], e["backend"], e["precision"])
+        for e in profile["latency"]
+        if e["model"] == "student" and e["batch_size"] == bs
+    ]
+    best_ms, best_backend, best_precision = min(candidates)
+    smallest = min(r["size_bytes"] for r in profile["models"] if r["model"] == "student")
+    return {
+        "accuracy_retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0,
+        "accuracy_drop": teacher["accuracy"] - student["accuracy"],
+        "speedup_vs_teacher": (t_p50 / best_ms) if t_p50 and best_ms else None,
+        "speedup_basis": {
+            "batch_size": bs,
+            "teacher": {"backend": "torch-cpu", "precision": "fp32", "p50_ms": t_p50},
+            "student": {"backend": best_backend, "precision": best_precision, "p50_ms": best_ms},
+            "measured": "interleaved in one run",
+        },
+        "torch_speedup_vs_teacher": (
+            t_p50 / s if t_p50 and (s := _p50(profile, "student", "torch-cpu", "fp32", bs)) else None
+        ),
+        "param_compression": teacher["params"] / student["params"],
+        "flops_compression": teacher["flops"] / student["flops"] if student["flops"] else None,
+        "size_compression": teacher["size_bytes"] / smallest,
+    }
+
+
+def build_report(
+    cfg: RunConfig,
+    info: DataInfo,
+    teacher_metrics: dict,
+    distill_metrics: dict,
+    export: dict,
+    profile: dict,
+    stages: dict,
+) -> dict:
+    t_row = _model_row(profile, "teacher", "torch-cpu", "fp32")
+    s_row = _model_row(profile, "student", "torch-cpu", "fp32")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kdpipe_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": {"name": cfg.run_name(), "out": str(cfg.out_dir()), "config": cfg.model_dump(mode="json")},
+        "data": info.to_dict(),
+        "teacher": {
+            "arch": cfg.teacher.arch,
+            "accuracy": t_row["accuracy"],
+            "params": t_row["params"],
+            "flops": t_row["flops"],
+            "size_bytes": t_row["size_bytes"],
+            "source": teacher_metrics.get("source"),
+            "train_seconds": teacher_metrics.get("train_seconds"),
+        },
+        "student": {
+            "arch": cfg.student.arch,
+            "method": distill_metrics["method"],
+            "method_params": distill_metrics["params"],
+            "accuracy": s_row["accuracy"],
+            "agreement_with_teacher": s_row["agreement_with_teacher"],
+            "params": s_row["params"],
+            "flops": s_row["flops"],
+            "size_bytes": s_row["size_bytes"],
+            "train_seconds": distill_metrics["train_seconds"],
+            "teacher_cache": distill_metrics["teacher_cache"],
+            "history": distill_metrics["history"],
+        },
+        "export": export,
+        "models": profile["models"],
+        "latency": profile["latency"],
+        "summary": summarize(profile),
+        "profile_settings": profile["settings"],
+        "environment": profile["environment"],
+        "stages": stages,
+    }

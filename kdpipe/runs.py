@@ -1,0 +1,133 @@
+"""The run directory: where each stage writes, how it knows it is already done, atomic writes.
+
+Every file goes to a temporary name in the same folder and is renamed into place, so a crash
+never leaves a half-written artifact that looks whole. Each stage writes `stage.json` with a
+fingerprint of its inputs; a later run skips the stage when the fingerprint still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kdpipe import __version__
+from kdpipe.errors import ConfigError
+
+STAGES = ("teacher", "distill", "export", "profile", "report")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able inputs (config sections, upstream hashes, version)."""
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Create `path` if needed and prove a file can be written there, or raise ConfigError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", delete=True):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write to output directory {path}: {e.strerror or e}",
+            "pass --out with a directory you can write to",
+        ) from None
+
+
+class RunDir:
+    """Paths of one run and the bookkeeping of which stages are done."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        path = self.stage_dir(stage) / "stage.json"
+        if not path.is_file():
+            return None
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def is_done(self, stage: str, fp: str) -> bool:
+        """The stage finished with these inputs and all its outputs are still on disk."""
+        record = self.stage_record(stage)
+        if not record or record.get("fingerprint") != fp:
+            return False
+        outputs = record.get("outputs", [])
+        return all((self.stage_dir(stage) / name).exists() for name in outputs)
+
+    def mark_done(self, stage: str, fp: str, outputs: list[str], seconds: float) -> None:
+        write_json(
+            self.stage_dir(stage) / "stage.json",
+            {
+                "stage": stage,
+                "fingerprint": fp,
+                "outputs": outputs,
+                "seconds": round(seconds, 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "kdpipe_version": __version__,
+            },
+        )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start

@@ -1,0 +1,85 @@
+"""The teacher stage: load the given weights, or train the teacher from scratch and cache it.
+
+A trained teacher is stored in kdpipe's cache (`$KDPIPE_CACHE`, default ~/.cache/kdpipe)
+under a fingerprint of everything that shaped it, so any later run with the same settings,
+in any output directory, reuses it instead of training again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdpipe import models, ui
+from kdpipe.config import RunConfig
+from kdpipe.data import DataSplits
+from kdpipe.distill.methods import get as get_method
+from kdpipe.distill.trainer import fit
+from kdpipe.profile.accuracy import predict_logits, top1
+from kdpipe.runs import atomic_path, file_sha256, fingerprint, read_json, write_json
+
+
+@dataclass
+class TeacherResult:
+    model: nn.Module
+    metrics: dict
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache" / "kdpipe"))
+
+
+def teacher_fingerprint(cfg: RunConfig) -> str:
+    t = cfg.teacher
+    source = {"weights_sha256": file_sha256(t.weights)} if t.weights else {"train": t.train.model_dump()}
+    return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed)
+
+
+def save_state(model: nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str) -> TeacherResult:
+    """Produce stage_dir/model.pt and metrics.json; return the model in eval mode."""
+    k = data.info.num_classes
+    t = cfg.teacher
+    cached = cache_root() / "teachers" / f"{t.arch}-{fp}"
+    if t.weights is not None:
+        model = models.create(t.arch, k, t.weights)
+        metrics = {"source": "weights", "weights": str(t.weights)}
+    elif (cached / "model.pt").is_file() and (cached / "metrics.json").is_file():
+        model = models.create(t.arch, k, cached / "model.pt")
+        metrics = {**read_json(cached / "metrics.json"), "source": "cache", "cache_path": str(cached)}
+        ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
+    else:
+        ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
+        model = models.create(t.arch, k)
+        trainer = get_method("ce")(model)
+        result = fit(
+            trainer, data.train, data.val, t.train, cfg.seed, f"teacher {t.arch}",
+            log_path=stage_dir / "log.jsonl", workers=cfg.data.workers,
+        )
+        metrics = {
+            "source": "trained",
+            "train_seconds": result.seconds,
+            "images_per_s": result.images_per_s,
+            "val_accuracy": result.val_accuracy,
+            "history": result.history,
+        }
+        save_state(model, cached / "model.pt")
+        write_json(cached / "metrics.json", metrics)
+    logits, labels = predict_logits(model, data.test)
+    metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
+    save_state(model, stage_dir / "model.pt")
+    write_json(stage_dir / "metrics.json", metrics)
+    return TeacherResult(model.eval(), metrics)
+
+
+def load_teacher(cfg: RunConfig, num_classes: int, stage_dir: Path) -> TeacherResult:
+    model = models.create(cfg.teacher.arch, num_classes, stage_dir / "model.pt")
+    return TeacherResult(model.eval(), read_json(stage_dir / "metrics.json"))
