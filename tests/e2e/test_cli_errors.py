@@ -1,0 +1,78 @@
+"""Every kind of bad input: one `error:` line and a `hint:`, exit 2, no traceback, nothing clobbered."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdpipe.models import create
+
+
+def kdpipe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    junk = d / "junk.pt"
+    junk.write_bytes(b"\x00garbage, not a checkpoint")
+    wrong = d / "resnet18_3classes.pt"
+    torch.save(create("resnet18", 3).state_dict(), wrong)
+    blocker = d / "a_file"
+    blocker.write_text("x")
+    cfg = d / "typo.yaml"
+    cfg.write_text("distill:\n  methd: kd\n")
+    return {"junk": junk, "wrong": wrong, "blocker": blocker, "typo": cfg, "dir": d}
+
+
+CASES = {
+    "unknown teacher": (["--teacher", "resnet500"], "unknown model 'resnet500'"),
+    "unknown student": (["--student", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+    "unknown dataset": (["--data", "cifar11:/tmp"], "unknown dataset"),
+    "missing data path": (["--data", "imagefolder:/nonexistent/kdpipe"], "does not exist"),
+    "missing cifar files": (["--data", "cifar10:{dir}"], "cifar10 files not found"),
+    "garbage weights": (["--teacher-weights", "{junk}"], "not a readable PyTorch file"),
+    "mismatched weights": (["--teacher", "resnet18", "--teacher-weights", "{wrong}"], "do not fit"),
+    "missing weights": (["--student-weights", "/nonexistent.pt"], "does not exist"),
+    "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
+    "zero epochs": (["--epochs", "0"], "distill.train.epochs"),
+    "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
+    "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
+    "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
+    "unknown method param": (["--set", "temp=3", "--teacher-epochs", "1"], "no parameter 'temp'"),
+    "unknown method": (["--method", "kdd"], "unknown distillation method"),
+    "not an int": (["--epochs", "many"], "--epochs"),
+    "unknown option": (["--epoch", "3"], "No such option"),
+    "config typo": (["--config", "{typo}"], "unknown config key 'distill.methd'"),
+    "missing config": (["--config", "/nonexistent.yaml"], "cannot read config file"),
+    "bad force": (["--force", "everything"], "unknown stage"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_exit_2(case: str, files: dict[str, Path]) -> None:
+    args, expected = CASES[case]
+    args = [a.format(**files) for a in args]
+    out = files["dir"] / "out"
+    out.mkdir(exist_ok=True)
+    precious = out / "report.json"
+    precious.write_text('{"keep": true}')
+    extra = [] if any(a == "--out" for a in args) else ["--out", str(out)]
+    proc = kdpipe("run", *args, *extra, "--quiet")
+    assert proc.returncode == 2, (case, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: ") and expected in proc.stderr, proc.stderr
+    assert len([ln for ln in lines if ln.startswith("error:")]) == 1
+    assert any(ln.startswith("hint: ") for ln in lines)
+    assert "Traceback" not in proc.stderr
+    assert precious.read_text() == '{"keep": true}'
+
+
+def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
+    proc = kdpipe("run", "--teacher-weights", str(files["junk"]), "--debug", "--out", str(files["dir"] / "o"))
+    assert proc.returncode == 2 and "Traceback" in proc.stderr

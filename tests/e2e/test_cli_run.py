@@ -1,0 +1,87 @@
+"""The real CLI end to end on the embedded digits data, with tiny epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--teacher", "resnet18", "--student", "mobilenet_v3_small",
+    "--teacher-epochs", "3", "--epochs", "2", "--batch-sizes", "1,4",
+    "--min-iters", "10", "--min-seconds", "0.05", "--quiet",
+]
+
+
+def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, dict]:
+    out = tmp_path_factory.mktemp("run") / "r"
+    env = {**os.environ, "KDPIPE_CACHE": str(out.parent / "cache")}
+    start = time.perf_counter()
+    proc = kdpipe("run", *TINY, "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, time.perf_counter() - start, env
+
+
+def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
+    out, _, _ = first_run
+    for rel in ("config.yaml", "teacher/model.pt", "distill/student.pt", "distill/log.jsonl",
+                "export/student.onnx", "export/student.int8.onnx", "profile/results.json",
+                "report.json", "report.md"):
+        assert (out / rel).is_file(), rel
+    r = json.loads((out / "report.json").read_text())
+    assert r["schema_version"] == "1.0"
+    assert 0 <= r["teacher"]["accuracy"] <= 1 and 0 <= r["student"]["accuracy"] <= 1
+    assert r["summary"]["accuracy_retention"] == pytest.approx(
+        r["student"]["accuracy"] / r["teacher"]["accuracy"]
+    )
+    assert r["summary"]["speedup_vs_teacher"] > 0
+    assert r["export"]["fp32"]["parity"]["top1_agreement"] >= 0.999
+    assert r["export"]["fp32"]["parity"]["samples"] == 360
+    combos = {(e["model"], e["backend"], e["precision"], e["batch_size"]) for e in r["latency"]}
+    for bs in (1, 4):
+        assert {("teacher", "torch-cpu", "fp32", bs), ("student", "torch-cpu", "fp32", bs),
+                ("student", "ort-cpu", "fp32", bs), ("student", "ort-cpu", "int8", bs)} <= combos
+    for e in r["latency"]:
+        assert e["iters"] >= 10 and e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"]
+        assert set(e) >= {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput"}
+    # The student log has one line per epoch; the teacher logits were cached.
+    log = (out / "distill" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and "loss_kd" in json.loads(log[0])
+    assert r["student"]["teacher_cache"] is True
+    md = (out / "report.md").read_text()
+    assert "mobilenet_v3_small" in md and "| student | ort-cpu | int8 |" in md
+
+
+def test_second_run_reuses_everything(first_run) -> None:
+    out, first_seconds, env = first_run
+    start = time.perf_counter()
+    proc = kdpipe("run", *TINY, "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "report.json").read_text())
+    assert all(r["stages"][s]["reused"] for s in ("teacher", "distill", "export", "profile"))
+    assert time.perf_counter() - start < first_seconds / 2
+
+
+def test_new_run_dir_reuses_the_cached_teacher(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    proc = kdpipe("run", *TINY, "--epochs", "1", "--precision", "fp32", "--out", str(tmp_path / "b"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert r["teacher"]["source"] == "cache"
+    first = json.loads((out / "report.json").read_text())
+    assert r["teacher"]["accuracy"] == first["teacher"]["accuracy"]
+    assert "int8" not in r["export"]

@@ -1,0 +1,61 @@
+"""Config validation: typos get suggestions, bad values name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdpipe.config import build_config, load_config_file
+from kdpipe.errors import ConfigError
+
+
+def test_defaults_are_the_product_command() -> None:
+    cfg = build_config({}, {})
+    assert (cfg.teacher.arch, cfg.student.arch, cfg.data.spec) == ("resnet50", "resnet18", "digits")
+    assert cfg.distill.method == "kd" and cfg.export.precisions == ["fp32", "int8"]
+    assert cfg.out_dir() == Path("runs/resnet50-to-resnet18-digits")
+
+
+def test_overrides_beat_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("student:\n  arch: resnet34\ndistill:\n  train:\n    epochs: 3\n")
+    cfg = build_config(load_config_file(f), {"distill.train.epochs": 5, "teacher.arch": None})
+    assert cfg.student.arch == "resnet34" and cfg.distill.train.epochs == 5
+    assert cfg.teacher.arch == "resnet50"
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[profile]\nbatch_sizes = [8, 1]\n')
+    assert build_config(load_config_file(f), {}).profile.batch_sizes == [1, 8]
+
+
+def test_typo_suggests_the_key() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'distill.epoch'") as e:
+        build_config({"distill": {"epoch": 3}}, {})
+    assert "train" in e.value.hint or "epochs" in e.value.hint
+    with pytest.raises(ConfigError) as e:
+        build_config({"profile": {"batch_size": [1]}}, {})
+    assert "batch_sizes" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("distill.train.epochs", 0), ("export.precisions", ["fp8"]), ("profile.batch_sizes", [0]),
+     ("data.val_fraction", 0.9), ("seed", -1)],
+)
+def test_bad_values_name_the_field(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key.split(".")[0]):
+        build_config({}, {key: value})
+
+
+def test_fp32_is_always_exported_first() -> None:
+    assert build_config({}, {"export.precisions": ["int8"]}).export.precisions == ["fp32", "int8"]
+
+
+def test_broken_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid"):
+        load_config_file(f)

@@ -1,0 +1,86 @@
+"""The model resolver and safe weight loading."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdpipe.errors import ModelError
+from kdpipe.models import create, replace_head
+from kdpipe.models.weights import load_state_dict_file
+
+
+def test_create_sizes_the_head() -> None:
+    m = create("resnet18", 7)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    m = create("mobilenet_v3_small", 4)
+    assert m.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_unknown_model_lists_closest_names() -> None:
+    with pytest.raises(ModelError) as e:
+        create("resnet05", 10)
+    assert "resnet50" in e.value.hint
+
+
+def test_weights_round_trip_and_checkpoint_dicts(tmp_path: Path) -> None:
+    src = create("resnet18", 3)
+    plain, nested, ddp = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    torch.save(src.state_dict(), plain)
+    torch.save({"epoch": 3, "state_dict": src.state_dict()}, nested)
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, ddp)
+    x = torch.randn(2, 3, 32, 32)
+    ref = src.eval()(x)
+    for f in (plain, nested, ddp):
+        m = create("resnet18", 3, f).eval()
+        assert torch.equal(m(x), ref)
+
+
+def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
+    f = tmp_path / "w.pt"
+    torch.save(create("resnet18", 3).state_dict(), f)
+    with pytest.raises(ModelError, match="fc.weight") as e:
+        create("resnet18", 10, f)
+    assert "shape mismatch" in e.value.message
+    with pytest.raises(ModelError, match="missing .* keys"):
+        create("resnet34", 3, f)
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # executed by a plain (unsafe) unpickle
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.zeros(1), "x": _Payload(marker)}, evil)
+    assert not marker.exists()
+    with pytest.raises(ModelError, match="refused"):
+        load_state_dict_file(evil)
+    assert not marker.exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ModelError):
+        load_state_dict_file(raw)
+    assert not marker.exists()
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "junk.pt"
+    f.write_bytes(b"not a torch file at all")
+    with pytest.raises(ModelError, match="not a readable PyTorch file"):
+        load_state_dict_file(f)
+
+
+def test_replace_head_swaps_last_linear() -> None:
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 1000))
+    replace_head(m, 5)
+    assert m(torch.zeros(2, 3, 2, 2)).shape == (2, 5)
