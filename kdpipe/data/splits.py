@@ -60,7 +60,8 @@ def stratified_indices(
     remaining = 1.0
     for frac in fractions:
         share = frac / remaining
-        strat = rest_labels if np.bincount(rest_labels).min(initial=0) >= 2 else None
+        counts = np.bincount(rest_labels)
+        strat = rest_labels if counts[counts > 0].min() >= 2 else None
         try:
             rest, part = train_test_split(
                 rest, test_size=share, stratify=strat, random_state=seed

@@ -21,18 +21,26 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160]
+        # The safe unpickler names the code a file wants to import as a "global"; any other
+        # complaint means the bytes are simply not a pickle torch can read.
+        culprit = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
+        if not culprit:
+            raise _unreadable(path, e) from None
         raise ModelError(
-            f"refused to load {path}: it holds objects other than tensors ({first})",
+            f"refused to load {path}: it holds objects other than tensors ({culprit[0][:160]})",
             "save weights with torch.save(model.state_dict(), path); kdpipe never unpickles code",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ModelError(
-            f"weights file {path} is not a readable PyTorch file ({first})",
-            "pass a file written by torch.save(model.state_dict(), path)",
-        ) from None
+        raise _unreadable(path, e) from None
     return _unwrap(obj, path)
+
+
+def _unreadable(path: Path, e: Exception) -> ModelError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return ModelError(
+        f"weights file {path} is not a readable PyTorch file ({first})",
+        "pass a file written by torch.save(model.state_dict(), path)",
+    )
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
