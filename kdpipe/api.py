@@ -29,7 +29,16 @@ from kdpipe.export.stage import run_export_stage
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.markdown import render_markdown
 from kdpipe.report.schema import build_report
-from kdpipe.runs import STAGES, RunDir, ensure_writable_dir, file_sha256, fingerprint, read_json, write_json, write_text
+from kdpipe.runs import (
+    STAGES,
+    RunDir,
+    ensure_writable_dir,
+    file_sha256,
+    fingerprint,
+    read_json,
+    write_json,
+    write_text,
+)
 from kdpipe.teacher import cache_root, load_teacher, run_teacher_stage, teacher_fingerprint
 
 
@@ -38,7 +47,10 @@ def validate(cfg: RunConfig) -> None:
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
     get_method(cfg.distill.method)
-    for label, path in (("--teacher-weights", cfg.teacher.weights), ("--student-weights", cfg.student.weights)):
+    for label, path in (
+        ("--teacher-weights", cfg.teacher.weights),
+        ("--student-weights", cfg.student.weights),
+    ):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{label} file {path} does not exist", "check the path")
 
@@ -47,7 +59,10 @@ def _forced(force: Iterable[str]) -> set[str]:
     force = set(force)
     unknown = force - set(STAGES) - {"all"}
     if unknown:
-        raise ConfigError(f"unknown stage '{sorted(unknown)[0]}' for --force", f"use one of: {', '.join(STAGES)}, all")
+        raise ConfigError(
+            f"unknown stage '{sorted(unknown)[0]}' for --force",
+            f"use one of: {', '.join(STAGES)}, all",
+        )
     if "all" in force:
         return set(STAGES)
     first = min((STAGES.index(s) for s in force), default=len(STAGES))
@@ -92,34 +107,53 @@ def run(cfg: RunConfig, force: Iterable[str] = ()) -> dict:
         for f in (cache_root() / "teachers" / f"{cfg.teacher.arch}-{t_fp}").glob("*"):
             f.unlink()
     teacher = stage(
-        "teacher", t_fp, ["model.pt", "metrics.json"],
+        "teacher",
+        t_fp,
+        ["model.pt", "metrics.json"],
         lambda d: run_teacher_stage(cfg, data, d, t_fp),
         lambda: load_teacher(cfg, k, rd.stage_dir("teacher")),
     )
 
     s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
-    d_fp = fingerprint("distill", t_fp, cfg.student.arch, s_weights, cfg.distill.model_dump(), cfg.data.model_dump(), cfg.seed)
+    d_fp = fingerprint(
+        "distill",
+        t_fp,
+        cfg.student.arch,
+        s_weights,
+        cfg.distill.model_dump(),
+        cfg.data.model_dump(),
+        cfg.seed,
+    )
     d_dir = rd.stage_dir("distill")
     student, distill_metrics = stage(
-        "distill", d_fp, ["student.pt", "metrics.json", "log.jsonl"],
+        "distill",
+        d_fp,
+        ["student.pt", "metrics.json", "log.jsonl"],
         lambda d: run_distill_stage(cfg, data, teacher.model, d),
-        lambda: (models.create(cfg.student.arch, k, d_dir / "student.pt").eval(), read_json(d_dir / "metrics.json")),
+        lambda: (
+            models.create(cfg.student.arch, k, d_dir / "student.pt").eval(),
+            read_json(d_dir / "metrics.json"),
+        ),
     )
 
     e_fp = fingerprint("export", d_fp, cfg.export.model_dump())
     e_dir = rd.stage_dir("export")
     onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]
     export = stage(
-        "export", e_fp, [*onnx_names, "export.json"],
+        "export",
+        e_fp,
+        [*onnx_names, "export.json"],
         lambda d: run_export_stage(cfg, data, student, d),
         lambda: read_json(e_dir / "export.json"),
     )
 
     p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
     files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
-    onnx_files = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
+    onnx_files: dict[str, Path] = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
     profile = stage(
-        "profile", p_fp, ["results.json"],
+        "profile",
+        p_fp,
+        ["results.json"],
         lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, d),
         lambda: read_json(rd.stage_dir("profile") / "results.json"),
     )

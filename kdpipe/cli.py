@@ -62,7 +62,9 @@ def _csv(value: str | None, cast: type = str, option: str = "") -> list | None:
     try:
         return [cast(v.strip()) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32") from None
+        raise ConfigError(
+            f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32"
+        ) from None
 
 
 def _params(pairs: list[str] | None) -> dict[str, float] | None:
@@ -76,7 +78,9 @@ def _params(pairs: list[str] | None) -> dict[str, float] | None:
                 raise ValueError
             out[key.strip()] = float(value)
         except ValueError:
-            raise ConfigError(f"--set takes NAME=NUMBER, got '{pair}'", "e.g. --set T=4 --set alpha=0.9") from None
+            raise ConfigError(
+                f"--set takes NAME=NUMBER, got '{pair}'", "e.g. --set T=4 --set alpha=0.9"
+            ) from None
     return out
 
 
@@ -85,28 +89,57 @@ Opt = typer.Option
 
 @app.command()
 def run(
-    teacher: Annotated[str | None, Opt(help="Teacher architecture (any torchvision classifier).")] = None,
+    teacher: Annotated[
+        str | None, Opt(help="Teacher architecture (any torchvision classifier).")
+    ] = None,
     student: Annotated[str | None, Opt(help="Student architecture.")] = None,
-    data: Annotated[str | None, Opt(help="digits | imagefolder:PATH | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | mnist:ROOT | fashion-mnist:ROOT")] = None,
-    teacher_weights: Annotated[Path | None, Opt(help="Teacher state_dict file; without it the teacher is trained (and cached).")] = None,
-    student_weights: Annotated[Path | None, Opt(help="Student state_dict file to start from.")] = None,
+    data: Annotated[
+        str | None,
+        Opt(
+            help="digits | imagefolder:PATH | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | mnist:ROOT | fashion-mnist:ROOT"
+        ),
+    ] = None,
+    teacher_weights: Annotated[
+        Path | None,
+        Opt(help="Teacher state_dict file; without it the teacher is trained (and cached)."),
+    ] = None,
+    student_weights: Annotated[
+        Path | None, Opt(help="Student state_dict file to start from.")
+    ] = None,
     method: Annotated[str | None, Opt(help="Distillation method (see `kdpipe methods`).")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="Method hyperparameter NAME=NUMBER (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, Opt("--set", help="Method hyperparameter NAME=NUMBER (repeatable).")
+    ] = None,
     epochs: Annotated[int | None, Opt(help="Distillation epochs.")] = None,
     teacher_epochs: Annotated[int | None, Opt(help="Epochs when training the teacher.")] = None,
-    batch_size: Annotated[int | None, Opt(help="Training batch size (teacher and student).")] = None,
+    batch_size: Annotated[
+        int | None, Opt(help="Training batch size (teacher and student).")
+    ] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate of the student.")] = None,
     image_size: Annotated[int | None, Opt(help="Input height/width (digits default 32).")] = None,
     seed: Annotated[int | None, Opt(help="Seed for splits, initialization and order.")] = None,
-    precision: Annotated[str | None, Opt(help="Export precisions, comma-separated: fp32,int8.")] = None,
-    batch_sizes: Annotated[str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads for profiling (default: all cores).")] = None,
+    precision: Annotated[
+        str | None, Opt(help="Export precisions, comma-separated: fp32,int8.")
+    ] = None,
+    batch_sizes: Annotated[
+        str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")
+    ] = None,
+    threads: Annotated[
+        int | None, Opt(help="CPU threads for profiling (default: all cores).")
+    ] = None,
     min_iters: Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")] = None,
-    min_seconds: Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")] = None,
+    min_seconds: Annotated[
+        float | None, Opt(help="Profile: timed seconds per model, at least.")
+    ] = None,
     out: Annotated[Path | None, Opt(help="Run directory (default runs/<name>).")] = None,
     name: Annotated[str | None, Opt(help="Run name (default TEACHER-to-STUDENT-DATA).")] = None,
-    config: Annotated[Path | None, Opt(help="YAML or TOML config file; options override it.")] = None,
-    force: Annotated[list[str] | None, Opt(help="Redo a stage and those after it: teacher, distill, export, profile, all.")] = None,
+    config: Annotated[
+        Path | None, Opt(help="YAML or TOML config file; options override it.")
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        Opt(help="Redo a stage and those after it: teacher, distill, export, profile, all."),
+    ] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
     debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
 ) -> None:
@@ -118,16 +151,27 @@ def run(
         from kdpipe.report.terminal import print_summary
 
         overrides: dict[str, Any] = {
-            "teacher.arch": teacher, "student.arch": student, "data.spec": data,
-            "teacher.weights": teacher_weights, "student.weights": student_weights,
-            "distill.method": method, "distill.params": _params(set_),
-            "distill.train.epochs": epochs, "teacher.train.epochs": teacher_epochs,
-            "distill.train.batch_size": batch_size, "teacher.train.batch_size": batch_size,
-            "distill.train.lr": lr, "data.image_size": image_size, "seed": seed,
+            "teacher.arch": teacher,
+            "student.arch": student,
+            "data.spec": data,
+            "teacher.weights": teacher_weights,
+            "student.weights": student_weights,
+            "distill.method": method,
+            "distill.params": _params(set_),
+            "distill.train.epochs": epochs,
+            "teacher.train.epochs": teacher_epochs,
+            "distill.train.batch_size": batch_size,
+            "teacher.train.batch_size": batch_size,
+            "distill.train.lr": lr,
+            "data.image_size": image_size,
+            "seed": seed,
             "export.precisions": _csv(precision, str, "--precision"),
             "profile.batch_sizes": _csv(batch_sizes, int, "--batch-sizes"),
-            "profile.threads": threads, "profile.min_iters": min_iters,
-            "profile.min_seconds": min_seconds, "out": out, "name": name,
+            "profile.threads": threads,
+            "profile.min_iters": min_iters,
+            "profile.min_seconds": min_seconds,
+            "out": out,
+            "name": name,
         }
         cfg = build_config(load_config_file(config) if config else {}, overrides)
         report = run_pipeline(cfg, force or ())
@@ -175,12 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except Exception as e:
         # Typer's (click's) usage errors: a bad option, a missing value, a wrong type.
-        if not callable(getattr(e, "format_message", None)):
+        format_message = getattr(e, "format_message", None)
+        if not callable(format_message):
             raise
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "kdpipe"
-        if e.format_message():  # empty when the help was shown for a bare command
-            ui.console.print(f"[red]error:[/red] {e.format_message()}", soft_wrap=True)
+        if format_message():  # empty when the help was shown for a bare command
+            ui.console.print(f"[red]error:[/red] {format_message()}", soft_wrap=True)
             ui.console.print(f"hint: see `{cmd} --help`")
         code = getattr(e, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -6,14 +6,17 @@ chosen so the whole pipeline finishes in minutes on a 2-core CPU (see docs/bench
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdpipe.errors import ConfigError, did_you_mean
+
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 
 
 class _Section(BaseModel):
@@ -58,7 +61,7 @@ class DistillConfig(_Section):
 
 
 class ExportConfig(_Section):
-    precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])
+    precisions: list[Precision] = Field(default_factory=lambda: list(PRECISIONS))
     calibration_samples: int = Field(256, ge=1, le=100_000)
     parity_samples: int = Field(512, ge=1, le=1_000_000)
     opset: int | None = Field(None, ge=13, le=30)
@@ -110,7 +113,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}", "check the path") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {e.strerror}", "check the path"
+        ) from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:

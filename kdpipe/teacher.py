@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,9 @@ def cache_root() -> Path:
 
 def teacher_fingerprint(cfg: RunConfig) -> str:
     t = cfg.teacher
-    source = {"weights_sha256": file_sha256(t.weights)} if t.weights else {"train": t.train.model_dump()}
+    source = (
+        {"weights_sha256": file_sha256(t.weights)} if t.weights else {"train": t.train.model_dump()}
+    )
     return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed)
 
 
@@ -51,18 +54,28 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     cached = cache_root() / "teachers" / f"{t.arch}-{fp}"
     if t.weights is not None:
         model = models.create(t.arch, k, t.weights)
-        metrics = {"source": "weights", "weights": str(t.weights)}
+        metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
     elif (cached / "model.pt").is_file() and (cached / "metrics.json").is_file():
         model = models.create(t.arch, k, cached / "model.pt")
-        metrics = {**read_json(cached / "metrics.json"), "source": "cache", "cache_path": str(cached)}
+        metrics = {
+            **read_json(cached / "metrics.json"),
+            "source": "cache",
+            "cache_path": str(cached),
+        }
         ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
     else:
         ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
         model = models.create(t.arch, k)
         trainer = get_method("ce")(model)
         result = fit(
-            trainer, data.train, data.val, t.train, cfg.seed, f"teacher {t.arch}",
-            log_path=stage_dir / "log.jsonl", workers=cfg.data.workers,
+            trainer,
+            data.train,
+            data.val,
+            t.train,
+            cfg.seed,
+            f"teacher {t.arch}",
+            log_path=stage_dir / "log.jsonl",
+            workers=cfg.data.workers,
         )
         metrics = {
             "source": "trained",

@@ -7,7 +7,9 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Trained teachers are cached across runs; tests must never see a user's cache.
     monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "kdpipe-cache"))
 

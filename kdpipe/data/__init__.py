@@ -45,7 +45,9 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     if kind == "imagefolder":
         from kdpipe.data.folders import load_imagefolder
 
-        return load_imagefolder(path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder")
+        return load_imagefolder(
+            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder"
+        )
     if kind == "imagenet":
         from kdpipe.data.folders import load_imagenet
 

@@ -19,7 +19,9 @@ from kdpipe.data.splits import DataInfo, DataSplits, stratified_indices
 def load(seed: int, image_size: int, val_fraction: float, test_fraction: float) -> DataSplits:
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = F.interpolate(
+        images, size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
     labels = digits.target.astype(np.int64)
     train_idx, val_idx, test_idx = stratified_indices(labels, [val_fraction, test_fraction], seed)
     mean = float(images[train_idx].mean())

@@ -52,10 +52,14 @@ def load_imagefolder(
             val: Dataset = held["val"]
         else:
             train_idx, val_idx = stratified_indices(labels, [val_fraction], seed)
-            train, val = Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist())
+            train, val = (
+                Subset(train_full, train_idx.tolist()),
+                Subset(train_full, val_idx.tolist()),
+            )
         test = held.get("test", held.get("val"))
         assert test is not None
-        classes, sizes = train_full.classes, {"train": len(train), "val": len(val), "test": len(test)}  # type: ignore[arg-type]
+        classes = train_full.classes
+        sizes = {"train": len(train), "val": len(val), "test": len(test)}  # type: ignore[arg-type]
     else:
         full = _image_folder(root, size)
         labels = np.asarray(full.targets)

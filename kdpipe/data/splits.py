@@ -47,9 +47,7 @@ class DataSplits:
     deterministic: bool = True
 
 
-def stratified_indices(
-    labels: np.ndarray, fractions: list[float], seed: int
-) -> list[np.ndarray]:
+def stratified_indices(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split range(len(labels)) into len(fractions)+1 stratified parts: the rest, then each fraction.
 
     Falls back to an unstratified split when a class is too small to appear in every part.
@@ -63,9 +61,7 @@ def stratified_indices(
         counts = np.bincount(rest_labels)
         strat = rest_labels if counts[counts > 0].min() >= 2 else None
         try:
-            rest, part = train_test_split(
-                rest, test_size=share, stratify=strat, random_state=seed
-            )
+            rest, part = train_test_split(rest, test_size=share, stratify=strat, random_state=seed)
         except ValueError:
             rest, part = train_test_split(rest, test_size=share, random_state=seed)
         rest_labels = labels[rest]

@@ -6,9 +6,10 @@ The official test split is the test split; validation is carved, stratified, fro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 from torchvision import datasets
 
 from kdpipe.data.splits import DataInfo, DataSplits, stratified_indices
@@ -17,19 +18,39 @@ from kdpipe.errors import DataError
 
 # name: (torchvision class, mean, std, grayscale, where the files go under ROOT)
 SETS = {
-    "cifar10": (datasets.CIFAR10, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616], False,
-                "ROOT/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
-    "cifar100": (datasets.CIFAR100, [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762], False,
-                 "ROOT/cifar-100-python/ (train, test, meta)"),
-    "mnist": (datasets.MNIST, [0.1307] * 3, [0.3081] * 3, True,
-              "ROOT/MNIST/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-...)"),
-    "fashion-mnist": (datasets.FashionMNIST, [0.2860] * 3, [0.3530] * 3, True,
-                      "ROOT/FashionMNIST/raw/ (train-images-idx3-ubyte, ..., t10k-labels-idx1-ubyte)"),
+    "cifar10": (
+        datasets.CIFAR10,
+        [0.4914, 0.4822, 0.4465],
+        [0.2470, 0.2435, 0.2616],
+        False,
+        "ROOT/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)",
+    ),
+    "cifar100": (
+        datasets.CIFAR100,
+        [0.5071, 0.4865, 0.4409],
+        [0.2673, 0.2564, 0.2762],
+        False,
+        "ROOT/cifar-100-python/ (train, test, meta)",
+    ),
+    "mnist": (
+        datasets.MNIST,
+        [0.1307] * 3,
+        [0.3081] * 3,
+        True,
+        "ROOT/MNIST/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-...)",
+    ),
+    "fashion-mnist": (
+        datasets.FashionMNIST,
+        [0.2860] * 3,
+        [0.3530] * 3,
+        True,
+        "ROOT/FashionMNIST/raw/ (train-images-idx3-ubyte, ..., t10k-labels-idx1-ubyte)",
+    ),
 }
 
 
-def _labels(ds: Dataset) -> np.ndarray:
-    targets = getattr(ds, "targets")
+def _labels(ds: Any) -> np.ndarray:
+    targets = ds.targets
     return np.asarray(targets.numpy() if hasattr(targets, "numpy") else targets, dtype=np.int64)
 
 

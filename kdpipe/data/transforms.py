@@ -8,7 +8,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def eval_transform(size: int, mean: list[float], std: list[float], grayscale: bool = False) -> T.Compose:
+def eval_transform(
+    size: int, mean: list[float], std: list[float], grayscale: bool = False
+) -> T.Compose:
     steps: list = [T.Grayscale(num_output_channels=3)] if grayscale else [T.Lambda(_rgb)]
     steps += [T.Resize((size, size), antialias=True), T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)

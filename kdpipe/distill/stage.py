@@ -37,9 +37,15 @@ def run_distill_stage(
             "(computed once, reused every epoch)"
         )
     result = fit(
-        distiller, data.train, data.val, d.train, cfg.seed,
+        distiller,
+        data.train,
+        data.val,
+        d.train,
+        cfg.seed,
         f"distill {cfg.student.arch} ({d.method})",
-        log_path=stage_dir / "log.jsonl", teacher_cache=cache, workers=cfg.data.workers,
+        log_path=stage_dir / "log.jsonl",
+        teacher_cache=cache,
+        workers=cfg.data.workers,
     )
     student = distiller.student().eval()
     save_state(student, stage_dir / "student.pt")

@@ -110,7 +110,12 @@ def fit(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 rate = seen / (time.perf_counter() - start)
                 shown = " ".join(f"{k}={v / batches:.3f}" for k, v in sums.items())
-                bar.update(task, advance=1, rate=f"{rate:.0f} img/s", stats=f"ep {epoch}/{cfg.epochs} {shown}")
+                bar.update(
+                    task,
+                    advance=1,
+                    rate=f"{rate:.0f} img/s",
+                    stats=f"ep {epoch}/{cfg.epochs} {shown}",
+                )
             val_logits, val_labels = predict_logits(distiller.student(), val)
             val_acc = top1(val_logits, val_labels)
             entry = {

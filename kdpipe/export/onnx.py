@@ -43,7 +43,9 @@ def export_onnx(model: nn.Module, info: DataInfo, path: Path, opset: int | None 
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported ONNX fails onnx.checker: {str(e).splitlines()[0]}", "") from None
+            raise ExportError(
+                f"exported ONNX fails onnx.checker: {str(e).splitlines()[0]}", ""
+            ) from None
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"exporter": exporter, "opset": opset_used, "input": INPUT_NAME, "output": OUTPUT_NAME}
 
@@ -65,7 +67,9 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: i
         )
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None
+) -> None:
     torch.onnx.export(
         model,
         (example,),

@@ -32,18 +32,32 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
     for precision in e.precisions:
         path = stage_dir / FILES[precision]
         if precision == "int8":
-            ui.info(f"export: INT8 QDQ, calibrated on {e.calibration_samples} training images -> {path}")
-            how = {**how, "quantization": quantize_int8(fp32_path, path, data.train, e.calibration_samples, cfg.seed)}
+            ui.info(
+                f"export: INT8 QDQ, calibrated on {e.calibration_samples} training images -> {path}"
+            )
+            how = {
+                **how,
+                "quantization": quantize_int8(
+                    fp32_path, path, data.train, e.calibration_samples, cfg.seed
+                ),
+            }
         logits, _ = ort_logits(ort_session(path), check_set)
         check = parity(reference, logits, labels)
-        results[precision] = {"file": path.name, "size_bytes": path.stat().st_size, "parity": check, **how}
+        results[precision] = {
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "parity": check,
+            **how,
+        }
     fp32 = results["fp32"]["parity"]
     if fp32["top1_agreement"] < FP32_MIN_AGREEMENT:
-        ui.warn(f"ONNX FP32 agrees with PyTorch on only {fp32['top1_agreement']:.2%} of test images")
-    for precision, r in results.items():
+        ui.warn(
+            f"ONNX FP32 agrees with PyTorch on only {fp32['top1_agreement']:.2%} of test images"
+        )
+    for name, r in results.items():
         r["accuracy_drop_vs_fp32"] = fp32["accuracy"] - r["parity"]["accuracy"]
         ui.info(
-            f"export: {precision} max|dlogit|={r['parity']['max_abs_diff']:.2e} "
+            f"export: {name} max|dlogit|={r['parity']['max_abs_diff']:.2e} "
             f"agreement={r['parity']['top1_agreement']:.4f} accuracy={r['parity']['accuracy']:.4f}"
         )
     write_json(stage_dir / "export.json", results)

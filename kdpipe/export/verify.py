@@ -24,13 +24,19 @@ def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ExportError(f"onnxruntime cannot load {path}: {first}", "re-export the model") from None
+        raise ExportError(
+            f"onnxruntime cannot load {path}: {first}", "re-export the model"
+        ) from None
 
 
-def ort_logits(session: ort.InferenceSession, dataset: Dataset, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+def ort_logits(
+    session: ort.InferenceSession, dataset: Dataset, batch_size: int = 128
+) -> tuple[Tensor, Tensor]:
     out, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        out.append(torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy().astype(np.float32)})[0]))
+        out.append(
+            torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy().astype(np.float32)})[0])
+        )
         labels.append(y)
     return torch.cat(out), torch.cat(labels)
 

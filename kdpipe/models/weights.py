@@ -56,9 +56,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
             "save it with torch.save(model.state_dict(), path)",
         )
     # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
-    return {
-        k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)
-    }
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

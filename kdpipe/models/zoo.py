@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from kdpipe.errors import ModelError, closest
-from kdpipe.models.weights import load_state_dict_file, load_into
+from kdpipe.models.weights import load_into, load_state_dict_file
 
 # Residual families whose last BN per block can start at zero, which lets deep nets train
 # from scratch on small data (resnet50 on digits: ~97 % with it, stalls near 61 % without).
@@ -30,7 +30,11 @@ def check_name(name: str) -> None:
     names = available()
     if name not in names:
         near = closest(name, names) or [n for n in names if n.startswith(name[:3])][:5]
-        hint = f"closest valid names: {', '.join(near)}" if near else "run `kdpipe models` to list them"
+        hint = (
+            f"closest valid names: {', '.join(near)}"
+            if near
+            else "run `kdpipe models` to list them"
+        )
         raise ModelError(f"unknown model '{name}'", hint)
 
 

@@ -8,7 +8,9 @@ from torch.utils.data import DataLoader, Dataset
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+def predict_logits(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256
+) -> tuple[Tensor, Tensor]:
     """Logits [N, K] and labels [N] for every sample of `dataset`, model in eval mode."""
     was_training = model.training
     model.eval()

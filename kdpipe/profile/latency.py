@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import numpy as np
+
+K = TypeVar("K", bound=Hashable)
 
 ROUND_CALLS = 5  # calls per model per round: short enough to interleave, long enough to stay warm
 
@@ -24,17 +27,17 @@ def warm_up(fn: Callable[[], object], calls: int, seconds: float) -> None:
 
 
 def measure_interleaved(
-    calls: dict[Hashable, Callable[[], object]],
+    calls: dict[K, Callable[[], object]],
     warmup: int = 10,
     warmup_seconds: float = 0.5,
     min_iters: int = 200,
     min_seconds: float = 2.0,
     on_round: Callable[[int, int], None] | None = None,
-) -> dict[Hashable, list[float]]:
+) -> dict[K, list[float]]:
     """Per-call latencies in milliseconds for every callable, measured interleaved."""
     for fn in calls.values():
         warm_up(fn, warmup, warmup_seconds)
-    samples: dict[Hashable, list[float]] = {k: [] for k in calls}
+    samples: dict[K, list[float]] = {k: [] for k in calls}
     spent = dict.fromkeys(calls, 0.0)
     active = list(calls)
     while active:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from kdpipe import ui
 from kdpipe.config import RunConfig
@@ -23,6 +24,10 @@ from kdpipe.profile.accuracy import agreement, predict_logits, top1
 from kdpipe.profile.backends import Target, ort_runner, torch_runner
 from kdpipe.profile.latency import measure_interleaved, summarize
 from kdpipe.runs import write_json
+
+TEACHER = Target("teacher", "torch-cpu", "fp32")
+STUDENT = Target("student", "torch-cpu", "fp32")
+HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
 
 
 def run_profile_stage(
@@ -40,70 +45,93 @@ def run_profile_stage(
     torch.set_num_threads(threads)
     teacher.eval()
     student.eval()
-    models: list[dict] = []
-    test_logits: dict[Target, Tensor] = {}
-
-    def add_model(target: Target, logits: Tensor, labels: Tensor, net: nn.Module, size: int) -> None:
-        test_logits[target] = logits
-        models.append({
-            "model": target.model, "backend": target.backend, "precision": target.precision,
-            "accuracy": top1(logits, labels),
-            "agreement_with_teacher": agreement(logits, test_logits[TEACHER]),
-            "params": complexity.parameters(net),
-            "flops": complexity.flops_per_image(net, data.info.input_size),
-            "size_bytes": size,
-        })
-
-    TEACHER = Target("teacher", "torch-cpu", "fp32")
-    t_logits, labels = predict_logits(teacher, data.test)
-    test_logits[TEACHER] = t_logits
-    add_model(TEACHER, t_logits, labels, teacher, files["teacher"].stat().st_size)
-    s_logits, _ = predict_logits(student, data.test)
-    add_model(Target("student", "torch-cpu", "fp32"), s_logits, labels, student, files["student"].stat().st_size)
-    for precision, path in onnx_files.items():
-        logits, _ = ort_logits(ort_session(path, threads), data.test)
-        add_model(Target("student", "ort-cpu", precision), logits, labels, student, path.stat().st_size)
+    onnx_targets = {Target("student", "ort-cpu", prec): path for prec, path in onnx_files.items()}
+    models = _accuracy_and_size(data, teacher, student, files, onnx_targets, threads)
 
     latency: list[dict] = []
-    sample = next(iter(torch.utils.data.DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
+    sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
     with ui.progress() as bar:
         task = bar.add_task("profile", total=len(p.batch_sizes) * len(models), rate="", stats="")
-        done = 0
-        for bs in p.batch_sizes:
+        for i, bs in enumerate(p.batch_sizes):
             batch = _batch_of(sample, bs)
             calls: dict[Target, Callable[[], object]] = {
                 TEACHER: torch_runner(teacher, batch),
-                Target("student", "torch-cpu", "fp32"): torch_runner(student, batch),
+                STUDENT: torch_runner(student, batch),
             }
-            for precision, path in onnx_files.items():
-                calls[Target("student", "ort-cpu", precision)] = ort_runner(path, batch, threads)
+            for target, path in onnx_targets.items():
+                calls[target] = ort_runner(path, batch, threads)
+            base, label = i * len(calls), f"batch {bs}"
 
-            def advance(finished: int, total: int, base: int = done) -> None:
-                bar.update(task, completed=base + finished, stats=f"batch {bs}")
+            def advance(finished: int, _total: int, base: int = base, label: str = label) -> None:
+                bar.update(task, completed=base + finished, stats=label)
 
             timings = measure_interleaved(
                 calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
             )
-            done += len(calls)
             for target, ms in timings.items():
-                latency.append({
-                    "model": target.model, "backend": target.backend,
-                    "precision": target.precision, "batch_size": bs, **summarize(ms, bs),
-                })
+                latency.append(
+                    {
+                        "model": target.model,
+                        "backend": target.backend,
+                        "precision": target.precision,
+                        "batch_size": bs,
+                        **summarize(ms, bs),
+                    }
+                )
+    for e in latency:
+        if e["cv"] > HIGH_CV:
+            ui.warn(
+                f"{e['model']} {e['backend']} {e['precision']} batch {e['batch_size']}: latency "
+                f"varies a lot (cv {e['cv']:.2f}); the machine may be busy"
+            )
     results = {
         "models": models,
         "latency": latency,
         "settings": {**p.model_dump(), "threads": threads, "timer": "time.perf_counter_ns"},
         "environment": environment.describe(threads),
     }
-    for entry in latency:
-        if entry["cv"] > 0.25:
-            ui.warn(
-                f"{entry['model']} {entry['backend']} {entry['precision']} batch {entry['batch_size']}: "
-                f"latency varies a lot (cv {entry['cv']:.2f}); the machine may be busy"
-            )
     write_json(stage_dir / "results.json", results)
     return results
+
+
+def _accuracy_and_size(
+    data: DataSplits,
+    teacher: nn.Module,
+    student: nn.Module,
+    files: dict[str, Path],
+    onnx_targets: dict[Target, Path],
+    threads: int,
+) -> list[dict]:
+    """One row per target: test top-1, agreement with the teacher, params, FLOPs, file size."""
+    size = data.info.input_size
+    net_facts = {
+        "teacher": (complexity.parameters(teacher), complexity.flops_per_image(teacher, size)),
+        "student": (complexity.parameters(student), complexity.flops_per_image(student, size)),
+    }
+    t_logits, labels = predict_logits(teacher, data.test)
+    outputs: list[tuple[Target, Tensor, int]] = [
+        (TEACHER, t_logits, files["teacher"].stat().st_size),
+        (STUDENT, predict_logits(student, data.test)[0], files["student"].stat().st_size),
+    ]
+    for target, path in onnx_targets.items():
+        logits = ort_logits(ort_session(path, threads), data.test)[0]
+        outputs.append((target, logits, path.stat().st_size))
+    rows = []
+    for target, logits, nbytes in outputs:
+        params, flops = net_facts[target.model]
+        rows.append(
+            {
+                "model": target.model,
+                "backend": target.backend,
+                "precision": target.precision,
+                "accuracy": top1(logits, labels),
+                "agreement_with_teacher": agreement(logits, t_logits),
+                "params": params,
+                "flops": flops,
+                "size_bytes": nbytes,
+            }
+        )
+    return rows
 
 
 def _batch_of(sample: Tensor, size: int) -> Tensor:

@@ -75,7 +75,10 @@ def render_markdown(r: dict) -> str:
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, kdpipe {env['kdpipe']}.",
         "",
         "Stage times: "
-        + ", ".join(f"{k} {v['seconds']:.1f}s{' (reused)' if v['reused'] else ''}" for k, v in r["stages"].items()),
+        + ", ".join(
+            f"{k} {v['seconds']:.1f}s{' (reused)' if v['reused'] else ''}"
+            for k, v in r["stages"].items()
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -20,7 +20,12 @@ def _model_row(profile: dict, model: str, backend: str, precision: str) -> dict:
 
 def _p50(profile: dict, model: str, backend: str, precision: str, bs: int) -> float | None:
     for e in profile["latency"]:
-        if (e["model"], e["backend"], e["precision"], e["batch_size"]) == (model, backend, precision, bs):
+        if (e["model"], e["backend"], e["precision"], e["batch_size"]) == (
+            model,
+            backend,
+            precision,
+            bs,
+        ):
             return e["p50_ms"]
     return None
 
@@ -39,7 +44,9 @@ def summarize(profile: dict) -> dict:
     best_ms, best_backend, best_precision = min(candidates)
     smallest = min(r["size_bytes"] for r in profile["models"] if r["model"] == "student")
     return {
-        "accuracy_retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0,
+        "accuracy_retention": student["accuracy"] / teacher["accuracy"]
+        if teacher["accuracy"]
+        else 0.0,
         "accuracy_drop": teacher["accuracy"] - student["accuracy"],
         "speedup_vs_teacher": (t_p50 / best_ms) if t_p50 and best_ms else None,
         "speedup_basis": {
@@ -49,7 +56,9 @@ def summarize(profile: dict) -> dict:
             "measured": "interleaved in one run",
         },
         "torch_speedup_vs_teacher": (
-            t_p50 / s if t_p50 and (s := _p50(profile, "student", "torch-cpu", "fp32", bs)) else None
+            t_p50 / s
+            if t_p50 and (s := _p50(profile, "student", "torch-cpu", "fp32", bs))
+            else None
         ),
         "param_compression": teacher["params"] / student["params"],
         "flops_compression": teacher["flops"] / student["flops"] if student["flops"] else None,
@@ -72,7 +81,11 @@ def build_report(
         "schema_version": SCHEMA_VERSION,
         "kdpipe_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run": {"name": cfg.run_name(), "out": str(cfg.out_dir()), "config": cfg.model_dump(mode="json")},
+        "run": {
+            "name": cfg.run_name(),
+            "out": str(cfg.out_dir()),
+            "config": cfg.model_dump(mode="json"),
+        },
         "data": info.to_dict(),
         "teacher": {
             "arch": cfg.teacher.arch,

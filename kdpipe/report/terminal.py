@@ -9,15 +9,33 @@ from rich.table import Table
 def print_summary(r: dict, console: Console) -> None:
     s = r["summary"]
     table = Table(title=f"{r['teacher']['arch']} -> {r['student']['arch']} on {r['data']['name']}")
-    for col in ("model", "backend", "precision", "top-1", "bs", "p50 ms", "p95 ms", "img/s", "size MB"):
-        table.add_column(col, justify="right" if col not in ("model", "backend", "precision") else "left")
+    for col in (
+        "model",
+        "backend",
+        "precision",
+        "top-1",
+        "bs",
+        "p50 ms",
+        "p95 ms",
+        "img/s",
+        "size MB",
+    ):
+        table.add_column(
+            col, justify="right" if col not in ("model", "backend", "precision") else "left"
+        )
     models = {(m["model"], m["backend"], m["precision"]): m for m in r["models"]}
     for e in r["latency"]:
         m = models[(e["model"], e["backend"], e["precision"])]
         table.add_row(
-            e["model"], e["backend"], e["precision"], f"{100 * m['accuracy']:.2f}%",
-            str(e["batch_size"]), f"{e['p50_ms']:.3f}", f"{e['p95_ms']:.3f}",
-            f"{e['throughput']:.0f}", f"{m['size_bytes'] / 1e6:.2f}",
+            e["model"],
+            e["backend"],
+            e["precision"],
+            f"{100 * m['accuracy']:.2f}%",
+            str(e["batch_size"]),
+            f"{e['p50_ms']:.3f}",
+            f"{e['p95_ms']:.3f}",
+            f"{e['throughput']:.0f}",
+            f"{m['size_bytes'] / 1e6:.2f}",
         )
     console.print(table)
     console.print(

@@ -13,7 +13,9 @@ from kdpipe.models import create
 
 
 def kdpipe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,5 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, files: dict[str, Path]) -> 
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
-    proc = kdpipe("run", "--teacher-weights", str(files["junk"]), "--debug", "--out", str(files["dir"] / "o"))
+    proc = kdpipe(
+        "run", "--teacher-weights", str(files["junk"]), "--debug", "--out", str(files["dir"] / "o")
+    )
     assert proc.returncode == 2 and "Traceback" in proc.stderr

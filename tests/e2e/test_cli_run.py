@@ -14,15 +14,31 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--teacher", "resnet18", "--student", "mobilenet_v3_small",
-    "--teacher-epochs", "3", "--epochs", "2", "--batch-sizes", "1,4",
-    "--min-iters", "10", "--min-seconds", "0.05", "--quiet",
+    "--teacher",
+    "resnet18",
+    "--student",
+    "mobilenet_v3_small",
+    "--teacher-epochs",
+    "3",
+    "--epochs",
+    "2",
+    "--batch-sizes",
+    "1,4",
+    "--min-iters",
+    "10",
+    "--min-seconds",
+    "0.05",
+    "--quiet",
 ]
 
 
 def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-m", "kdpipe", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
 
 
@@ -38,9 +54,17 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, di
 
 def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     out, _, _ = first_run
-    for rel in ("config.yaml", "teacher/model.pt", "distill/student.pt", "distill/log.jsonl",
-                "export/student.onnx", "export/student.int8.onnx", "profile/results.json",
-                "report.json", "report.md"):
+    for rel in (
+        "config.yaml",
+        "teacher/model.pt",
+        "distill/student.pt",
+        "distill/log.jsonl",
+        "export/student.onnx",
+        "export/student.int8.onnx",
+        "profile/results.json",
+        "report.json",
+        "report.md",
+    ):
         assert (out / rel).is_file(), rel
     r = json.loads((out / "report.json").read_text())
     assert r["schema_version"] == "1.0"
@@ -53,8 +77,12 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     assert r["export"]["fp32"]["parity"]["samples"] == 360
     combos = {(e["model"], e["backend"], e["precision"], e["batch_size"]) for e in r["latency"]}
     for bs in (1, 4):
-        assert {("teacher", "torch-cpu", "fp32", bs), ("student", "torch-cpu", "fp32", bs),
-                ("student", "ort-cpu", "fp32", bs), ("student", "ort-cpu", "int8", bs)} <= combos
+        assert {
+            ("teacher", "torch-cpu", "fp32", bs),
+            ("student", "torch-cpu", "fp32", bs),
+            ("student", "ort-cpu", "fp32", bs),
+            ("student", "ort-cpu", "int8", bs),
+        } <= combos
     for e in r["latency"]:
         assert e["iters"] >= 10 and e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"]
         assert set(e) >= {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput"}
@@ -78,7 +106,9 @@ def test_second_run_reuses_everything(first_run) -> None:
 
 def test_new_run_dir_reuses_the_cached_teacher(first_run, tmp_path: Path) -> None:
     out, _, env = first_run
-    proc = kdpipe("run", *TINY, "--epochs", "1", "--precision", "fp32", "--out", str(tmp_path / "b"), env=env)
+    proc = kdpipe(
+        "run", *TINY, "--epochs", "1", "--precision", "fp32", "--out", str(tmp_path / "b"), env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "b" / "report.json").read_text())
     assert r["teacher"]["source"] == "cache"

@@ -27,7 +27,7 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
 
 def test_toml_file(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
-    f.write_text('[profile]\nbatch_sizes = [8, 1]\n')
+    f.write_text("[profile]\nbatch_sizes = [8, 1]\n")
     assert build_config(load_config_file(f), {}).profile.batch_sizes == [1, 8]
 
 
@@ -42,8 +42,13 @@ def test_typo_suggests_the_key() -> None:
 
 @pytest.mark.parametrize(
     "key,value",
-    [("distill.train.epochs", 0), ("export.precisions", ["fp8"]), ("profile.batch_sizes", [0]),
-     ("data.val_fraction", 0.9), ("seed", -1)],
+    [
+        ("distill.train.epochs", 0),
+        ("export.precisions", ["fp8"]),
+        ("profile.batch_sizes", [0]),
+        ("data.val_fraction", 0.9),
+        ("seed", -1),
+    ],
 )
 def test_bad_values_name_the_field(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=key.split(".")[0]):

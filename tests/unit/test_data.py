@@ -72,7 +72,9 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 
 def _idx(path: Path, array: np.ndarray) -> None:
     magic = 0x0800 + (3 if array.ndim == 3 else 1)
-    path.write_bytes(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+    path.write_bytes(
+        struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    )
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
@@ -91,19 +93,28 @@ def test_mnist_style_idx_files(tmp_path: Path, name: str, folder: str) -> None:
 
 
 def test_cifar10_pickled_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchvision.datasets import CIFAR10
-
     # The test writes its own small batches, so the md5 of the official files cannot match.
     import torchvision.datasets.cifar as cifar
+    from torchvision.datasets import CIFAR10
 
     monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
     rng = np.random.default_rng(0)
-    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    names = [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]
     for name in names:
-        batch = {"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), "labels": list(range(10))}
+        batch = {
+            "data": rng.integers(0, 255, (10, 3072), dtype=np.uint8),
+            "labels": list(range(10)),
+        }
         (root / name).write_bytes(pickle.dumps(batch))
     meta = {"label_names": [f"class{i}" for i in range(10)]}
     (root / "batches.meta").write_bytes(pickle.dumps(meta))

@@ -22,7 +22,9 @@ INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, TensorDataset]:
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[torch.nn.Module, Path, TensorDataset]:
     torch.manual_seed(0)
     model = create("resnet18", 10).eval()
     # Give BatchNorm non-trivial statistics so the check is not on a degenerate network.

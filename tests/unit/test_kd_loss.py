@@ -26,7 +26,9 @@ def test_kd_loss_matches_hand_computation() -> None:
     z_t = [[3.0, 2.0, 1.0], [0.0, 0.0, 4.0]]
     T = 2.0
     # KL(teacher || student) per sample, mean over the batch ("batchmean"), times T^2.
-    expected = T * T * sum(kl(softmax(t, T), softmax(s, T)) for s, t in zip(z_s, z_t, strict=True)) / 2
+    expected = (
+        T * T * sum(kl(softmax(t, T), softmax(s, T)) for s, t in zip(z_s, z_t, strict=True)) / 2
+    )
     got = kd_loss(torch.tensor(z_s), torch.tensor(z_t), T)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # The number itself, worked out once by hand for these logits.
@@ -40,7 +42,9 @@ def test_kd_loss_direction_reduction_and_temperature() -> None:
     loss = kd_loss(z_s, z_t, T)
     swapped = kd_loss(z_t, z_s, T)
     assert not torch.isclose(loss, swapped), "KL must be teacher || student, not symmetric"
-    per_class_mean = F.kl_div(F.log_softmax(z_s / T, 1), F.softmax(z_t / T, 1), reduction="mean") * T * T
+    per_class_mean = (
+        F.kl_div(F.log_softmax(z_s / T, 1), F.softmax(z_t / T, 1), reduction="mean") * T * T
+    )
     assert loss.item() == pytest.approx(per_class_mean.item() * 5, rel=1e-5)  # batchmean = mean * K
     assert kd_loss(z_s, z_s, T).item() == pytest.approx(0.0, abs=1e-6)
 

@@ -29,7 +29,7 @@ def test_calls_are_interleaved_and_minimums_hold() -> None:
     out = measure_interleaved(calls, warmup=2, warmup_seconds=0, min_iters=20, min_seconds=0.03)
     assert len(out["a"]) >= 20 and len(out["b"]) >= 20
     assert sum(out["b"]) / 1000 >= 0.03
-    timed = order[2 + 2:]  # after each one's warm-up calls
+    timed = order[2 + 2 :]  # after each one's warm-up calls
     first_rounds = timed[: 4 * ROUND_CALLS]
     assert first_rounds == (["a"] * ROUND_CALLS + ["b"] * ROUND_CALLS) * 2
 
@@ -37,6 +37,9 @@ def test_calls_are_interleaved_and_minimums_hold() -> None:
 def test_latencies_reflect_the_work() -> None:
     out = measure_interleaved(
         {"fast": lambda: time.sleep(0.0005), "slow": lambda: time.sleep(0.004)},
-        warmup=1, warmup_seconds=0, min_iters=10, min_seconds=0,
+        warmup=1,
+        warmup_seconds=0,
+        min_iters=10,
+        min_seconds=0,
     )
     assert np.median(out["slow"]) > 3 * np.median(out["fast"])

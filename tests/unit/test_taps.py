@@ -13,7 +13,10 @@ from kdpipe.models import create
 def test_taps_capture_outputs_and_inputs_then_detach() -> None:
     model = create("resnet18", 10).eval()
     x = torch.randn(2, 3, 32, 32)
-    with FeatureTaps(model, ["layer2", "layer4"]) as taps, FeatureTaps(model, ["fc"], pre=True) as pre:
+    with (
+        FeatureTaps(model, ["layer2", "layer4"]) as taps,
+        FeatureTaps(model, ["fc"], pre=True) as pre,
+    ):
         logits = model(x)
         assert taps["layer2"].shape == (2, 128, 4, 4)
         assert taps["layer4"].shape == (2, 512, 1, 1)

@@ -15,7 +15,7 @@ class CrossEntropy(Distiller):
 
     name = "ce"
     paper = "baseline: supervised cross-entropy (no distillation)"
-    defaults: dict[str, float] = {"label_smoothing": 0.0}
+    defaults = {"label_smoothing": 0.0}
     needs_teacher = False
     logits_only = False
 

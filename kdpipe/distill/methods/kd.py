@@ -30,7 +30,7 @@ class HintonKD(Distiller):
 
     name = "kd"
     paper = "Hinton, Vinyals, Dean 2015 - Distilling the Knowledge in a Neural Network"
-    defaults: dict[str, float] = {"T": 4.0, "alpha": 0.9}
+    defaults = {"T": 4.0, "alpha": 0.9}
 
     def forward(
         self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
