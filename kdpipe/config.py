@@ -44,8 +44,10 @@ class DataConfig(_Section):
 class TeacherConfig(_Section):
     arch: str = "resnet50"
     weights: Path | None = None
-    # From-scratch recipe measured on digits: zero-init residuals let resnet50 train in 8 epochs.
-    train: TrainConfig = TrainConfig(epochs=8)
+    # From-scratch recipe measured on digits (docs/benchmarks.md): zero-init residuals, AdamW at
+    # 3e-3 and label smoothing 0.1 take resnet50 to ~98.6 % test top-1 in 8 epochs (2 seeds).
+    train: TrainConfig = TrainConfig(epochs=8, lr=3e-3)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
 class StudentConfig(_Section):

@@ -37,7 +37,9 @@ def cache_root() -> Path:
 def teacher_fingerprint(cfg: RunConfig) -> str:
     t = cfg.teacher
     source = (
-        {"weights_sha256": file_sha256(t.weights)} if t.weights else {"train": t.train.model_dump()}
+        {"weights_sha256": file_sha256(t.weights)}
+        if t.weights
+        else {"train": t.train.model_dump(), "label_smoothing": t.label_smoothing}
     )
     return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed)
 
@@ -66,7 +68,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     else:
         ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
         model = models.create(t.arch, k)
-        trainer = get_method("ce")(model)
+        trainer = get_method("ce")(model, label_smoothing=t.label_smoothing)
         result = fit(
             trainer,
             data.train,

@@ -14,12 +14,16 @@ from kdpipe.errors import ExportError
 from kdpipe.export.onnx import INPUT_NAME
 
 
-def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def ort_session(path: Path, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
+    """A CPU session. `spin=False` stops idle worker threads from busy-waiting after a call,
+    which would steal cores from whatever runs next (the profiler interleaves runtimes)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -38,7 +38,7 @@ def torch_runner(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]:
 
 
 def ort_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], object]:
-    session = ort_session(path, threads)
+    session = ort_session(path, threads, spin=False)
     feed = {INPUT_NAME: batch.numpy().astype(np.float32)}
 
     def run() -> object:

@@ -87,7 +87,12 @@ def run_profile_stage(
     results = {
         "models": models,
         "latency": latency,
-        "settings": {**p.model_dump(), "threads": threads, "timer": "time.perf_counter_ns"},
+        "settings": {
+            **p.model_dump(),
+            "threads": threads,
+            "timer": "time.perf_counter_ns",
+            "ort_spinning": False,
+        },
         "environment": environment.describe(threads),
     }
     write_json(stage_dir / "results.json", results)
