@@ -69,8 +69,9 @@ def _forced(force: Iterable[str]) -> set[str]:
     return set(STAGES[first:])  # redoing a stage invalidates everything downstream
 
 
-def run(cfg: RunConfig, force: Iterable[str] = ()) -> dict:
-    """Run the whole pipeline; return the report (also written as report.json / report.md)."""
+def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dict:
+    """Run the pipeline up to and including stage `until`; return the report (also written as
+    report.json / report.md), or the export results when `until` is "export"."""
     validate(cfg)
     redo = _forced(force)
     out = cfg.out_dir()
@@ -142,10 +143,13 @@ def run(cfg: RunConfig, force: Iterable[str] = ()) -> dict:
     export = stage(
         "export",
         e_fp,
-        [*onnx_names, "export.json"],
+        [*onnx_names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"],
         lambda d: run_export_stage(cfg, data, student, d),
         lambda: read_json(e_dir / "export.json"),
     )
+
+    if until == "export":
+        return export
 
     p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
     files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
@@ -159,6 +163,30 @@ def run(cfg: RunConfig, force: Iterable[str] = ()) -> dict:
     )
 
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
+    report["tensorrt"] = read_json(e_dir / "tensorrt.json")
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
     return report
+
+
+def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
+    """Export a trained model given as architecture + state_dict file (no run directory):
+    ONNX files, parity on the test split of `cfg.data`, and the bundle, written to `out`."""
+    models.check_name(arch)
+    ensure_writable_dir(out)
+    data = load_data(cfg.data, cfg.seed)
+    student = models.create(arch, data.info.num_classes, weights).eval()
+    return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
+
+
+def load_run_config(run_dir: Path) -> dict:
+    """The resolved config a run wrote, as a dict (CLI overrides go on top)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a kdpipe run directory (no config.yaml)",
+            "pass the --out of a kdpipe run",
+        )
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data["out"] = str(run_dir)
+    return data

@@ -119,7 +119,22 @@ def run(
     image_size: Annotated[int | None, Opt(help="Input height/width (digits default 32).")] = None,
     seed: Annotated[int | None, Opt(help="Seed for splits, initialization and order.")] = None,
     precision: Annotated[
-        str | None, Opt(help="Export precisions, comma-separated: fp32,int8.")
+        str | None, Opt(help="Export precisions, comma-separated: fp32,fp16,int8.")
+    ] = None,
+    backend: Annotated[
+        str | None, Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).")
+    ] = None,
+    calibration: Annotated[
+        str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")
+    ] = None,
+    calibration_samples: Annotated[
+        int | None, Opt(help="Training images used for INT8 calibration.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).")
+    ] = None,
+    batch_range: Annotated[
+        str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")
     ] = None,
     batch_sizes: Annotated[
         str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")
@@ -165,7 +180,9 @@ def run(
             "distill.train.lr": lr,
             "data.image_size": image_size,
             "seed": seed,
-            "export.precisions": _csv(precision, str, "--precision"),
+            **_export_overrides(
+                precision, backend, calibration, calibration_samples, max_accuracy_drop, batch_range
+            ),
             "profile.batch_sizes": _csv(batch_sizes, int, "--batch-sizes"),
             "profile.threads": threads,
             "profile.min_iters": min_iters,
@@ -177,6 +194,124 @@ def run(
         report = run_pipeline(cfg, force or ())
         print_summary(report, stdout)
         stdout.print(f"report: {cfg.out_dir() / 'report.json'}  {cfg.out_dir() / 'report.md'}")
+
+
+def _export_overrides(
+    precision: str | None,
+    backend: str | None,
+    calibration: str | None,
+    calibration_samples: int | None,
+    max_accuracy_drop: float | None,
+    batch_range: str | None,
+) -> dict[str, Any]:
+    return {
+        "export.precisions": _csv(precision, str, "--precision"),
+        "export.backends": _csv(backend, str, "--backend"),
+        "export.calibration": calibration,
+        "export.calibration_samples": calibration_samples,
+        "export.max_accuracy_drop": max_accuracy_drop,
+        "export.batch_range": _csv(batch_range, int, "--batch-range"),
+    }
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A kdpipe run directory to export from.")
+    ] = None,
+    arch: Annotated[
+        str | None, Opt(help="Architecture of --weights (instead of a run directory).")
+    ] = None,
+    weights: Annotated[Path | None, Opt(help="state_dict file of the model to export.")] = None,
+    data: Annotated[
+        str | None, Opt(help="Dataset for calibration and parity (with --weights).")
+    ] = None,
+    image_size: Annotated[int | None, Opt(help="Input height/width (with --weights).")] = None,
+    out: Annotated[
+        Path | None, Opt(help="Where to write (with --weights; default ./export).")
+    ] = None,
+    precision: Annotated[
+        str | None, Opt(help="Precisions, comma-separated: fp32,fp16,int8.")
+    ] = None,
+    backend: Annotated[
+        str | None, Opt(help="Backends: onnx,tensorrt (TensorRT needs a GPU).")
+    ] = None,
+    calibration: Annotated[
+        str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")
+    ] = None,
+    calibration_samples: Annotated[
+        int | None, Opt(help="Training images used for INT8 calibration.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points.")
+    ] = None,
+    batch_range: Annotated[
+        str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")
+    ] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Export a student to ONNX FP32/FP16/INT8 (+TensorRT) with parity checks and a bundle."""
+    ui.set_quiet(quiet)
+    with errors_reported(debug):
+        from kdpipe import api
+        from kdpipe.config import build_config
+
+        overrides = _export_overrides(
+            precision, backend, calibration, calibration_samples, max_accuracy_drop, batch_range
+        )
+        if (run_dir is None) == (weights is None):
+            raise ConfigError(
+                "pass either a run directory or --arch with --weights",
+                "e.g. kdpipe export runs/my-run",
+            )
+        if run_dir is not None:
+            cfg = build_config(api.load_run_config(run_dir), overrides)
+            results = api.run(cfg, until="export")
+            where = run_dir / "export"
+        else:
+            if not arch or weights is None:
+                raise ConfigError(
+                    "--weights needs --arch", "e.g. --arch resnet18 --weights student.pt"
+                )
+            where = out or Path("export")
+            cfg = build_config({}, {**overrides, "data.spec": data, "data.image_size": image_size})
+            results = api.export_weights(arch, weights, cfg, where)
+        for name, r in results.items():
+            p = r["parity"]
+            stdout.print(
+                f"{name:5} {r['file']:22} {r['size_bytes'] / 1e6:7.2f} MB  "
+                f"max|dlogit| {p['max_abs_diff']:.2e}  agreement {100 * p['top1_agreement']:.2f}%  "
+                f"top-1 {100 * p['accuracy']:.2f}%"
+            )
+        stdout.print(f"bundle: {where / 'bundle.json'}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="An export folder holding bundle.json.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    precision: Annotated[str, Opt(help="Which model of the bundle: fp32, fp16 or int8.")] = "fp32",
+    as_json: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Classify images with a bundle, using only onnxruntime, numpy and Pillow (no torch)."""
+    with errors_reported(debug):
+        import json
+
+        from kdpipe.predict import predict as run_predict
+
+        for p in run_predict(bundle, images, precision):
+            if as_json:
+                record = {
+                    "image": p.path,
+                    "label": p.label,
+                    "index": p.index,
+                    "probability": p.probability,
+                }
+                print(json.dumps(record))
+            else:
+                print(f"{p.path}\t{p.label}\t{p.probability:.4f}")
 
 
 @app.command("models")

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdpipe.errors import ConfigError, did_you_mean
 
-Precision = Literal["fp32", "int8"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
+Backend = Literal["onnx", "tensorrt"]
+BACKENDS: tuple[Backend, ...] = ("onnx",)  # TensorRT on request, where a GPU exists
 
 
 class _Section(BaseModel):
@@ -64,9 +66,21 @@ class DistillConfig(_Section):
 
 class ExportConfig(_Section):
     precisions: list[Precision] = Field(default_factory=lambda: list(PRECISIONS))
+    backends: list[Backend] = Field(default_factory=lambda: list(BACKENDS))
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_samples: int = Field(256, ge=1, le=100_000)
+    # Largest allowed INT8 top-1 drop against FP32, in percentage points (guard.py).
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100)
+    batch_range: list[int] = Field(default_factory=lambda: [1, 8, 32])
     parity_samples: int = Field(512, ge=1, le=1_000_000)
     opset: int | None = Field(None, ge=13, le=30)
+
+    @field_validator("batch_range")
+    @classmethod
+    def _min_opt_max(cls, v: list[int]) -> list[int]:
+        if not 1 <= len(v) <= 3 or any(b < 1 for b in v) or v != sorted(v):
+            raise ValueError("batch range is MIN[,OPT[,MAX]] with 1 <= MIN <= OPT <= MAX")
+        return v
 
     @field_validator("precisions")
     @classmethod

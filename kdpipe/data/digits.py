@@ -40,6 +40,8 @@ def load(seed: int, image_size: int, val_fraction: float, test_fraction: float) 
         mean=[mean] * 3,
         std=[std] * 3,
         sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        color="gray",
+        resize="bilinear",
         preprocessing=(
             f"8x8 grayscale/16 -> bilinear {image_size}x{image_size} -> 3 channels -> (x-mean)/std"
         ),

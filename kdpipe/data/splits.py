@@ -24,6 +24,14 @@ class DataInfo:
     sizes: dict[str, int] = field(default_factory=dict)
     layout: str = "NCHW"
     preprocessing: str = ""
+    # How an image file becomes the model input (the bundle and `kdpipe predict` follow it):
+    # read as `color` ("rgb" or "gray", gray copied to 3 channels), resize to H x W with
+    # `resize` ("pil_bilinear": PIL's antialiased bilinear, as torchvision on PIL images;
+    # "bilinear": torch.nn.functional.interpolate, align_corners=False), multiply by
+    # `scale`, then (x - mean) / std per channel.
+    color: str = "rgb"
+    resize: str = "pil_bilinear"
+    scale: float = 1 / 255
 
     @property
     def num_classes(self) -> int:

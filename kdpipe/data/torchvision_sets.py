@@ -76,6 +76,7 @@ def load(name: str, root: Path, seed: int, size: int, val_fraction: float) -> Da
         std=std,
         sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test)},  # type: ignore[arg-type]
         preprocessing=("grayscale->RGB, " if gray else "") + describe(size, mean, std),
+        color="gray" if gray else "rgb",
     )
     return DataSplits(
         Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist()), test, info

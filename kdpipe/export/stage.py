@@ -1,4 +1,5 @@
-"""The export stage: student -> ONNX FP32 (+ INT8), each verified against PyTorch on test images."""
+"""The export stage: student -> ONNX FP32, FP16, guarded INT8 (and TensorRT engines where
+possible), each verified against PyTorch on real test images, plus the edge bundle."""
 
 from __future__ import annotations
 
@@ -9,45 +10,59 @@ from torch import nn
 from kdpipe import ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
+from kdpipe.export import tensorrt
+from kdpipe.export.bundle import write_bundle
+from kdpipe.export.fp16 import convert_fp16
+from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
-from kdpipe.export.quantize import quantize_int8
 from kdpipe.export.verify import ort_logits, ort_session, parity, parity_subset
 from kdpipe.profile.accuracy import predict_logits
 from kdpipe.runs import write_json
 
-FILES = {"fp32": "student.onnx", "int8": "student.int8.onnx"}
+FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
 # FP32 ONNX must match PyTorch: the design's bar for a correct export.
 FP32_MIN_AGREEMENT = 0.999
 
 
 def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage_dir: Path) -> dict:
-    """Write the ONNX files and export.json (parity and accuracy of each precision)."""
+    """Write the ONNX files, bundle.json and export.json (parity and accuracy of each)."""
     e = cfg.export
     check_set = parity_subset(data.test, e.parity_samples)
     reference, labels = predict_logits(student, check_set)
-    results: dict[str, dict] = {}
     fp32_path = stage_dir / FILES["fp32"]
     ui.info(f"export: ONNX FP32 -> {fp32_path}")
     how = export_onnx(student, data.info, fp32_path, e.opset)
+    results: dict[str, dict] = {}
     for precision in e.precisions:
         path = stage_dir / FILES[precision]
-        if precision == "int8":
+        settings: dict = {}
+        if precision == "fp16":
+            ui.info(f"export: FP16 (float32 inputs/outputs kept) -> {path}")
+            settings = {"conversion": convert_fp16(fp32_path, path)}
+        elif precision == "int8":
             ui.info(
-                f"export: INT8 QDQ, calibrated on {e.calibration_samples} training images -> {path}"
+                f"export: INT8 QDQ, {e.calibration} calibration on {e.calibration_samples} "
+                f"training images, max drop {e.max_accuracy_drop} pt -> {path}"
             )
-            how = {
-                **how,
-                "quantization": quantize_int8(
-                    fp32_path, path, data.train, e.calibration_samples, cfg.seed
-                ),
+            settings = {
+                "quantization": quantize_with_guard(
+                    fp32_path,
+                    path,
+                    data.train,
+                    data.val,
+                    e.calibration,
+                    e.calibration_samples,
+                    cfg.seed,
+                    e.max_accuracy_drop / 100,
+                )
             }
         logits, _ = ort_logits(ort_session(path), check_set)
-        check = parity(reference, logits, labels)
         results[precision] = {
             "file": path.name,
             "size_bytes": path.stat().st_size,
-            "parity": check,
+            "parity": parity(reference, logits, labels),
             **how,
+            **settings,
         }
     fp32 = results["fp32"]["parity"]
     if fp32["top1_agreement"] < FP32_MIN_AGREEMENT:
@@ -60,5 +75,30 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
             f"export: {name} max|dlogit|={r['parity']['max_abs_diff']:.2e} "
             f"agreement={r['parity']['top1_agreement']:.4f} accuracy={r['parity']['accuracy']:.4f}"
         )
+    engines = _tensorrt_engines(cfg, data, stage_dir) if "tensorrt" in e.backends else {}
+    write_json(stage_dir / "tensorrt.json", engines)
+    bundle = write_bundle(stage_dir, data.info, results, cfg.out_dir())
     write_json(stage_dir / "export.json", results)
+    ui.info(f"export: bundle {stage_dir / 'bundle.json'} ({len(bundle['models'])} models)")
     return results
+
+
+def _tensorrt_engines(cfg: RunConfig, data: DataSplits, stage_dir: Path) -> dict:
+    """One engine per exported precision, or a one-line skip saying why."""
+    reason = tensorrt.unavailable_reason()
+    if reason:
+        ui.info(f"export: TensorRT skipped: {reason}")
+        return {"skipped": reason}
+    engines = {}
+    for precision in cfg.export.precisions:
+        plan = stage_dir / FILES[precision].replace(".onnx", ".plan")
+        ui.info(f"export: TensorRT {precision} engine -> {plan}")
+        engines[precision] = tensorrt.build_engine(
+            stage_dir / FILES[precision],
+            plan,
+            data.info.input_size,
+            cfg.export.batch_range,
+            precision,
+            stage_dir / "tensorrt.timing-cache",
+        )
+    return engines

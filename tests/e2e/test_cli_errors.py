@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from kdpipe.models import create
-
-
-def kdpipe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, timeout=300
-    )
+from tests.e2e.helpers import kdpipe
 
 
 @pytest.fixture(scope="module")

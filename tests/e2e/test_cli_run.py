@@ -3,53 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import TINY, kdpipe
+
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "--teacher",
-    "resnet18",
-    "--student",
-    "mobilenet_v3_small",
-    "--teacher-epochs",
-    "3",
-    "--epochs",
-    "2",
-    "--batch-sizes",
-    "1,4",
-    "--min-iters",
-    "10",
-    "--min-seconds",
-    "0.05",
-    "--quiet",
-]
-
-
-def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kdpipe", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, dict]:
-    out = tmp_path_factory.mktemp("run") / "r"
-    env = {**os.environ, "KDPIPE_CACHE": str(out.parent / "cache")}
-    start = time.perf_counter()
-    proc = kdpipe("run", *TINY, "--out", str(out), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, time.perf_counter() - start, env
 
 
 def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from kdpipe.data.splits import DataInfo
 from kdpipe.export.onnx import export_onnx
-from kdpipe.export.quantize import quantize_int8
+from kdpipe.export.quantize import ImageBatches, preprocess, quantize_int8
 from kdpipe.export.verify import ort_logits, ort_session, parity
 from kdpipe.models import create
 from kdpipe.profile.accuracy import predict_logits
@@ -62,8 +62,9 @@ def test_metadata_travels_in_the_file(exported) -> None:
 
 def test_int8_is_qdq_and_close_to_fp32(exported, tmp_path: Path) -> None:
     model, path, data = exported
-    out = tmp_path / "m.int8.onnx"
-    settings = quantize_int8(path, out, data, samples=64, seed=0)
+    out, pre = tmp_path / "m.int8.onnx", tmp_path / "pre.onnx"
+    preprocess(path, pre)
+    settings = quantize_int8(pre, out, ImageBatches(data, samples=64, seed=0))
     assert settings["format"] == "QDQ" and settings["calibration_samples"] == 64
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

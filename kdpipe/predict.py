@@ -1,0 +1,133 @@
+"""`kdpipe predict BUNDLE IMAGE...`: classify image files with an exported bundle.
+
+Uses only onnxruntime, numpy and Pillow — never torch — so it runs where the bundle ships.
+The bundle's checksums are verified before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+from kdpipe.errors import ConfigError, DataError, ExportError
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    index: int
+    probability: float
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_bundle(path: Path) -> tuple[Path, dict]:
+    """The bundle folder and its bundle.json; `path` may name either."""
+    folder = path.parent if path.name == "bundle.json" else path
+    meta = folder / "bundle.json"
+    if not meta.is_file():
+        raise ConfigError(f"{path} is not a kdpipe bundle (no bundle.json)", "pass RUN_DIR/export")
+    try:
+        bundle = json.loads(meta.read_text(encoding="utf-8"))
+        bundle["models"], bundle["preprocessing"], bundle["class_names"]  # noqa: B018 - shape check
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{meta} is corrupt ({type(e).__name__}: {e})", "re-run kdpipe export"
+        ) from None
+    return folder, bundle
+
+
+def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSession:
+    models = bundle["models"]
+    if precision not in models:
+        raise ConfigError(
+            f"bundle has no {precision} model", f"available: {', '.join(models) or 'none'}"
+        )
+    entry = models[precision]
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise ExportError(f"bundle file {path} is missing", "copy the whole export folder")
+    if _sha256(path) != entry["sha256"]:
+        raise ExportError(
+            f"{path} does not match its sha256 in bundle.json (corrupt or modified)",
+            "copy the file again from the run's export folder",
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExportError(
+            f"onnxruntime cannot load {path}: {first}", "re-export the model"
+        ) from None
+
+
+def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """[C,H0,W0] -> [C,h,w] exactly as torch's interpolate(mode='bilinear', align_corners=False)."""
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(np.float32)
+
+    y0, y1, wy = axis(img.shape[1], h)
+    x0, x1, wx = axis(img.shape[2], w)
+    rows = img[:, y0, :] * (1 - wy)[None, :, None] + img[:, y1, :] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
+
+
+def preprocess(path: Path, pre: dict) -> np.ndarray:
+    """One image file -> the [3,H,W] float32 input the model was trained on."""
+    h, w = pre["resize"]
+    try:
+        with Image.open(path) as raw:
+            img = raw.convert("L" if pre["color"] == "gray" else "RGB")
+        if pre["interpolation"] == "pil_bilinear":  # as torchvision's Resize on PIL images
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        x = np.asarray(img, dtype=np.float32)
+        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+        if pre["interpolation"] == "bilinear":  # as torch's interpolate on tensors
+            x = resize_bilinear(x, h, w)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read image {path}: {e}", "pass PNG/JPEG/... image files") from None
+    x = x * np.float32(pre["scale"])
+    if x.shape[0] == 1:
+        x = np.repeat(x, 3, axis=0)
+    mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+    return ((x - mean) / std).astype(np.float32)
+
+
+def predict(
+    bundle_path: Path, images: list[Path], precision: str = "fp32", batch: int = 64
+) -> list[Prediction]:
+    folder, bundle = load_bundle(bundle_path)
+    session = open_model(folder, bundle, precision)
+    name = bundle["input"]["name"]
+    classes = bundle["class_names"]
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        x = np.stack([preprocess(p, bundle["preprocessing"]) for p in chunk])
+        logits = session.run(None, {name: x})[0].astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        for p, row in zip(chunk, probs, strict=True):
+            k = int(row.argmax())
+            out.append(Prediction(str(p), classes[k], k, float(row[k])))
+    return out
