@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console(highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, hint: str, code: int) -> None:

@@ -66,6 +66,28 @@ def render_markdown(r: dict) -> str:
             f"| {precision} | {x['file']} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
             f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} | {100 * x['accuracy_drop_vs_fp32']:+.2f} pt |"
         )
+    guard = r["export"].get("int8", {}).get("quantization", {}).get("guard")
+    if guard:
+        kept = ", ".join(k["node"] for k in guard["kept_fp32"]) or "none"
+        lines += [
+            "",
+            f"INT8 accuracy guard: all-INT8 dropped {100 * guard['drop_all_int8']:.2f} pt on the "
+            f"validation split (limit {100 * guard['max_drop']:.2f} pt); layers kept in FP32: {kept}; "
+            f"final drop {100 * guard['final_drop']:.2f} pt.",
+        ]
+    trt = r.get("tensorrt") or {}
+    if "skipped" in trt:
+        lines += ["", f"TensorRT: skipped ({trt['skipped']})."]
+    elif trt:
+        lines += [
+            "",
+            "TensorRT engines: "
+            + ", ".join(
+                f"{p} ({m['plan']}, TensorRT {m['tensorrt_version']}, {m['gpu']})"
+                for p, m in trt.items()
+            )
+            + ".",
+        ]
     env = r["environment"]
     lines += [
         "",

@@ -1,0 +1,212 @@
+"""Exercise every GPU path the machine allows and print a table (not a test).
+
+    bash bench/gpu_check.sh            # writes $OUT/gpu_check.json when OUT is set
+
+Measures, on CUDA: inference latency with CUDA events (device time) and wall time
+(end to end), FP32 vs AMP (bf16 where supported, else fp16) vs AMP + channels_last, for
+resnet50 and resnet18 at batch 1 and 32 on 3x32x32 and 3x224x224; training throughput FP32
+vs AMP + channels_last; a TensorRT engine through kdpipe.export.tensorrt and
+onnxruntime-gpu's CUDA provider when installed. Each missing piece is reported as skipped
+with its reason. Never changes the card's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROWS: list[dict] = []
+
+
+def row(**kw: object) -> None:
+    ROWS.append(kw)
+    print("  ".join(f"{k}={v}" for k, v in kw.items()), flush=True)
+
+
+def cuda_latency(model: torch.nn.Module, x: torch.Tensor, iters: int = 100) -> tuple[float, float]:
+    """Median device time (CUDA events) and median wall time per call, milliseconds."""
+    for _ in range(10):
+        model(x)
+    torch.cuda.synchronize()
+    device, wall = [], []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        wall.append((time.perf_counter() - t0) * 1e3)
+        device.append(start.elapsed_time(end))
+    return sorted(device)[len(device) // 2], sorted(wall)[len(wall) // 2]
+
+
+def amp_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.inference_mode()
+def inference_modes() -> None:
+    dtype = amp_dtype()
+    for arch in ("resnet50", "resnet18"):
+        for size in (32, 224):
+            for bs in (1, 32):
+                base = torchvision.models.get_model(arch, num_classes=10).cuda().eval()
+                x = torch.randn(bs, 3, size, size, device="cuda")
+                results = {}
+                for mode in ("fp32", "amp", "amp+channels_last"):
+                    model, inp = base, x
+                    if mode == "amp+channels_last":
+                        model = base.to(memory_format=torch.channels_last)
+                        inp = x.contiguous(memory_format=torch.channels_last)
+                    if mode == "fp32":
+                        dev, wall = cuda_latency(model, inp)
+                    else:
+                        with torch.autocast("cuda", dtype=dtype):
+                            dev, wall = cuda_latency(model, inp)
+                    results[mode] = dev
+                    row(
+                        kind="latency",
+                        arch=arch,
+                        size=size,
+                        batch=bs,
+                        mode=mode,
+                        amp_dtype=str(dtype).split(".")[-1],
+                        device_ms=round(dev, 4),
+                        wall_ms=round(wall, 4),
+                        speedup_vs_fp32=round(results["fp32"] / dev, 2),
+                    )
+
+
+def training_throughput(steps: int = 30) -> None:
+    dtype = amp_dtype()
+    for arch in ("resnet50", "resnet18"):
+        for size, bs in ((32, 256), (224, 64)):
+            rates = {}
+            for mode in ("fp32", "amp+channels_last"):
+                torch.manual_seed(0)
+                model = torchvision.models.get_model(arch, num_classes=10).cuda()
+                x = torch.randn(bs, 3, size, size, device="cuda")
+                y = torch.randint(0, 10, (bs,), device="cuda")
+                if mode != "fp32":
+                    model = model.to(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                scaler = torch.amp.GradScaler(
+                    "cuda", enabled=(mode != "fp32" and dtype == torch.float16)
+                )
+                for i in range(steps + 5):
+                    if i == 5:
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                    with torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32"):
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                torch.cuda.synchronize()
+                rates[mode] = steps * bs / (time.perf_counter() - t0)
+                row(
+                    kind="train",
+                    arch=arch,
+                    size=size,
+                    batch=bs,
+                    mode=mode,
+                    images_per_s=round(rates[mode], 1),
+                    speedup_vs_fp32=round(rates[mode] / rates["fp32"], 2),
+                )
+
+
+def tensorrt_and_ort_gpu() -> None:
+    try:
+        from kdpipe.data.splits import DataInfo
+        from kdpipe.export import tensorrt
+        from kdpipe.export.onnx import export_onnx
+    except ImportError as e:  # kdpipe's own dependencies may be missing on a bare GPU image
+        row(kind="tensorrt", status="skipped", reason=f"kdpipe not importable: {e}")
+        return
+
+    info = DataInfo("synthetic", [str(i) for i in range(10)], (3, 224, 224), [0.5] * 3, [0.25] * 3)
+    model = torchvision.models.get_model("resnet18", num_classes=10).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "resnet18.onnx"
+        export_onnx(model, info, onnx_path)
+        x = torch.randn(8, 3, 224, 224)
+        ref = model(x).detach()
+        reason = tensorrt.unavailable_reason()
+        if reason:
+            row(kind="tensorrt", status="skipped", reason=reason)
+        else:
+            plan = Path(tmp) / "resnet18.plan"
+            meta = tensorrt.build_engine(
+                onnx_path, plan, (3, 224, 224), [1, 8, 32], "fp32", Path(tmp) / "timing.cache"
+            )
+            runner = tensorrt.TensorRTRunner(plan)
+            got = runner(x.cuda()).cpu()
+            dev, wall = cuda_latency(lambda t: runner(t), x.cuda())  # type: ignore[arg-type]
+            row(
+                kind="tensorrt",
+                status="ok",
+                version=meta["tensorrt_version"],
+                max_abs_diff=float((got - ref).abs().max()),
+                device_ms=round(dev, 4),
+                wall_ms=round(wall, 4),
+                build_s=round(meta["build_seconds"], 1),
+            )
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            row(
+                kind="ort-cuda",
+                status="skipped",
+                reason=f"onnxruntime {ort.__version__} has no CUDA provider (pip install onnxruntime-gpu)",
+            )
+        else:
+            sess = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
+            got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+            row(kind="ort-cuda", status="ok", max_abs_diff=float((got - ref).abs().max()))
+
+
+def main() -> None:
+    env = {
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(),
+    }
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible; nothing to measure here.")
+        row(kind="environment", **env)
+    else:
+        env.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpus=torch.cuda.device_count(),
+            capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+            cuda=torch.version.cuda,
+            bf16=torch.cuda.is_bf16_supported(),
+        )
+        row(kind="environment", **env)
+        torch.backends.cudnn.benchmark = True
+        inference_modes()
+        training_throughput()
+        tensorrt_and_ort_gpu()
+        if torch.cuda.device_count() > 1:
+            row(
+                kind="ddp",
+                status="not measured here",
+                reason="multi-GPU DDP check belongs to the distributed issue",
+            )
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_check.json").write_text(json.dumps(ROWS, indent=1))
+
+
+if __name__ == "__main__":
+    main()

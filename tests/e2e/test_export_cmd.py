@@ -1,0 +1,48 @@
+"""`kdpipe export` on its own: from a weights file, and again from a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdpipe.runs import file_sha256
+from tests.e2e.helpers import kdpipe
+
+pytestmark = pytest.mark.slow
+
+
+def test_export_from_weights_file(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    dest = tmp_path / "exp"
+    proc = kdpipe(
+        "export",
+        "--arch",
+        "mobilenet_v3_small",
+        "--weights",
+        str(out / "distill" / "student.pt"),
+        "--precision",
+        "fp32,fp16",
+        "--out",
+        str(dest),
+        "--quiet",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((dest / "export.json").read_text())
+    assert set(results) == {"fp32", "fp16"}
+    assert results["fp32"]["parity"]["top1_agreement"] >= 0.999
+    assert results["fp32"]["parity"]["max_abs_diff"] <= 1e-3
+    assert results["fp16"]["parity"]["top1_agreement"] >= 0.99
+    assert results["fp16"]["parity"]["samples"] == 360
+    bundle = json.loads((dest / "bundle.json").read_text())
+    assert bundle["models"]["fp16"]["sha256"] == file_sha256(dest / "student.fp16.onnx")
+    assert "fp16" in proc.stdout and "bundle:" in proc.stdout
+
+
+def test_export_needs_a_source(tmp_path: Path) -> None:
+    proc = kdpipe("export", "--quiet")
+    assert proc.returncode == 2 and "either a run directory" in proc.stderr
+    proc = kdpipe("export", str(tmp_path), "--quiet")
+    assert proc.returncode == 2 and "not a kdpipe run directory" in proc.stderr
