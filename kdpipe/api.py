@@ -154,16 +154,20 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
     files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
     onnx_files: dict[str, Path] = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
+    engines = read_json(e_dir / "tensorrt.json")
+    plans = {
+        p: e_dir / m["plan"] for p, m in engines.items() if isinstance(m, dict) and "plan" in m
+    }
     profile = stage(
         "profile",
         p_fp,
         ["results.json"],
-        lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, d),
+        lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, plans, d),
         lambda: read_json(rd.stage_dir("profile") / "results.json"),
     )
 
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
-    report["tensorrt"] = read_json(e_dir / "tensorrt.json")
+    report["tensorrt"] = engines
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
     return report

@@ -14,7 +14,12 @@ from kdpipe.errors import ExportError
 from kdpipe.export.onnx import INPUT_NAME
 
 
-def ort_session(path: Path, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
+def ort_session(
+    path: Path,
+    threads: int | None = None,
+    spin: bool = True,
+    provider: str = "CPUExecutionProvider",
+) -> ort.InferenceSession:
     """A CPU session. `spin=False` stops idle worker threads from busy-waiting after a call,
     which would steal cores from whatever runs next (the profiler interleaves runtimes)."""
     opts = ort.SessionOptions()
@@ -25,7 +30,7 @@ def ort_session(path: Path, threads: int | None = None, spin: bool = True) -> or
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExportError(

@@ -1,21 +1,33 @@
-"""One runner per backend: a callable that runs a model once on a fixed input batch.
+"""One runner per backend: images (CPU float32) in, logits (CPU) out, end to end.
 
-Backends here: `torch-cpu` (eager, inference mode) and `ort-cpu` (onnxruntime CPU provider).
-Every backend gets the same input tensor; thread counts are fixed and recorded.
+Backends: `torch-cpu`, `torch-cuda` (eager, inference mode), `ort-cpu`, `ort-cuda`,
+`ort-tensorrt` (onnxruntime's CPU / CUDA / TensorRT execution providers) and `tensorrt`
+(engines built by the export stage). A GPU backend is used when its runtime and a device
+exist; otherwise it is listed as skipped with the reason. GPU runners synchronize before
+returning, so a timed call is the end-to-end time including the copies.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from kdpipe.export import tensorrt
 from kdpipe.export.onnx import INPUT_NAME
 from kdpipe.export.verify import ort_session
+
+ORT_PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-tensorrt": "TensorrtExecutionProvider",
+}
 
 
 @dataclass(frozen=True)
@@ -23,25 +35,121 @@ class Target:
     """What is measured: which model, on which backend, in which precision."""
 
     model: str  # teacher | student
-    backend: str  # torch-cpu | ort-cpu | ...
-    precision: str  # fp32 | int8 | ...
+    backend: str  # torch-cpu | torch-cuda | ort-cpu | ort-cuda | ort-tensorrt | tensorrt
+    precision: str  # fp32 | fp16 | int8
 
 
-def torch_runner(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]:
-    model.eval()
+@dataclass
+class Runner:
+    target: Target
+    predict: Callable[[Tensor], Tensor]
+    size_bytes: int
 
-    def run() -> object:
+
+def torch_predict(model: nn.Module, device: str) -> Callable[[Tensor], Tensor]:
+    net = model if device == "cpu" else copy.deepcopy(model).to(device)
+    net.eval()
+
+    def run(x: Tensor) -> Tensor:
         with torch.inference_mode():
-            return model(batch)
+            out = net(x.to(device, non_blocking=True)).float()
+            if device != "cpu":
+                out = out.cpu()  # blocks until the GPU is done
+        return out
 
     return run
 
 
-def ort_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], object]:
-    session = ort_session(path, threads, spin=False)
-    feed = {INPUT_NAME: batch.numpy().astype(np.float32)}
+def ort_predict(path: Path, threads: int, provider: str) -> Callable[[Tensor], Tensor]:
+    session = ort_session(path, threads, spin=False, provider=provider)
 
-    def run() -> object:
-        return session.run(None, feed)
+    def run(x: Tensor) -> Tensor:
+        feed = {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
+        return torch.from_numpy(session.run(None, feed)[0])
 
     return run
+
+
+def tensorrt_predict(plan: Path) -> Callable[[Tensor], Tensor]:
+    runner = tensorrt.TensorRTRunner(plan)
+
+    def run(x: Tensor) -> Tensor:
+        return runner(x).float().cpu()
+
+    return run
+
+
+def build_runners(
+    teacher: nn.Module,
+    student: nn.Module,
+    files: dict[str, Path],
+    onnx_files: dict[str, Path],
+    plans: dict[str, Path],
+    threads: int,
+) -> tuple[list[Runner], list[dict]]:
+    """Runners for every backend available here, and the skipped ones with their reasons."""
+    runners = [
+        Runner(
+            Target("teacher", "torch-cpu", "fp32"),
+            torch_predict(teacher, "cpu"),
+            files["teacher"].stat().st_size,
+        ),
+        Runner(
+            Target("student", "torch-cpu", "fp32"),
+            torch_predict(student, "cpu"),
+            files["student"].stat().st_size,
+        ),
+    ]
+    skipped: list[dict] = []
+    cuda = torch.cuda.is_available()
+    if cuda:
+        runners += [
+            Runner(
+                Target("teacher", "torch-cuda", "fp32"),
+                torch_predict(teacher, "cuda"),
+                files["teacher"].stat().st_size,
+            ),
+            Runner(
+                Target("student", "torch-cuda", "fp32"),
+                torch_predict(student, "cuda"),
+                files["student"].stat().st_size,
+            ),
+        ]
+    else:
+        skipped.append({"backend": "torch-cuda", "reason": "no CUDA GPU is visible"})
+    available = ort.get_available_providers()
+    for backend, provider in ORT_PROVIDERS.items():
+        if provider not in available or (backend != "ort-cpu" and not cuda):
+            why = (
+                f"onnxruntime {ort.__version__} has no {provider}"
+                if provider not in available
+                else "no CUDA GPU is visible"
+            )
+            skipped.append(
+                {
+                    "backend": backend,
+                    "reason": f"{why} (pip install 'kdpipe[gpu]' on a GPU machine)",
+                }
+            )
+            continue
+        for precision, path in onnx_files.items():
+            runners.append(
+                Runner(
+                    Target("student", backend, precision),
+                    ort_predict(path, threads, provider),
+                    path.stat().st_size,
+                )
+            )
+    reason = tensorrt.unavailable_reason()
+    if reason:
+        skipped.append({"backend": "tensorrt", "reason": reason})
+    for precision, plan in plans.items():
+        if not reason and plan.is_file():
+            runners.append(
+                Runner(
+                    Target("student", "tensorrt", precision),
+                    tensorrt_predict(plan),
+                    plan.stat().st_size,
+                )
+            )
+    return runners, skipped

@@ -1,32 +1,31 @@
 """The profile stage: teacher and student side by side on every available backend.
 
-For each batch size, all targets (teacher torch, student torch, student ONNX FP32/INT8) are
-timed interleaved on the same input batch; accuracy, agreement with the teacher, parameters,
-FLOPs and file sizes come alongside.
+For each batch size, all runners (teacher and student in torch, the student's ONNX files in
+onnxruntime, TensorRT engines, on CPU and GPU where present) are timed interleaved on the
+same input batch; accuracy, agreement with the teacher, parameters, FLOPs and file sizes
+come alongside. Backends that cannot run here are listed with the reason.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from kdpipe import ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
-from kdpipe.export.verify import ort_logits, ort_session
 from kdpipe.profile import complexity, environment
-from kdpipe.profile.accuracy import agreement, predict_logits, top1
-from kdpipe.profile.backends import Target, ort_runner, torch_runner
+from kdpipe.profile.accuracy import agreement, top1
+from kdpipe.profile.backends import Runner, Target, build_runners
 from kdpipe.profile.latency import measure_interleaved, summarize
 from kdpipe.runs import write_json
 
-TEACHER = Target("teacher", "torch-cpu", "fp32")
-STUDENT = Target("student", "torch-cpu", "fp32")
 HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
 
 
@@ -37,6 +36,7 @@ def run_profile_stage(
     student: nn.Module,
     files: dict[str, Path],
     onnx_files: dict[str, Path],
+    plans: dict[str, Path],
     stage_dir: Path,
 ) -> dict:
     """Measure every target; write results.json; return it."""
@@ -45,21 +45,20 @@ def run_profile_stage(
     torch.set_num_threads(threads)
     teacher.eval()
     student.eval()
-    onnx_targets = {Target("student", "ort-cpu", prec): path for prec, path in onnx_files.items()}
-    models = _accuracy_and_size(data, teacher, student, files, onnx_targets, threads)
+    runners, skipped = build_runners(teacher, student, files, onnx_files, plans, threads)
+    for s in skipped:
+        ui.info(f"profile: {s['backend']} skipped: {s['reason']}")
+    models = _accuracy_and_size(data, teacher, student, runners)
 
     latency: list[dict] = []
     sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
     with ui.progress() as bar:
-        task = bar.add_task("profile", total=len(p.batch_sizes) * len(models), rate="", stats="")
+        task = bar.add_task("profile", total=len(p.batch_sizes) * len(runners), rate="", stats="")
         for i, bs in enumerate(p.batch_sizes):
             batch = _batch_of(sample, bs)
             calls: dict[Target, Callable[[], object]] = {
-                TEACHER: torch_runner(teacher, batch),
-                STUDENT: torch_runner(student, batch),
+                r.target: partial(r.predict, batch) for r in runners
             }
-            for target, path in onnx_targets.items():
-                calls[target] = ort_runner(path, batch, threads)
             base, label = i * len(calls), f"batch {bs}"
 
             def advance(finished: int, _total: int, base: int = base, label: str = label) -> None:
@@ -87,10 +86,11 @@ def run_profile_stage(
     results = {
         "models": models,
         "latency": latency,
+        "skipped_backends": skipped,
         "settings": {
             **p.model_dump(),
             "threads": threads,
-            "timer": "time.perf_counter_ns",
+            "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
             "ort_spinning": False,
         },
         "environment": environment.describe(threads),
@@ -99,13 +99,16 @@ def run_profile_stage(
     return results
 
 
+def _logits(runner: Runner, dataset: Dataset, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    out, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        out.append(runner.predict(x))
+        labels.append(y)
+    return torch.cat(out), torch.cat(labels)
+
+
 def _accuracy_and_size(
-    data: DataSplits,
-    teacher: nn.Module,
-    student: nn.Module,
-    files: dict[str, Path],
-    onnx_targets: dict[Target, Path],
-    threads: int,
+    data: DataSplits, teacher: nn.Module, student: nn.Module, runners: list[Runner]
 ) -> list[dict]:
     """One row per target: test top-1, agreement with the teacher, params, FLOPs, file size."""
     size = data.info.input_size
@@ -113,27 +116,21 @@ def _accuracy_and_size(
         "teacher": (complexity.parameters(teacher), complexity.flops_per_image(teacher, size)),
         "student": (complexity.parameters(student), complexity.flops_per_image(student, size)),
     }
-    t_logits, labels = predict_logits(teacher, data.test)
-    outputs: list[tuple[Target, Tensor, int]] = [
-        (TEACHER, t_logits, files["teacher"].stat().st_size),
-        (STUDENT, predict_logits(student, data.test)[0], files["student"].stat().st_size),
-    ]
-    for target, path in onnx_targets.items():
-        logits = ort_logits(ort_session(path, threads), data.test)[0]
-        outputs.append((target, logits, path.stat().st_size))
+    outputs = [(r, *_logits(r, data.test)) for r in runners]
+    t_logits = outputs[0][1]  # the first runner is the teacher in torch-cpu
     rows = []
-    for target, logits, nbytes in outputs:
-        params, flops = net_facts[target.model]
+    for runner, logits, labels in outputs:
+        params, flops = net_facts[runner.target.model]
         rows.append(
             {
-                "model": target.model,
-                "backend": target.backend,
-                "precision": target.precision,
+                "model": runner.target.model,
+                "backend": runner.target.backend,
+                "precision": runner.target.precision,
                 "accuracy": top1(logits, labels),
                 "agreement_with_teacher": agreement(logits, t_logits),
                 "params": params,
                 "flops": flops,
-                "size_bytes": nbytes,
+                "size_bytes": runner.size_bytes,
             }
         )
     return rows

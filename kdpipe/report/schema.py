@@ -113,6 +113,7 @@ def build_report(
         "models": profile["models"],
         "latency": profile["latency"],
         "summary": summarize(profile),
+        "skipped_backends": profile.get("skipped_backends", []),
         "profile_settings": profile["settings"],
         "environment": profile["environment"],
         "stages": stages,

@@ -1,0 +1,88 @@
+"""GPU paths: TensorRT engines and CUDA backends. They run where a GPU is present and skip
+here with the reason; the skip logic itself is tested on every machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdpipe.data.splits import DataInfo
+from kdpipe.errors import BackendUnavailable
+from kdpipe.export import tensorrt
+from kdpipe.export.onnx import export_onnx
+from kdpipe.models import create
+from kdpipe.profile.backends import build_runners
+
+TRT_REASON = tensorrt.unavailable_reason()
+INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = create("resnet18", 10).eval()
+    path = tmp_path_factory.mktemp("gpu") / "m.onnx"
+    export_onnx(model, INFO, path)
+    return model, path
+
+
+def test_unavailable_tensorrt_says_why_and_refuses_to_fake() -> None:
+    if TRT_REASON is None:
+        pytest.skip("TensorRT is available here; the refusal path is not reachable")
+    assert "TensorRT" in TRT_REASON or "CUDA" in TRT_REASON
+    with pytest.raises(BackendUnavailable):
+        tensorrt.build_engine(
+            Path("x.onnx"), Path("x.plan"), (3, 32, 32), [1, 8, 32], "fp32", Path("c")
+        )
+
+
+def test_profiler_lists_every_backend_it_cannot_use(onnx_model, tmp_path: Path) -> None:
+    model, path = onnx_model
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    runners, skipped = build_runners(
+        model, model, {"teacher": weights, "student": weights}, {"fp32": path}, {}, threads=2
+    )
+    backends = {r.target.backend for r in runners} | {s["backend"] for s in skipped}
+    assert backends == {
+        "torch-cpu",
+        "torch-cuda",
+        "ort-cpu",
+        "ort-cuda",
+        "ort-tensorrt",
+        "tensorrt",
+    }
+    assert all(s["reason"] for s in skipped)
+    x = torch.randn(3, 3, 32, 32)
+    for r in runners:  # every available backend gives the model's logits
+        assert torch.allclose(r.predict(x), model(x).detach(), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_and_ort_cuda_match_cpu(onnx_model) -> None:
+    model, path = onnx_model
+    x = torch.randn(4, 3, 32, 32)
+    runners, _ = build_runners(
+        model, model, {"teacher": path, "student": path}, {"fp32": path}, {}, 2
+    )
+    gpu = [r for r in runners if r.target.backend in ("torch-cuda", "ort-cuda")]
+    assert gpu
+    for r in gpu:
+        assert torch.allclose(r.predict(x), model(x).detach(), atol=1e-2)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT unavailable: {TRT_REASON}")
+def test_tensorrt_engine_matches_pytorch(onnx_model, tmp_path: Path) -> None:
+    model, path = onnx_model
+    plan = tmp_path / "m.plan"
+    meta = tensorrt.build_engine(path, plan, (3, 32, 32), [1, 4, 8], "fp32", tmp_path / "cache")
+    assert plan.is_file() and (tmp_path / "cache").is_file() and meta["strongly_typed"]
+    runner = tensorrt.TensorRTRunner(plan)
+    for bs in (1, 4, 8):
+        x = torch.randn(bs, 3, 32, 32)
+        got = runner(x.cuda()).cpu()
+        assert torch.allclose(got, model(x).detach(), atol=1e-2)
