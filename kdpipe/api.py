@@ -28,6 +28,7 @@ from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import run_export_stage
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.markdown import render_markdown
+from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
 from kdpipe.runs import (
     STAGES,
@@ -161,13 +162,14 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     profile = stage(
         "profile",
         p_fp,
-        ["results.json"],
+        ["results.json", "samples.json"],
         lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, plans, d),
         lambda: read_json(rd.stage_dir("profile") / "results.json"),
     )
 
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
     report["tensorrt"] = engines
+    report["metrics"] = flatten_metrics(report)
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
     return report

@@ -314,6 +314,80 @@ def predict(
                 print(f"{p.path}\t{p.label}\t{p.probability:.4f}")
 
 
+@app.command()
+def gate(
+    report: Annotated[Path, typer.Argument(help="report.json of a kdpipe run.")],
+    budgets: Annotated[Path, Opt(help="Budgets file (YAML or TOML).")],
+    junit: Annotated[
+        Path | None, Opt(help="Write JUnit XML here (one test case per budget).")
+    ] = None,
+    strict: Annotated[bool, Opt(help="Judge point estimates, not confidence intervals.")] = False,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Fail (exit 1) when a latency/accuracy/size budget is broken; exit 2 on bad input."""
+    with errors_reported(debug):
+        from kdpipe import gate as g
+        from kdpipe.errors import BudgetError
+
+        data = g.load_report(report)
+        verdicts = g.judge(data, g.load_budgets(budgets), g.load_samples(report), strict)
+        table = Table(
+            "metric", "value", "95% CI", "budget", "margin", "verdict", title="kdpipe gate"
+        )
+        for v in verdicts:
+            ci = f"{v.low:.4g} - {v.high:.4g}" if v.low is not None else "-"
+            verdict = "[green]pass[/green]" if v.passed else f"[red]FAIL[/red] {v.reason}"
+            table.add_row(v.metric, f"{v.value:.4g}", ci, g.budget_text(v), g.margin(v), verdict)
+        stdout.print(table)
+        if junit:
+            g.write_junit(verdicts, junit)
+        g.append_github_summary(verdicts)
+        broken = [v for v in verdicts if not v.passed]
+        if broken:
+            raise BudgetError(
+                f"{len(broken)} of {len(verdicts)} budgets broken: {', '.join(v.metric for v in broken)}",
+                "see the table above",
+            )
+        stdout.print(f"all {len(verdicts)} budgets hold")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="Baseline report.json (e.g. from main).")],
+    new: Annotated[Path, typer.Argument(help="New report.json.")],
+    fail_on: Annotated[
+        str | None, Opt(help="Regression rules, e.g. latency:+10%,accuracy:-0.5")
+    ] = None,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Every shared metric of two reports with its change; exit 1 when a --fail-on rule breaks."""
+    with errors_reported(debug):
+        from kdpipe.errors import BudgetError
+        from kdpipe.gate import load_report
+        from kdpipe.report.compare import compare as diff
+        from kdpipe.report.compare import parse_rules
+
+        rules = parse_rules(fail_on or "")
+        changes = diff(load_report(base)["metrics"], load_report(new)["metrics"], rules)
+        table = Table("metric", "base", "new", "change", "%", "rule", title="kdpipe compare")
+        for c in changes:
+            pct = f"{c.percent:+.1f}" if c.percent is not None else "-"
+            table.add_row(
+                c.metric,
+                f"{c.base:.4g}",
+                f"{c.new:.4g}",
+                f"{c.delta:+.4g}",
+                pct,
+                f"[red]{c.broken_by}[/red]" if c.broken_by else "",
+            )
+        stdout.print(table)
+        broken = [c for c in changes if c.broken_by]
+        if broken:
+            raise BudgetError(
+                f"{len(broken)} metrics regressed past --fail-on", "see the table above"
+            )
+
+
 @app.command("models")
 def list_models(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -> None:
     """List every model name `--teacher`/`--student` accept."""

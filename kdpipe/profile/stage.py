@@ -51,6 +51,7 @@ def run_profile_stage(
     models = _accuracy_and_size(data, teacher, student, runners)
 
     latency: list[dict] = []
+    samples: dict[str, list[float]] = {}  # raw per-call ms, for the gate's confidence intervals
     sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
     with ui.progress() as bar:
         task = bar.add_task("profile", total=len(p.batch_sizes) * len(runners), rate="", stats="")
@@ -68,6 +69,9 @@ def run_profile_stage(
                 calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
             )
             for target, ms in timings.items():
+                samples[f"{target.model}.{target.backend}.{target.precision}.bs{bs}"] = [
+                    round(v, 5) for v in ms
+                ]
                 latency.append(
                     {
                         "model": target.model,
@@ -96,6 +100,7 @@ def run_profile_stage(
         "environment": environment.describe(threads),
     }
     write_json(stage_dir / "results.json", results)
+    write_json(stage_dir / "samples.json", samples)
     return results
 
 

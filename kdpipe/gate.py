@@ -1,0 +1,227 @@
+"""`kdpipe gate`: judge a report against budgets; exit 0 when all hold, 1 when one broke.
+
+Budgets file (YAML or TOML), one entry per metric key of report.json's `metrics`:
+
+    budgets:
+      student.ort-cpu.int8.bs1.p95_ms: {max: 5}
+      summary.speedup_vs_teacher: {min: 4}
+      summary.accuracy_retention: {min: 0.98}
+
+Latency metrics (and the speedup) are judged on a 95 % bootstrap confidence interval over
+the timed calls: a budget fails only when the whole interval lies on the wrong side, so a
+noisy machine does not flip the verdict; `strict` judges the point estimate instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import tomllib
+import yaml
+
+from kdpipe.errors import ConfigError, closest
+
+CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
+BOOTSTRAP = 2000
+
+
+@dataclass
+class Verdict:
+    metric: str
+    value: float
+    low: float | None
+    high: float | None
+    min: float | None
+    max: float | None
+    passed: bool
+    reason: str
+
+
+def load_report(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"report {path} does not exist", "pass the report.json of a kdpipe run")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(report.get("metrics"), dict):
+            raise ValueError("no 'metrics' map")
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(
+            f"report {path} is corrupt or too old ({e})", "re-run kdpipe run or kdpipe report"
+        ) from None
+    return report
+
+
+def load_budgets(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read budgets file {path}: {e.strerror}", "check the path"
+        ) from None
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"budgets file {path} is not valid: {first}", "fix its syntax") from None
+    if isinstance(data, dict) and "budgets" in data:
+        data = data["budgets"]
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(
+            f"budgets file {path} holds no budgets", "write `budgets: {METRIC: {max: N}}`"
+        )
+    budgets: dict[str, dict[str, float]] = {}
+    for metric, limits in data.items():
+        ok = isinstance(limits, dict) and limits and set(limits) <= {"min", "max"}
+        if not ok or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in limits.values()
+        ):
+            raise ConfigError(
+                f"budget for '{metric}' must be a mapping with numeric min and/or max, got {limits!r}",
+                f"e.g. {metric}: {{max: 5}}",
+            )
+        budgets[str(metric)] = {k: float(v) for k, v in limits.items()}
+    return budgets
+
+
+def _bootstrap(samples: list[float], stat: str, rng: np.random.Generator) -> np.ndarray:
+    a = np.asarray(samples)
+    idx = rng.integers(0, len(a), size=(BOOTSTRAP, len(a)))
+    draws = a[idx]
+    q = CI_STATS[stat]
+    return draws.mean(axis=1) if q is None else np.percentile(draws, q, axis=1)
+
+
+def confidence_interval(
+    metric: str, report: dict, samples: dict[str, list[float]]
+) -> tuple[float, float] | None:
+    """95 % bootstrap interval of a latency statistic or of the speedup, if samples exist."""
+    rng = np.random.default_rng(0)
+    key, _, stat = metric.rpartition(".")
+    if stat in CI_STATS and key in samples:
+        dist = _bootstrap(samples[key], stat, rng)
+    elif metric == "summary.speedup_vs_teacher":
+        basis = report["summary"]["speedup_basis"]
+        bs, t, s = basis["batch_size"], basis["teacher"], basis["student"]
+        t_key = f"teacher.{t['backend']}.{t['precision']}.bs{bs}"
+        s_key = f"student.{s['backend']}.{s['precision']}.bs{bs}"
+        if t_key not in samples or s_key not in samples:
+            return None
+        dist = _bootstrap(samples[t_key], "p50_ms", rng) / _bootstrap(samples[s_key], "p50_ms", rng)
+    else:
+        return None
+    return float(np.percentile(dist, 2.5)), float(np.percentile(dist, 97.5))
+
+
+def judge(
+    report: dict,
+    budgets: dict[str, dict[str, float]],
+    samples: dict[str, list[float]],
+    strict: bool,
+) -> list[Verdict]:
+    metrics = report["metrics"]
+    unknown = [m for m in budgets if m not in metrics]
+    if unknown:
+        near = closest(unknown[0], metrics)
+        raise ConfigError(
+            f"unknown metric '{unknown[0]}' in budgets",
+            f"closest valid: {', '.join(near)}"
+            if near
+            else "see report.json's `metrics` for valid keys",
+        )
+    verdicts = []
+    for metric, limits in budgets.items():
+        value = metrics[metric]
+        ci = None if strict else confidence_interval(metric, report, samples)
+        low, high = ci if ci else (value, value)
+        reasons = []
+        if "max" in limits and low > limits["max"]:
+            reasons.append(f"{'interval' if ci else 'value'} above max {limits['max']:g}")
+        if "min" in limits and high < limits["min"]:
+            reasons.append(f"{'interval' if ci else 'value'} below min {limits['min']:g}")
+        verdicts.append(
+            Verdict(
+                metric,
+                value,
+                ci[0] if ci else None,
+                ci[1] if ci else None,
+                limits.get("min"),
+                limits.get("max"),
+                not reasons,
+                "; ".join(reasons),
+            )
+        )
+    return verdicts
+
+
+def margin(v: Verdict) -> str:
+    """How far the value is from its limit, as a share of the limit (+ = room to spare)."""
+    parts = []
+    if v.max is not None and v.max != 0:
+        parts.append(f"{100 * (v.max - v.value) / abs(v.max):+.1f}%")
+    if v.min is not None and v.min != 0:
+        parts.append(f"{100 * (v.value - v.min) / abs(v.min):+.1f}%")
+    return " ".join(parts)
+
+
+def budget_text(v: Verdict) -> str:
+    return " ".join(
+        s
+        for s in (
+            f">= {v.min:g}" if v.min is not None else "",
+            f"<= {v.max:g}" if v.max is not None else "",
+        )
+        if s
+    )
+
+
+def write_junit(verdicts: list[Verdict], path: Path) -> None:
+    suite = ET.Element(
+        "testsuite",
+        name="kdpipe gate",
+        tests=str(len(verdicts)),
+        failures=str(sum(not v.passed for v in verdicts)),
+    )
+    for v in verdicts:
+        case = ET.SubElement(suite, "testcase", classname="kdpipe.gate", name=v.metric)
+        if not v.passed:
+            failure = ET.SubElement(case, "failure", message=v.reason)
+            failure.text = f"{v.metric} = {v.value:g}, budget {budget_text(v)}"
+    from kdpipe.runs import write_text
+
+    write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def markdown_summary(verdicts: list[Verdict]) -> str:
+    ok = all(v.passed for v in verdicts)
+    lines = [
+        f"### kdpipe gate: {'passed' if ok else 'FAILED'}",
+        "",
+        "| metric | value | 95% CI | budget | margin | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        ci = f"{v.low:.4g} – {v.high:.4g}" if v.low is not None else "–"
+        lines.append(
+            f"| `{v.metric}` | {v.value:.4g} | {ci} | {budget_text(v)} | {margin(v)} | "
+            f"{'pass' if v.passed else 'FAIL: ' + v.reason} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def append_github_summary(verdicts: list[Verdict]) -> None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(markdown_summary(verdicts))
+
+
+def load_samples(report_path: Path) -> dict[str, list[float]]:
+    path = report_path.parent / "profile" / "samples.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}

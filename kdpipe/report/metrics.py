@@ -1,0 +1,62 @@
+"""The flat `metrics` map of report.json: one dotted key per measured figure.
+
+Keys (docs/report-schema.md):
+    summary.<ratio>                                  accuracy_retention, speedup_vs_teacher, ...
+    teacher.<fact> / student.<fact>                  accuracy, params, flops, size_bytes, ...
+    <model>.<backend>.<precision>.bs<N>.<stat>       p50_ms, p95_ms, p99_ms, mean_ms, throughput, cv, ...
+    <model>.<backend>.<precision>.<fact>             accuracy, agreement_with_teacher, size_bytes
+    export.<precision>.<fact>                        top1_agreement, max_abs_diff, accuracy, accuracy_drop_vs_fp32
+"""
+
+from __future__ import annotations
+
+LATENCY_STATS = (
+    "min_ms",
+    "mean_ms",
+    "std_ms",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "cv",
+    "throughput",
+)
+MODEL_FACTS = ("accuracy", "agreement_with_teacher", "params", "flops", "size_bytes")
+SUMMARY = (
+    "accuracy_retention",
+    "accuracy_drop",
+    "speedup_vs_teacher",
+    "torch_speedup_vs_teacher",
+    "param_compression",
+    "flops_compression",
+    "size_compression",
+)
+
+
+def latency_key(e: dict) -> str:
+    return f"{e['model']}.{e['backend']}.{e['precision']}.bs{e['batch_size']}"
+
+
+def flatten_metrics(report: dict) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for k in SUMMARY:
+        if report["summary"].get(k) is not None:
+            m[f"summary.{k}"] = float(report["summary"][k])
+    for who in ("teacher", "student"):
+        for k in MODEL_FACTS:
+            if report[who].get(k) is not None:
+                m[f"{who}.{k}"] = float(report[who][k])
+    for row in report["models"]:
+        for k in ("accuracy", "agreement_with_teacher", "size_bytes"):
+            m[f"{row['model']}.{row['backend']}.{row['precision']}.{k}"] = float(row[k])
+    for e in report["latency"]:
+        for k in LATENCY_STATS:
+            m[f"{latency_key(e)}.{k}"] = float(e[k])
+    for precision, x in report.get("export", {}).items():
+        p = x["parity"]
+        for k in ("top1_agreement", "max_abs_diff", "accuracy"):
+            m[f"export.{precision}.{k}"] = float(p[k])
+        m[f"export.{precision}.accuracy_drop_vs_fp32"] = float(x["accuracy_drop_vs_fp32"])
+        m[f"export.{precision}.size_bytes"] = float(x["size_bytes"])
+    return m

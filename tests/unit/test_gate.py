@@ -1,0 +1,149 @@
+"""`kdpipe gate` and `kdpipe compare` on crafted reports: every outcome and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+
+from tests.e2e.helpers import kdpipe
+
+STUDENT = "student.ort-cpu.int8.bs1"
+TEACHER = "teacher.torch-cpu.fp32.bs1"
+
+
+def crafted_run(
+    folder: Path, student_ms: float = 4.0, accuracy: float = 0.97, spread: float = 0.3
+) -> Path:
+    """A run folder with report.json (metrics + speedup basis) and profile/samples.json."""
+    rng = np.random.default_rng(1)
+    samples = {
+        STUDENT: list(rng.normal(student_ms, spread, 300).clip(0.1)),
+        TEACHER: list(rng.normal(20.0, 1.0, 300).clip(0.1)),
+    }
+    metrics = {"student.accuracy": accuracy, "summary.accuracy_retention": accuracy / 0.98}
+    for key, ms in samples.items():
+        for stat, q in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
+            metrics[f"{key}.{stat}"] = float(np.percentile(ms, q))
+    speedup = metrics[f"{TEACHER}.p50_ms"] / metrics[f"{STUDENT}.p50_ms"]
+    metrics["summary.speedup_vs_teacher"] = speedup
+    report = {
+        "schema_version": "1.0",
+        "metrics": metrics,
+        "summary": {
+            "speedup_vs_teacher": speedup,
+            "speedup_basis": {
+                "batch_size": 1,
+                "teacher": {"backend": "torch-cpu", "precision": "fp32"},
+                "student": {"backend": "ort-cpu", "precision": "int8"},
+            },
+        },
+    }
+    (folder / "profile").mkdir(parents=True, exist_ok=True)
+    (folder / "profile" / "samples.json").write_text(json.dumps(samples))
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder / "report.json"
+
+
+def budgets(folder: Path, text: str, name: str = "budgets.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_all_budgets_hold(tmp_path: Path) -> None:
+    report = crafted_run(tmp_path)
+    b = budgets(
+        tmp_path,
+        f"budgets:\n  {STUDENT}.p95_ms: {{max: 6}}\n  summary.speedup_vs_teacher: {{min: 3}}\n"
+        "  summary.accuracy_retention: {min: 0.98}\n",
+    )
+    proc = kdpipe("gate", str(report), "--budgets", str(b))
+    assert proc.returncode == 0, proc.stderr
+    assert "all 3 budgets hold" in proc.stdout
+
+
+def test_broken_budget_exits_1_with_a_table_and_junit(tmp_path: Path) -> None:
+    report = crafted_run(tmp_path)
+    b = budgets(
+        tmp_path,
+        f'[budgets]\n"{STUDENT}.p95_ms" = {{max = 3}}\n"student.accuracy" = {{min = 0.9}}\n',
+        "budgets.toml",
+    )
+    junit = tmp_path / "gate.xml"
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
+    proc = kdpipe("gate", str(report), "--budgets", str(b), "--junit", str(junit), env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "FAIL" in proc.stdout and "above max 3" in proc.stdout
+    assert proc.stderr.startswith("error: 1 of 2 budgets broken")
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases[f"{STUDENT}.p95_ms"].find("failure") is not None
+    assert cases["student.accuracy"].find("failure") is None
+    text = summary.read_text()
+    assert (
+        text.startswith("earlier step\n")
+        and "kdpipe gate: FAILED" in text
+        and "student.accuracy" in text
+    )
+
+
+def test_noise_inside_the_interval_passes_unless_strict(tmp_path: Path) -> None:
+    report = crafted_run(tmp_path, spread=1.0)
+    value = json.loads(report.read_text())["metrics"][f"{STUDENT}.p95_ms"]
+    b = budgets(
+        tmp_path, f"{STUDENT}.p95_ms: {{max: {value * 0.99}}}\n"
+    )  # 1 % under the point estimate
+    assert kdpipe("gate", str(report), "--budgets", str(b)).returncode == 0
+    assert kdpipe("gate", str(report), "--budgets", str(b), "--strict").returncode == 1
+    far = budgets(tmp_path, f"{STUDENT}.p95_ms: {{max: {value * 0.7}}}\n", "far.yaml")
+    assert kdpipe("gate", str(report), "--budgets", str(far)).returncode == 1
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (f"{STUDENT}.p59_ms: {{max: 5}}\n", f"closest valid: {STUDENT}.p99_ms"),
+        ("summary.speedup: {min: 2}\n", "unknown metric 'summary.speedup'"),
+        (f"{STUDENT}.p95_ms: 5\n", "must be a mapping with numeric min and/or max"),
+        (f"{STUDENT}.p95_ms: {{below: 5}}\n", "must be a mapping"),
+        (f"{STUDENT}.p95_ms: {{max: fast}}\n", "must be a mapping"),
+        ("budgets: [1, 2\n", "is not valid"),
+        ("# nothing\n", "holds no budgets"),
+    ],
+)
+def test_bad_budgets_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+    report = crafted_run(tmp_path)
+    proc = kdpipe("gate", str(report), "--budgets", str(budgets(tmp_path, text)))
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_or_corrupt_report_exits_2(tmp_path: Path) -> None:
+    b = budgets(tmp_path, "student.accuracy: {min: 0.5}\n")
+    proc = kdpipe("gate", str(tmp_path / "none.json"), "--budgets", str(b))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"metrics": [1,')
+    proc = kdpipe("gate", str(bad), "--budgets", str(b))
+    assert proc.returncode == 2 and "corrupt" in proc.stderr
+
+
+def test_compare_flags_regressions(tmp_path: Path) -> None:
+    base = crafted_run(tmp_path / "base", student_ms=4.0, accuracy=0.97)
+    same = crafted_run(tmp_path / "same", student_ms=4.1, accuracy=0.968)
+    slow = crafted_run(tmp_path / "slow", student_ms=5.0, accuracy=0.95)
+    rules = "latency:+10%,accuracy:-0.5"
+    ok = kdpipe("compare", str(base), str(same), "--fail-on", rules)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = kdpipe("compare", str(base), str(slow), "--fail-on", rules)
+    assert bad.returncode == 1 and "latency:+10%" in bad.stdout and "accuracy:-0.5" in bad.stdout
+    typo = kdpipe("compare", str(base), str(slow), "--fail-on", "latncy:+10%")
+    assert typo.returncode == 2 and "did you mean: latency" in typo.stderr
