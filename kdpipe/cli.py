@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from kdpipe import __version__, ui
 from kdpipe.errors import ConfigError, KdpipeError
@@ -332,7 +332,13 @@ def gate(
         data = g.load_report(report)
         verdicts = g.judge(data, g.load_budgets(budgets), g.load_samples(report), strict)
         table = Table(
-            "metric", "value", "95% CI", "budget", "margin", "verdict", title="kdpipe gate"
+            Column("metric", overflow="fold"),
+            "value",
+            "95% CI",
+            "budget",
+            "margin",
+            Column("verdict", overflow="fold"),
+            title="kdpipe gate",
         )
         for v in verdicts:
             ci = f"{v.low:.4g} - {v.high:.4g}" if v.low is not None else "-"
@@ -369,7 +375,15 @@ def compare(
 
         rules = parse_rules(fail_on or "")
         changes = diff(load_report(base)["metrics"], load_report(new)["metrics"], rules)
-        table = Table("metric", "base", "new", "change", "%", "rule", title="kdpipe compare")
+        table = Table(
+            Column("metric", overflow="fold"),
+            "base",
+            "new",
+            "change",
+            "%",
+            "rule",
+            title="kdpipe compare",
+        )
         for c in changes:
             pct = f"{c.percent:+.1f}" if c.percent is not None else "-"
             table.add_row(

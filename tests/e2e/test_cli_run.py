@@ -76,3 +76,20 @@ def test_new_run_dir_reuses_the_cached_teacher(first_run, tmp_path: Path) -> Non
     first = json.loads((out / "report.json").read_text())
     assert r["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert "int8" not in r["export"]
+
+
+def test_gate_on_a_real_run(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    r = json.loads((out / "report.json").read_text())
+    key = "student.ort-cpu.fp32.bs1.p95_ms"
+    assert key in r["metrics"] and (out / "profile" / "samples.json").is_file()
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(
+        f"{key}: {{max: {r['metrics'][key] * 1.5}}}\nexport.fp32.top1_agreement: {{min: 0.999}}\n"
+    )
+    proc = kdpipe("gate", str(out / "report.json"), "--budgets", str(loose), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(f"{key}: {{max: {r['metrics'][key] * 0.2}}}\n")
+    proc = kdpipe("gate", str(out / "report.json"), "--budgets", str(tight), env=env)
+    assert proc.returncode == 1 and "FAIL" in proc.stdout
