@@ -27,9 +27,9 @@ from kdpipe.errors import ConfigError
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import run_export_stage
 from kdpipe.profile.stage import run_profile_stage
-from kdpipe.report.markdown import render_markdown
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
+from kdpipe.report.write import write_reports
 from kdpipe.runs import (
     STAGES,
     RunDir,
@@ -37,7 +37,6 @@ from kdpipe.runs import (
     file_sha256,
     fingerprint,
     read_json,
-    write_json,
     write_text,
 )
 from kdpipe.teacher import cache_root, load_teacher, run_teacher_stage, teacher_fingerprint
@@ -170,8 +169,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
     report["tensorrt"] = engines
     report["metrics"] = flatten_metrics(report)
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", render_markdown(report))
+    write_reports(out, report)
     return report
 
 

@@ -26,7 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console(highlight=False, soft_wrap=True)
+# Logs (CI, files) get wide tables instead of rich's 80-column default.
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str, hint: str, code: int) -> None:
@@ -193,7 +194,10 @@ def run(
         cfg = build_config(load_config_file(config) if config else {}, overrides)
         report = run_pipeline(cfg, force or ())
         print_summary(report, stdout)
-        stdout.print(f"report: {cfg.out_dir() / 'report.json'}  {cfg.out_dir() / 'report.md'}")
+        where = cfg.out_dir()
+        stdout.print(
+            f"report: {where / 'report.json'}  {where / 'report.md'}  {where / 'report.html'}"
+        )
 
 
 def _export_overrides(
@@ -315,6 +319,20 @@ def predict(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A kdpipe run directory.")],
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Rebuild report.md and report.html from the run's report.json."""
+    with errors_reported(debug):
+        from kdpipe.gate import load_report
+        from kdpipe.report.write import write_reports
+
+        write_reports(run_dir, load_report(run_dir / "report.json"), with_json=False)
+        stdout.print(f"report: {run_dir / 'report.md'}  {run_dir / 'report.html'}")
+
+
+@app.command()
 def gate(
     report: Annotated[Path, typer.Argument(help="report.json of a kdpipe run.")],
     budgets: Annotated[Path, Opt(help="Budgets file (YAML or TOML).")],
@@ -328,9 +346,10 @@ def gate(
     with errors_reported(debug):
         from kdpipe import gate as g
         from kdpipe.errors import BudgetError
+        from kdpipe.runs import load_samples
 
         data = g.load_report(report)
-        verdicts = g.judge(data, g.load_budgets(budgets), g.load_samples(report), strict)
+        verdicts = g.judge(data, g.load_budgets(budgets), load_samples(report.parent), strict)
         table = Table(
             Column("metric", overflow="fold"),
             "value",

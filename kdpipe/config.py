@@ -96,6 +96,8 @@ class ProfileConfig(_Section):
     warmup_seconds: float = Field(0.5, ge=0)
     min_iters: int = Field(200, ge=1)
     min_seconds: float = Field(2.0, ge=0)
+    # Peak memory of each backend, measured in a fresh subprocess (a few seconds each).
+    memory: bool = True
 
     @field_validator("batch_sizes")
     @classmethod

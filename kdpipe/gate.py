@@ -217,11 +217,3 @@ def append_github_summary(verdicts: list[Verdict]) -> None:
     if target:
         with open(target, "a", encoding="utf-8") as f:
             f.write(markdown_summary(verdicts))
-
-
-def load_samples(report_path: Path) -> dict[str, list[float]]:
-    path = report_path.parent / "profile" / "samples.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}

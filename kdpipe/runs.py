@@ -127,6 +127,16 @@ class RunDir:
         )
 
 
+def load_samples(run_dir: Path) -> dict[str, list[float]]:
+    """Raw per-call latencies the profiler kept (profile/samples.json), or {} if absent/corrupt."""
+    path = run_dir / "profile" / "samples.json"
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn()

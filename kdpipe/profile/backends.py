@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,8 @@ class Runner:
     target: Target
     predict: Callable[[Tensor], Tensor]
     size_bytes: int
+    # How kdpipe.profile.memory rebuilds this runner in a fresh process ({} = not measurable).
+    memory_spec: dict = field(default_factory=dict)
 
 
 def torch_predict(model: nn.Module, device: str) -> Callable[[Tensor], Tensor]:
@@ -86,35 +88,38 @@ def build_runners(
     onnx_files: dict[str, Path],
     plans: dict[str, Path],
     threads: int,
+    archs: dict[str, str] | None = None,
+    num_classes: int = 0,
 ) -> tuple[list[Runner], list[dict]]:
-    """Runners for every backend available here, and the skipped ones with their reasons."""
-    runners = [
-        Runner(
-            Target("teacher", "torch-cpu", "fp32"),
-            torch_predict(teacher, "cpu"),
-            files["teacher"].stat().st_size,
-        ),
-        Runner(
-            Target("student", "torch-cpu", "fp32"),
-            torch_predict(student, "cpu"),
-            files["student"].stat().st_size,
-        ),
-    ]
+    """Runners for every backend available here, and the skipped ones with their reasons.
+    `archs` (teacher/student architecture names) lets memory be measured for torch runners."""
+    nets = {"teacher": teacher, "student": student}
+
+    def torch_runner(who: str, device: str) -> Runner:
+        spec = (
+            {
+                "kind": "torch",
+                "arch": archs[who],
+                "num_classes": num_classes,
+                "weights": str(files[who]),
+                "device": device,
+                "threads": threads,
+            }
+            if archs
+            else {}
+        )
+        return Runner(
+            Target(who, f"torch-{device}", "fp32"),
+            torch_predict(nets[who], device),
+            files[who].stat().st_size,
+            spec,
+        )
+
+    runners = [torch_runner("teacher", "cpu"), torch_runner("student", "cpu")]
     skipped: list[dict] = []
     cuda = torch.cuda.is_available()
     if cuda:
-        runners += [
-            Runner(
-                Target("teacher", "torch-cuda", "fp32"),
-                torch_predict(teacher, "cuda"),
-                files["teacher"].stat().st_size,
-            ),
-            Runner(
-                Target("student", "torch-cuda", "fp32"),
-                torch_predict(student, "cuda"),
-                files["student"].stat().st_size,
-            ),
-        ]
+        runners += [torch_runner("teacher", "cuda"), torch_runner("student", "cuda")]
     else:
         skipped.append({"backend": "torch-cuda", "reason": "no CUDA GPU is visible"})
     available = ort.get_available_providers()
@@ -133,11 +138,13 @@ def build_runners(
             )
             continue
         for precision, path in onnx_files.items():
+            spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
             runners.append(
                 Runner(
                     Target("student", backend, precision),
                     ort_predict(path, threads, provider),
                     path.stat().st_size,
+                    spec,
                 )
             )
     reason = tensorrt.unavailable_reason()
@@ -145,11 +152,13 @@ def build_runners(
         skipped.append({"backend": "tensorrt", "reason": reason})
     for precision, plan in plans.items():
         if not reason and plan.is_file():
+            spec = {"kind": "tensorrt", "path": str(plan)}
             runners.append(
                 Runner(
                     Target("student", "tensorrt", precision),
                     tensorrt_predict(plan),
                     plan.stat().st_size,
+                    spec,
                 )
             )
     return runners, skipped

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdpipe import ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
-from kdpipe.profile import complexity, environment
+from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.accuracy import agreement, top1
 from kdpipe.profile.backends import Runner, Target, build_runners
 from kdpipe.profile.latency import measure_interleaved, summarize
@@ -45,10 +45,21 @@ def run_profile_stage(
     torch.set_num_threads(threads)
     teacher.eval()
     student.eval()
-    runners, skipped = build_runners(teacher, student, files, onnx_files, plans, threads)
+    archs = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
+    runners, skipped = build_runners(
+        teacher, student, files, onnx_files, plans, threads, archs, data.info.num_classes
+    )
     for s in skipped:
         ui.info(f"profile: {s['backend']} skipped: {s['reason']}")
     models = _accuracy_and_size(data, teacher, student, runners)
+    if p.memory:
+        shape = [max(p.batch_sizes), *data.info.input_size]
+        for row, runner in zip(models, runners, strict=True):
+            if runner.memory_spec:
+                row["memory"] = {
+                    "batch_size": shape[0],
+                    **memory.measure({**runner.memory_spec, "shape": shape}),
+                }
 
     latency: list[dict] = []
     samples: dict[str, list[float]] = {}  # raw per-call ms, for the gate's confidence intervals

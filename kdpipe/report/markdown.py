@@ -11,6 +11,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+def memory_text(m: dict) -> str:
+    """Peak RSS growth (and GPU memory) at the largest batch, measured in a fresh process."""
+    mem = m.get("memory") or {}
+    if "peak_rss_over_baseline_bytes" not in mem:
+        return mem.get("error", "-")
+    text = f"{_mb(mem['peak_rss_over_baseline_bytes'])} RSS @bs{mem['batch_size']}"
+    return text + (f", {_mb(mem['device_bytes'])} GPU" if "device_bytes" in mem else "")
+
+
 def render_markdown(r: dict) -> str:
     s, t, st = r["summary"], r["teacher"], r["student"]
     basis = s["speedup_basis"]
@@ -32,13 +41,13 @@ def render_markdown(r: dict) -> str:
         "",
         "## Models",
         "",
-        "| model | backend | precision | top-1 | agrees with teacher | file |",
-        "|---|---|---|---|---|---|",
+        "| model | backend | precision | top-1 | agrees with teacher | file | peak memory |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in r["models"]:
         lines.append(
             f"| {m['model']} | {m['backend']} | {m['precision']} | {_pct(m['accuracy'])} | "
-            f"{_pct(m['agreement_with_teacher'])} | {_mb(m['size_bytes'])} |"
+            f"{_pct(m['agreement_with_teacher'])} | {_mb(m['size_bytes'])} | {memory_text(m)} |"
         )
     lines += [
         "",

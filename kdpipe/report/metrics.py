@@ -48,8 +48,13 @@ def flatten_metrics(report: dict) -> dict[str, float]:
             if report[who].get(k) is not None:
                 m[f"{who}.{k}"] = float(report[who][k])
     for row in report["models"]:
+        prefix = f"{row['model']}.{row['backend']}.{row['precision']}"
         for k in ("accuracy", "agreement_with_teacher", "size_bytes"):
-            m[f"{row['model']}.{row['backend']}.{row['precision']}.{k}"] = float(row[k])
+            m[f"{prefix}.{k}"] = float(row[k])
+        mem = row.get("memory", {})
+        for k in ("peak_rss_over_baseline_bytes", "device_bytes"):
+            if k in mem:
+                m[f"{prefix}.memory.{k}"] = float(mem[k])
     for e in report["latency"]:
         for k in LATENCY_STATS:
             m[f"{latency_key(e)}.{k}"] = float(e[k])

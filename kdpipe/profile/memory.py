@@ -1,0 +1,85 @@
+"""Memory per backend, each measured in a fresh subprocess so backends don't pollute each other.
+
+The child imports its runtime, notes its peak RSS (the baseline), loads the model, runs a
+batch a few times, and reports the peak RSS growth over that baseline; on CUDA it also
+reports `torch.cuda.max_memory_allocated`, for TensorRT the engine's device memory.
+
+    python -m kdpipe.profile.memory '{"kind": "ort", "path": "m.onnx", "shape": [1, 3, 32, 32]}'
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs inside the child process."""
+    import numpy as np
+
+    shape = tuple(spec["shape"])
+    result: dict[str, Any] = {}
+    if spec["kind"] == "ort":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = spec.get("threads", 1)
+        feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        baseline = _peak_rss_bytes()
+        session = ort.InferenceSession(
+            spec["path"], opts, providers=[spec.get("provider", "CPUExecutionProvider")]
+        )
+        for _ in range(5):
+            session.run(None, feed)
+    else:
+        import torch
+
+        from kdpipe.models import create
+
+        torch.set_num_threads(spec.get("threads", 1))
+        device = spec.get("device", "cpu")
+        batch = torch.randn(shape)
+        baseline = _peak_rss_bytes()
+        if spec["kind"] == "tensorrt":
+            from kdpipe.export.tensorrt import TensorRTRunner
+
+            runner = TensorRTRunner(Path(spec["path"]))
+            result["device_bytes"] = runner.device_memory_bytes
+            for _ in range(5):
+                runner(batch.cuda())
+        else:
+            model = create(spec["arch"], spec["num_classes"], spec["weights"]).eval().to(device)
+            with torch.inference_mode():
+                for _ in range(5):
+                    model(batch.to(device))
+            if device == "cuda":
+                result["device_bytes"] = int(torch.cuda.max_memory_allocated())
+    result["peak_rss_over_baseline_bytes"] = max(_peak_rss_bytes() - baseline, 0)
+    return result
+
+
+def measure(spec: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+    """Run `probe(spec)` in a fresh Python process; {"error": ...} if it failed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdpipe.profile.memory", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(json.loads(sys.argv[1]))))

@@ -1,0 +1,25 @@
+"""report.html: one self-contained page (plots inline, no network) from report.json."""
+
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from kdpipe.report import plots
+from kdpipe.report.markdown import memory_text
+
+
+def render_html(report: dict, samples: dict[str, list[float]]) -> str:
+    env = Environment(
+        loader=PackageLoader("kdpipe.report", "templates"), autoescape=select_autoescape()
+    )
+    figures = [
+        (
+            "Accuracy vs latency for every model × backend × precision (dashed: Pareto front)",
+            plots.accuracy_vs_latency(report),
+        ),
+        ("Latency distributions (every timed call)", plots.latency_distributions(report, samples)),
+        ("Latency vs batch size", plots.latency_vs_batch(report)),
+        ("Distillation training curves", plots.training_curves(report)),
+    ]
+    env.filters["memory"] = memory_text
+    return env.get_template("report.html.j2").render(r=report, s=report["summary"], plots=figures)

@@ -1,0 +1,16 @@
+"""Write a run's report files: report.json (unless rebuilding from it), report.md, report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdpipe.report.html import render_html
+from kdpipe.report.markdown import render_markdown
+from kdpipe.runs import load_samples, write_json, write_text
+
+
+def write_reports(run_dir: Path, report: dict, with_json: bool = True) -> None:
+    if with_json:
+        write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", render_markdown(report))
+    write_text(run_dir / "report.html", render_html(report, load_samples(run_dir)))
