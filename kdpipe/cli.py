@@ -318,6 +318,108 @@ def predict(
                 print(f"{p.path}\t{p.label}\t{p.probability:.4f}")
 
 
+def _profile_overrides(
+    batch_sizes: str | None,
+    threads: int | None,
+    warmup: int | None,
+    min_iters: int | None,
+    min_seconds: float | None,
+    memory: bool | None,
+) -> dict[str, Any]:
+    return {
+        "profile.batch_sizes": _csv(batch_sizes, int, "--batch-sizes"),
+        "profile.threads": threads,
+        "profile.warmup": warmup,
+        "profile.min_iters": min_iters,
+        "profile.min_seconds": min_seconds,
+        "profile.memory": memory,
+    }
+
+
+@app.command()
+def profile(
+    targets: Annotated[
+        list[str], typer.Argument(help="Run dir, bundle dir, .onnx, .plan or ARCH:WEIGHTS.pt")
+    ],
+    batch_sizes: Annotated[
+        str | None, Opt(help="Batch sizes, comma-separated (default 1,32).")
+    ] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads (default: all cores); recorded.")] = None,
+    input_size: Annotated[
+        str | None, Opt(help="C,H,W of the input (default: from the target, else 3,224,224).")
+    ] = None,
+    warmup: Annotated[int | None, Opt(help="Warm-up calls, at least.")] = None,
+    min_iters: Annotated[int | None, Opt(help="Timed calls per model, at least.")] = None,
+    min_seconds: Annotated[float | None, Opt(help="Timed seconds per model, at least.")] = None,
+    memory: Annotated[
+        bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")
+    ] = None,
+    out: Annotated[Path | None, Opt(help="Write the results as JSON here.")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
+    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+) -> None:
+    """Time models side by side (interleaved): a run directory again, or any ONNX/TensorRT/torch files."""
+    ui.set_quiet(quiet)
+    with errors_reported(debug):
+        from kdpipe import api
+        from kdpipe.config import build_config
+
+        overrides = _profile_overrides(batch_sizes, threads, warmup, min_iters, min_seconds, memory)
+        run_dirs = [t for t in targets if (Path(t) / "config.yaml").is_file()]
+        if run_dirs:
+            if len(targets) > 1:
+                raise ConfigError(
+                    "a run directory is profiled on its own", f"run: kdpipe profile {run_dirs[0]}"
+                )
+            from kdpipe.report.terminal import print_summary
+
+            cfg = build_config(api.load_run_config(Path(run_dirs[0])), overrides)
+            print_summary(api.run(cfg, force=["profile"]), stdout)
+            return
+        from kdpipe.profile.standalone import profile_targets
+        from kdpipe.runs import write_json
+
+        cfg = build_config({}, overrides)
+        chw = _csv(input_size, int, "--input-size")
+        if chw is not None and len(chw) != 3:
+            raise ConfigError(
+                f"--input-size takes C,H,W, got '{input_size}'", "e.g. --input-size 3,32,32"
+            )
+        results = profile_targets(targets, cfg.profile, chw)
+        table = Table(
+            Column("model", overflow="fold"),
+            "backend",
+            "precision",
+            "batch",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "cv",
+            "img/s",
+            "peak RSS MB",
+            title="kdpipe profile",
+        )
+        for e in results["latency"]:
+            key = f"{e['model']}.{e['backend']}.{e['precision']}"
+            rss = results["memory"].get(key, {}).get("peak_rss_over_baseline_bytes")
+            table.add_row(
+                e["model"],
+                e["backend"],
+                e["precision"],
+                str(e["batch_size"]),
+                f"{e['p50_ms']:.3f}",
+                f"{e['p95_ms']:.3f}",
+                f"{e['p99_ms']:.3f}",
+                f"{e['cv']:.2f}",
+                f"{e['throughput']:.0f}",
+                f"{rss / 1e6:.1f}" if rss is not None else "-",
+            )
+        stdout.print(table)
+        if out:
+            write_json(out, results)
+            stdout.print(f"results: {out}")
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A kdpipe run directory.")],
@@ -340,16 +442,27 @@ def gate(
         Path | None, Opt(help="Write JUnit XML here (one test case per budget).")
     ] = None,
     strict: Annotated[bool, Opt(help="Judge point estimates, not confidence intervals.")] = False,
+    measure: Annotated[
+        bool, Opt(help="Re-profile the run's artifacts on this machine first.")
+    ] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
     debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
 ) -> None:
     """Fail (exit 1) when a latency/accuracy/size budget is broken; exit 2 on bad input."""
+    ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe import gate as g
         from kdpipe.errors import BudgetError
         from kdpipe.runs import load_samples
 
+        limits = g.load_budgets(budgets)  # bad budgets fail before minutes of measuring
+        if measure:
+            from kdpipe import api
+            from kdpipe.config import build_config
+
+            api.run(build_config(api.load_run_config(report.parent), {}), force=["profile"])
         data = g.load_report(report)
-        verdicts = g.judge(data, g.load_budgets(budgets), load_samples(report.parent), strict)
+        verdicts = g.judge(data, limits, load_samples(report.parent), strict)
         table = Table(
             Column("metric", overflow="fold"),
             "value",

@@ -18,7 +18,16 @@ from typing import Any
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process image's peak RSS. /proc's VmHWM starts afresh at exec; getrusage's
+    ru_maxrss would carry over the (large) peak of the parent that forked us."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:

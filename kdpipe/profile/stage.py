@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdpipe import ui
-from kdpipe.config import RunConfig
+from kdpipe.config import ProfileConfig, RunConfig
 from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.accuracy import agreement, top1
@@ -61,9 +61,32 @@ def run_profile_stage(
                     **memory.measure({**runner.memory_spec, "shape": shape}),
                 }
 
+    sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
+    latency, samples = time_runners(runners, sample, p)
+    results = {
+        "models": models,
+        "latency": latency,
+        "skipped_backends": skipped,
+        "settings": {
+            **p.model_dump(),
+            "threads": threads,
+            "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
+            "ort_spinning": False,
+        },
+        "environment": environment.describe(threads),
+    }
+    write_json(stage_dir / "results.json", results)
+    write_json(stage_dir / "samples.json", samples)
+    return results
+
+
+def time_runners(
+    runners: list[Runner], sample: Tensor, p: ProfileConfig
+) -> tuple[list[dict], dict[str, list[float]]]:
+    """Time every runner interleaved at each batch size (inputs cut from `sample`): the
+    latency entries of report.json and the raw per-call milliseconds behind them."""
     latency: list[dict] = []
     samples: dict[str, list[float]] = {}  # raw per-call ms, for the gate's confidence intervals
-    sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
     with ui.progress() as bar:
         task = bar.add_task("profile", total=len(p.batch_sizes) * len(runners), rate="", stats="")
         for i, bs in enumerate(p.batch_sizes):
@@ -80,39 +103,22 @@ def run_profile_stage(
                 calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
             )
             for target, ms in timings.items():
+                entry = {
+                    "model": target.model,
+                    "backend": target.backend,
+                    "precision": target.precision,
+                }
                 samples[f"{target.model}.{target.backend}.{target.precision}.bs{bs}"] = [
                     round(v, 5) for v in ms
                 ]
-                latency.append(
-                    {
-                        "model": target.model,
-                        "backend": target.backend,
-                        "precision": target.precision,
-                        "batch_size": bs,
-                        **summarize(ms, bs),
-                    }
-                )
+                latency.append({**entry, "batch_size": bs, **summarize(ms, bs)})
     for e in latency:
         if e["cv"] > HIGH_CV:
             ui.warn(
                 f"{e['model']} {e['backend']} {e['precision']} batch {e['batch_size']}: latency "
                 f"varies a lot (cv {e['cv']:.2f}); the machine may be busy"
             )
-    results = {
-        "models": models,
-        "latency": latency,
-        "skipped_backends": skipped,
-        "settings": {
-            **p.model_dump(),
-            "threads": threads,
-            "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
-            "ort_spinning": False,
-        },
-        "environment": environment.describe(threads),
-    }
-    write_json(stage_dir / "results.json", results)
-    write_json(stage_dir / "samples.json", samples)
-    return results
+    return latency, samples
 
 
 def _logits(runner: Runner, dataset: Dataset, batch_size: int = 128) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,164 @@
+"""`kdpipe profile TARGET...` outside a run: time any mix of models side by side.
+
+A target is an ONNX file (`model.onnx`), a TensorRT plan (`model.plan`), a bundle folder
+(every model in its bundle.json), or a PyTorch model as `ARCH:WEIGHTS` (`resnet18:s.pt`).
+All are timed interleaved on the same random input with the run's methodology; memory is
+measured per backend in a fresh process. (A run directory is re-profiled by `kdpipe.api`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+
+from kdpipe import models, ui
+from kdpipe.config import ProfileConfig
+from kdpipe.errors import ConfigError, ExportError
+from kdpipe.export import tensorrt
+from kdpipe.profile import environment, memory
+from kdpipe.profile.backends import (
+    ORT_PROVIDERS,
+    Runner,
+    Target,
+    ort_predict,
+    tensorrt_predict,
+    torch_predict,
+)
+from kdpipe.profile.stage import time_runners
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Outputs of the last 2-D weight: the classifier head of a torchvision model."""
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if not heads:
+        raise ConfigError(
+            "cannot tell the number of classes from these weights", "pass an ONNX file instead"
+        )
+    return int(heads[-1].shape[0])
+
+
+def _onnx_runners(path: Path, name: str, threads: int) -> list[Runner]:
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
+    precision = "int8" if ".int8" in path.name else "fp16" if ".fp16" in path.name else "fp32"
+    out = []
+    for backend, provider in ORT_PROVIDERS.items():
+        if provider in ort.get_available_providers() and (
+            backend == "ort-cpu" or torch.cuda.is_available()
+        ):
+            spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
+            out.append(
+                Runner(
+                    Target(name, backend, precision),
+                    ort_predict(path, threads, provider),
+                    path.stat().st_size,
+                    spec,
+                )
+            )
+    return out
+
+
+def runners_for(target: str, threads: int) -> tuple[list[Runner], list[int] | None]:
+    """Runners for one CLI target, and the input shape it declares (C, H, W) if it does."""
+    path = Path(target)
+    if path.is_dir() and (path / "bundle.json").is_file():
+        bundle = json.loads((path / "bundle.json").read_text())
+        runners = []
+        for entry in bundle["models"].values():
+            runners += _onnx_runners(path / entry["file"], path.name or "bundle", threads)
+        return runners, bundle["input"]["shape"][1:]
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ConfigError(f"ONNX file {path} does not exist", "check the path")
+        return _onnx_runners(path, path.stem.split(".")[0], threads), None
+    if path.suffix == ".plan":
+        reason = tensorrt.unavailable_reason()
+        if reason:
+            ui.info(f"profile: {path} skipped: {reason}")
+            return [], None
+        return [
+            Runner(
+                Target(path.stem, "tensorrt", "engine"),
+                tensorrt_predict(path),
+                path.stat().st_size,
+                {"kind": "tensorrt", "path": str(path)},
+            )
+        ], None
+    arch, sep, weights = target.partition(":")
+    if sep and weights:
+        state = models.load_state_dict_file(Path(weights))
+        k = _num_classes(state)
+        net = models.create(arch, k, weights).eval()
+        spec = {
+            "kind": "torch",
+            "arch": arch,
+            "num_classes": k,
+            "weights": weights,
+            "threads": threads,
+        }
+        out = [
+            Runner(
+                Target(arch, "torch-cpu", "fp32"),
+                torch_predict(net, "cpu"),
+                Path(weights).stat().st_size,
+                {**spec, "device": "cpu"},
+            )
+        ]
+        if torch.cuda.is_available():
+            out.append(
+                Runner(
+                    Target(arch, "torch-cuda", "fp32"),
+                    torch_predict(net, "cuda"),
+                    Path(weights).stat().st_size,
+                    {**spec, "device": "cuda"},
+                )
+            )
+        return out, None
+    raise ConfigError(
+        f"cannot profile '{target}'",
+        "pass a run directory, a bundle folder, a .onnx or .plan file, or ARCH:WEIGHTS.pt",
+    )
+
+
+def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] | None) -> dict:
+    threads = p.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    runners: list[Runner] = []
+    shape = input_size
+    for t in targets:
+        found, declared = runners_for(t, threads)
+        runners += found
+        shape = shape or declared
+    if not runners:
+        raise ConfigError("nothing to profile here", "see the skipped targets above")
+    names = [r.target for r in runners]
+    if len(set(names)) != len(names):
+        raise ConfigError("two targets have the same name", "rename one of the files")
+    chw = shape or [3, 224, 224]
+    sample = torch.randn(max(p.batch_sizes), *chw, generator=torch.Generator().manual_seed(0))
+    latency, samples = time_runners(runners, sample, p)
+    mem = {}
+    if p.memory:
+        for r in runners:
+            key = f"{r.target.model}.{r.target.backend}.{r.target.precision}"
+            mem[key] = memory.measure({**r.memory_spec, "shape": [max(p.batch_sizes), *chw]})
+    return {
+        "input_size": chw,
+        "latency": latency,
+        "memory": mem,
+        "sizes": {
+            f"{r.target.model}.{r.target.backend}.{r.target.precision}": r.size_bytes
+            for r in runners
+        },
+        "settings": {**p.model_dump(), "threads": threads},
+        "environment": environment.describe(threads),
+        "samples": samples,
+    }

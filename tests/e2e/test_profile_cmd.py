@@ -1,0 +1,62 @@
+"""`kdpipe profile` on its own, and `kdpipe gate --measure`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import kdpipe
+
+pytestmark = pytest.mark.slow
+QUICK = ["--batch-sizes", "1,2", "--min-iters", "10", "--min-seconds", "0.05", "--quiet"]
+
+
+def test_profile_any_mix_of_files(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    results = tmp_path / "p.json"
+    proc = kdpipe(
+        "profile",
+        str(out / "export"),
+        f"resnet18:{out / 'teacher' / 'model.pt'}",
+        *QUICK,
+        "--out",
+        str(results),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(results.read_text())
+    assert r["input_size"] == [3, 32, 32]  # taken from the bundle
+    got = {(e["model"], e["backend"], e["precision"], e["batch_size"]) for e in r["latency"]}
+    for bs in (1, 2):
+        assert {("export", "ort-cpu", p, bs) for p in ("fp32", "fp16", "int8")} <= got
+        assert ("resnet18", "torch-cpu", "fp32", bs) in got
+    assert all(e["iters"] >= 10 for e in r["latency"])
+    assert all(m["peak_rss_over_baseline_bytes"] > 1_000_000 for m in r["memory"].values())
+    assert r["environment"]["threads"] >= 1
+
+
+def test_profile_refuses_corrupt_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(b"\x08\x07\x12\x04torch" + b"\x00" * 50)
+    proc = kdpipe("profile", str(bad), "--quiet")
+    assert proc.returncode == 2 and "not a valid ONNX model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = kdpipe("profile", "resnet18", "--quiet")
+    assert proc.returncode == 2 and "cannot profile 'resnet18'" in proc.stderr
+
+
+def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    before = json.loads((out / "profile" / "results.json").read_text())
+    budgets = tmp_path / "b.yaml"
+    budgets.write_text("export.fp32.top1_agreement: {min: 0.999}\n")
+    proc = kdpipe(
+        "gate", str(out / "report.json"), "--budgets", str(budgets), "--measure", "--quiet", env=env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = json.loads((out / "profile" / "results.json").read_text())
+    assert after["latency"] != before["latency"]  # measured again, not reused
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["profile"]["reused"] is False
