@@ -87,6 +87,32 @@ def _params(pairs: list[str] | None) -> dict[str, float] | None:
 
 Opt = typer.Option
 
+# Options shared by several commands, declared once.
+PrecisionOpt = Annotated[
+    str | None, Opt(help="Export precisions, comma-separated: fp32,fp16,int8.")
+]
+BackendOpt = Annotated[
+    str | None, Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).")
+]
+CalibrationOpt = Annotated[str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")]
+CalibrationSamplesOpt = Annotated[
+    int | None, Opt(help="Training images used for INT8 calibration.")
+]
+MaxDropOpt = Annotated[
+    float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).")
+]
+BatchRangeOpt = Annotated[str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")]
+BatchSizesOpt = Annotated[
+    str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")
+]
+ThreadsOpt = Annotated[
+    int | None, Opt(help="CPU threads for profiling (default: all cores); recorded.")
+]
+MinItersOpt = Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")]
+MinSecondsOpt = Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")]
+QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
+DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
+
 
 @app.command()
 def run(
@@ -119,34 +145,16 @@ def run(
     lr: Annotated[float | None, Opt(help="Peak learning rate of the student.")] = None,
     image_size: Annotated[int | None, Opt(help="Input height/width (digits default 32).")] = None,
     seed: Annotated[int | None, Opt(help="Seed for splits, initialization and order.")] = None,
-    precision: Annotated[
-        str | None, Opt(help="Export precisions, comma-separated: fp32,fp16,int8.")
-    ] = None,
-    backend: Annotated[
-        str | None, Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).")
-    ] = None,
-    calibration: Annotated[
-        str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")
-    ] = None,
-    calibration_samples: Annotated[
-        int | None, Opt(help="Training images used for INT8 calibration.")
-    ] = None,
-    max_accuracy_drop: Annotated[
-        float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).")
-    ] = None,
-    batch_range: Annotated[
-        str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")
-    ] = None,
-    batch_sizes: Annotated[
-        str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")
-    ] = None,
-    threads: Annotated[
-        int | None, Opt(help="CPU threads for profiling (default: all cores).")
-    ] = None,
-    min_iters: Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")] = None,
-    min_seconds: Annotated[
-        float | None, Opt(help="Profile: timed seconds per model, at least.")
-    ] = None,
+    precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
+    calibration: CalibrationOpt = None,
+    calibration_samples: CalibrationSamplesOpt = None,
+    max_accuracy_drop: MaxDropOpt = None,
+    batch_range: BatchRangeOpt = None,
+    batch_sizes: BatchSizesOpt = None,
+    threads: ThreadsOpt = None,
+    min_iters: MinItersOpt = None,
+    min_seconds: MinSecondsOpt = None,
     out: Annotated[Path | None, Opt(help="Run directory (default runs/<name>).")] = None,
     name: Annotated[str | None, Opt(help="Run name (default TEACHER-to-STUDENT-DATA).")] = None,
     config: Annotated[
@@ -156,8 +164,8 @@ def run(
         list[str] | None,
         Opt(help="Redo a stage and those after it: teacher, distill, export, profile, all."),
     ] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Train or load the teacher, distill the student, export, profile both and report."""
     ui.set_quiet(quiet)
@@ -234,26 +242,14 @@ def export(
     out: Annotated[
         Path | None, Opt(help="Where to write (with --weights; default ./export).")
     ] = None,
-    precision: Annotated[
-        str | None, Opt(help="Precisions, comma-separated: fp32,fp16,int8.")
-    ] = None,
-    backend: Annotated[
-        str | None, Opt(help="Backends: onnx,tensorrt (TensorRT needs a GPU).")
-    ] = None,
-    calibration: Annotated[
-        str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")
-    ] = None,
-    calibration_samples: Annotated[
-        int | None, Opt(help="Training images used for INT8 calibration.")
-    ] = None,
-    max_accuracy_drop: Annotated[
-        float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points.")
-    ] = None,
-    batch_range: Annotated[
-        str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")
-    ] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
+    calibration: CalibrationOpt = None,
+    calibration_samples: CalibrationSamplesOpt = None,
+    max_accuracy_drop: MaxDropOpt = None,
+    batch_range: BatchRangeOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Export a student to ONNX FP32/FP16/INT8 (+TensorRT) with parity checks and a bundle."""
     ui.set_quiet(quiet)
@@ -297,7 +293,7 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
     precision: Annotated[str, Opt(help="Which model of the bundle: fp32, fp16 or int8.")] = "fp32",
     as_json: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Classify images with a bundle, using only onnxruntime, numpy and Pillow (no torch)."""
     with errors_reported(debug):
@@ -341,22 +337,20 @@ def profile(
     targets: Annotated[
         list[str], typer.Argument(help="Run dir, bundle dir, .onnx, .plan or ARCH:WEIGHTS.pt")
     ],
-    batch_sizes: Annotated[
-        str | None, Opt(help="Batch sizes, comma-separated (default 1,32).")
-    ] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads (default: all cores); recorded.")] = None,
+    batch_sizes: BatchSizesOpt = None,
+    threads: ThreadsOpt = None,
     input_size: Annotated[
         str | None, Opt(help="C,H,W of the input (default: from the target, else 3,224,224).")
     ] = None,
     warmup: Annotated[int | None, Opt(help="Warm-up calls, at least.")] = None,
-    min_iters: Annotated[int | None, Opt(help="Timed calls per model, at least.")] = None,
-    min_seconds: Annotated[float | None, Opt(help="Timed seconds per model, at least.")] = None,
+    min_iters: MinItersOpt = None,
+    min_seconds: MinSecondsOpt = None,
     memory: Annotated[
         bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")
     ] = None,
     out: Annotated[Path | None, Opt(help="Write the results as JSON here.")] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Time models side by side (interleaved): a run directory again, or any ONNX/TensorRT/torch files."""
     ui.set_quiet(quiet)
@@ -423,7 +417,7 @@ def profile(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A kdpipe run directory.")],
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Rebuild report.md and report.html from the run's report.json."""
     with errors_reported(debug):
@@ -445,8 +439,8 @@ def gate(
     measure: Annotated[
         bool, Opt(help="Re-profile the run's artifacts on this machine first.")
     ] = False,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress output.")] = False,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Fail (exit 1) when a latency/accuracy/size budget is broken; exit 2 on bad input."""
     ui.set_quiet(quiet)
@@ -496,7 +490,7 @@ def compare(
     fail_on: Annotated[
         str | None, Opt(help="Regression rules, e.g. latency:+10%,accuracy:-0.5")
     ] = None,
-    debug: Annotated[bool, Opt(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Every shared metric of two reports with its change; exit 1 when a --fail-on rule breaks."""
     with errors_reported(debug):

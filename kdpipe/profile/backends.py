@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kdpipe.export import tensorrt
-from kdpipe.export.onnx import INPUT_NAME
+from kdpipe.export.onnx import INPUT_NAME, OUTPUT_NAME
 from kdpipe.export.verify import ort_session
 
 ORT_PROVIDERS = {
@@ -46,37 +46,75 @@ class Runner:
     size_bytes: int
     # How kdpipe.profile.memory rebuilds this runner in a fresh process ({} = not measurable).
     memory_spec: dict = field(default_factory=dict)
+    # GPU runners append each call's device time (CUDA events, ms) here.
+    device_ms: list[float] | None = None
 
 
-def torch_predict(model: nn.Module, device: str) -> Callable[[Tensor], Tensor]:
+def _device_timed(fn: Callable[[Tensor], Tensor], clock: list[float]) -> Callable[[Tensor], Tensor]:
+    """Wrap a GPU call with CUDA events: its device time (ms) is appended to `clock`."""
+
+    def run(x: Tensor) -> Tensor:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn(x)
+        end.record()
+        end.synchronize()
+        clock.append(start.elapsed_time(end))
+        return out
+
+    return run
+
+
+def torch_predict(
+    model: nn.Module, device: str, clock: list[float] | None = None
+) -> Callable[[Tensor], Tensor]:
     net = model if device == "cpu" else copy.deepcopy(model).to(device)
     net.eval()
 
-    def run(x: Tensor) -> Tensor:
+    def forward(x: Tensor) -> Tensor:
         with torch.inference_mode():
-            out = net(x.to(device, non_blocking=True)).float()
-            if device != "cpu":
-                out = out.cpu()  # blocks until the GPU is done
-        return out
+            return net(x)
+
+    timed = _device_timed(forward, clock) if clock is not None else forward
+
+    def run(x: Tensor) -> Tensor:
+        out = timed(x.to(device, non_blocking=True)).float()
+        return out.cpu() if device != "cpu" else out  # .cpu() waits for the GPU
 
     return run
 
 
 def ort_predict(path: Path, threads: int, provider: str) -> Callable[[Tensor], Tensor]:
     session = ort_session(path, threads, spin=False, provider=provider)
+    if provider == "CPUExecutionProvider":
 
-    def run(x: Tensor) -> Tensor:
-        feed = {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
-        return torch.from_numpy(session.run(None, feed)[0])
+        def run(x: Tensor) -> Tensor:
+            feed = {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
+            return torch.from_numpy(session.run(None, feed)[0])
 
-    return run
+        return run
+
+    def run_bound(x: Tensor) -> Tensor:
+        # IO binding: input copied to the GPU once per call, output kept on the GPU until
+        # the copy back, so onnxruntime does no hidden host round trips of its own.
+        binding = session.io_binding()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(
+            x.numpy().astype(np.float32, copy=False), "cuda", 0
+        )
+        binding.bind_ortvalue_input(INPUT_NAME, x_dev)
+        binding.bind_output(OUTPUT_NAME, "cuda")
+        session.run_with_iobinding(binding)
+        return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+
+    return run_bound
 
 
-def tensorrt_predict(plan: Path) -> Callable[[Tensor], Tensor]:
+def tensorrt_predict(plan: Path, clock: list[float] | None = None) -> Callable[[Tensor], Tensor]:
     runner = tensorrt.TensorRTRunner(plan)
+    timed = _device_timed(runner, clock) if clock is not None else runner
 
     def run(x: Tensor) -> Tensor:
-        return runner(x).float().cpu()
+        return timed(x.cuda(non_blocking=True)).float().cpu()
 
     return run
 
@@ -108,11 +146,13 @@ def build_runners(
             if archs
             else {}
         )
+        clock: list[float] | None = [] if device == "cuda" else None
         return Runner(
             Target(who, f"torch-{device}", "fp32"),
-            torch_predict(nets[who], device),
+            torch_predict(nets[who], device, clock),
             files[who].stat().st_size,
             spec,
+            clock,
         )
 
     runners = [torch_runner("teacher", "cpu"), torch_runner("student", "cpu")]
@@ -153,12 +193,14 @@ def build_runners(
     for precision, plan in plans.items():
         if not reason and plan.is_file():
             spec = {"kind": "tensorrt", "path": str(plan)}
+            clock: list[float] = []
             runners.append(
                 Runner(
                     Target("student", "tensorrt", precision),
-                    tensorrt_predict(plan),
+                    tensorrt_predict(plan, clock),
                     plan.stat().st_size,
                     spec,
+                    clock,
                 )
             )
     return runners, skipped

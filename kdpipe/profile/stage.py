@@ -94,6 +94,9 @@ def time_runners(
             calls: dict[Target, Callable[[], object]] = {
                 r.target: partial(r.predict, batch) for r in runners
             }
+            for r in runners:  # device clocks hold only this batch size's calls
+                if r.device_ms is not None:
+                    r.device_ms.clear()
             base, label = i * len(calls), f"batch {bs}"
 
             def advance(finished: int, _total: int, base: int = base, label: str = label) -> None:
@@ -112,6 +115,11 @@ def time_runners(
                     round(v, 5) for v in ms
                 ]
                 latency.append({**entry, "batch_size": bs, **summarize(ms, bs)})
+                clock = next(r.device_ms for r in runners if r.target == target)
+                if clock:  # GPU: device time of the same timed calls, beside end-to-end time
+                    device = summarize(clock[-len(ms) :], bs)
+                    keep = ("p50_ms", "p95_ms", "p99_ms", "mean_ms")
+                    latency[-1]["device"] = {k: device[k] for k in keep}
     for e in latency:
         if e["cv"] > HIGH_CV:
             ui.warn(

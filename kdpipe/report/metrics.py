@@ -58,6 +58,8 @@ def flatten_metrics(report: dict) -> dict[str, float]:
     for e in report["latency"]:
         for k in LATENCY_STATS:
             m[f"{latency_key(e)}.{k}"] = float(e[k])
+        for k, v in e.get("device", {}).items():  # GPU backends: CUDA-event device time
+            m[f"{latency_key(e)}.device.{k}"] = float(v)
     for precision, x in report.get("export", {}).items():
         p = x["parity"]
         for k in ("top1_agreement", "max_abs_diff", "accuracy"):

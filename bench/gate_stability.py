@@ -1,0 +1,121 @@
+"""Is the gate stable on a noisy machine? (a benchmark, not a test)
+
+    python bench/gate_stability.py --run runs/resnet50-to-resnet18-digits [--rounds 10]
+
+1. Measures the run once (`kdpipe profile RUN`), takes the student's p95 at batch 1 on its
+   fastest backend, and writes two budgets: 20 % above it and 20 % below it.
+2. Re-profiles the run `--rounds` times; after each, gates both budgets. A stable gate
+   passes the loose budget every time and fails the tight one every time.
+3. Compares kdpipe's p50 for the student's ONNX FP32 file with a plain, independent timing
+   loop (onnxruntime defaults, time.perf_counter) over the same file and input.
+Prints the figures for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def kdpipe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True)
+
+
+def reprofile(run: Path) -> dict:
+    proc = kdpipe("profile", str(run), "--batch-sizes", "1", "--no-memory", "--quiet")
+    if proc.returncode != 0:
+        sys.exit(f"profile failed: {proc.stderr[-500:]}")
+    return json.loads((run / "report.json").read_text())
+
+
+def plain_loop_p50(onnx_path: Path, shape: list[int], threads: int, calls: int = 600) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    x = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for _ in range(50):
+        session.run(None, x)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        session.run(None, x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a finished kdpipe run directory")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    report = reprofile(args.run)
+    basis = report["summary"]["speedup_basis"]["student"]
+    key = f"student.{basis['backend']}.{basis['precision']}.bs1.p95_ms"
+    p95 = report["metrics"][key]
+    work = Path(tempfile.mkdtemp(prefix="kdpipe-gate-"))
+    loose, tight = work / "loose.yaml", work / "tight.yaml"
+    loose.write_text(f"{key}: {{max: {p95 * 1.2:.4f}}}\n")
+    tight.write_text(f"{key}: {{max: {p95 * 0.8:.4f}}}\n")
+    print(
+        f"metric {key}: measured p95 {p95:.3f} ms; budgets {p95 * 1.2:.3f} (loose) and {p95 * 0.8:.3f} (tight)"
+    )
+    passes = fails = 0
+    seen = []
+    for i in range(args.rounds):
+        r = reprofile(args.run)
+        seen.append(r["metrics"][key])
+        passes += (
+            kdpipe("gate", str(args.run / "report.json"), "--budgets", str(loose)).returncode == 0
+        )
+        fails += (
+            kdpipe("gate", str(args.run / "report.json"), "--budgets", str(tight)).returncode == 1
+        )
+        print(
+            f"round {i + 1}: p95 {seen[-1]:.3f} ms  loose pass {passes}/{i + 1}  tight fail {fails}/{i + 1}",
+            flush=True,
+        )
+    print(
+        f"\nloose budget passed {passes}/{args.rounds}; tight budget failed {fails}/{args.rounds}; "
+        f"p95 ranged {min(seen):.3f}-{max(seen):.3f} ms"
+    )
+
+    threads = report["environment"]["threads"]
+    onnx_path = args.run / "export" / "student.onnx"
+    shape = [1, *report["data"]["input_size"]]
+    prof = work / "prof.json"
+    proc = kdpipe(
+        "profile",
+        str(onnx_path),
+        "--batch-sizes",
+        "1",
+        "--no-memory",
+        "--quiet",
+        "--input-size",
+        ",".join(map(str, shape[1:])),
+        "--threads",
+        str(threads),
+        "--out",
+        str(prof),
+    )
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-500:])
+    ours = json.loads(prof.read_text())["latency"][0]["p50_ms"]
+    plain = plain_loop_p50(onnx_path, shape, threads)
+    print(
+        f"ONNX FP32 batch 1 p50: kdpipe {ours:.3f} ms, plain loop {plain:.3f} ms, "
+        f"difference {100 * (ours - plain) / plain:+.1f} % ({os.cpu_count()} cores, {threads} threads)"
+    )
+
+
+if __name__ == "__main__":
+    main()
