@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from kdpipe import ui
 from kdpipe.config import RunConfig
@@ -75,7 +77,11 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
             f"export: {name} max|dlogit|={r['parity']['max_abs_diff']:.2e} "
             f"agreement={r['parity']['top1_agreement']:.4f} accuracy={r['parity']['accuracy']:.4f}"
         )
-    engines = _tensorrt_engines(cfg, data, stage_dir) if "tensorrt" in e.backends else {}
+    engines = (
+        _tensorrt_engines(cfg, data, stage_dir, check_set, reference, labels)
+        if "tensorrt" in e.backends
+        else {}
+    )
     write_json(stage_dir / "tensorrt.json", engines)
     bundle = write_bundle(stage_dir, data.info, results, cfg.out_dir())
     write_json(stage_dir / "export.json", results)
@@ -83,8 +89,16 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
     return results
 
 
-def _tensorrt_engines(cfg: RunConfig, data: DataSplits, stage_dir: Path) -> dict:
-    """One engine per exported precision, or a one-line skip saying why."""
+def _tensorrt_engines(
+    cfg: RunConfig,
+    data: DataSplits,
+    stage_dir: Path,
+    check_set: Dataset,
+    reference: Tensor,
+    labels: Tensor,
+) -> dict:
+    """One engine per exported precision, each checked against PyTorch like the ONNX files,
+    or a one-line skip saying why."""
     reason = tensorrt.unavailable_reason()
     if reason:
         ui.info(f"export: TensorRT skipped: {reason}")
@@ -101,4 +115,11 @@ def _tensorrt_engines(cfg: RunConfig, data: DataSplits, stage_dir: Path) -> dict
             precision,
             stage_dir / "tensorrt.timing-cache",
         )
+        # Largest batch the engine's profile allows, so every check batch fits.
+        runner = tensorrt.TensorRTRunner(plan)
+        batch = cfg.export.batch_range[-1]
+        logits = [
+            runner(x.cuda()).float().cpu() for x, _ in DataLoader(check_set, batch_size=batch)
+        ]
+        engines[precision]["parity"] = parity(reference, torch.cat(logits), labels)
     return engines

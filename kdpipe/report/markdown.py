@@ -94,7 +94,13 @@ def render_markdown(r: dict) -> str:
             "",
             "TensorRT engines: "
             + ", ".join(
-                f"{p} ({m['plan']}, TensorRT {m['tensorrt_version']}, {m['gpu']})"
+                f"{p} ({m['plan']}, TensorRT {m['tensorrt_version']}, {m['gpu']}"
+                + (
+                    f"; top-1 agreement with PyTorch {_pct(m['parity']['top1_agreement'])}, "
+                    f"max abs Δlogit {m['parity']['max_abs_diff']:.2e})"
+                    if "parity" in m
+                    else ")"
+                )
                 for p, m in trt.items()
             )
             + ".",
