@@ -84,8 +84,9 @@ def render_markdown(r: dict) -> str:
             f"validation split (limit {100 * guard['max_drop']:.2f} pt); layers kept in FP32: {kept}; "
             f"final drop {100 * guard['final_drop']:.2f} pt.",
         ]
-    for s in r.get("skipped_backends", []):
-        lines.append(f"- {s['backend']} not measured: {s['reason']}")
+    if r.get("skipped_backends"):
+        lines += ["", "Backends not measured on this machine:", ""]
+        lines += [f"- {s['backend']}: {s['reason']}" for s in r["skipped_backends"]]
     trt = r.get("tensorrt") or {}
     if "skipped" in trt:
         lines += ["", f"TensorRT: skipped ({trt['skipped']})."]
