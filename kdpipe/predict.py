@@ -6,7 +6,6 @@ The bundle's checksums are verified before a model is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from kdpipe.errors import ConfigError, DataError, ExportError
+from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
 
 
 @dataclass
@@ -24,14 +24,6 @@ class Prediction:
     label: str
     index: int
     probability: float
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_bundle(path: Path) -> tuple[Path, dict]:
@@ -60,7 +52,7 @@ def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSessi
     path = folder / entry["file"]
     if not path.is_file():
         raise ExportError(f"bundle file {path} is missing", "copy the whole export folder")
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise ExportError(
             f"{path} does not match its sha256 in bundle.json (corrupt or modified)",
             "copy the file again from the run's export folder",
