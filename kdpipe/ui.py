@@ -21,10 +21,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def info(message: str) -> None:
     """A status line on stderr, unless --quiet."""
     if not _quiet:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdpipe import ui
+from kdpipe.errors import ExportError
 from kdpipe.export.quantize import ImageBatches, preprocess, quantizable_nodes, quantize_int8
 from kdpipe.export.verify import ort_logits, ort_session
 
@@ -84,8 +85,12 @@ def quantize_with_guard(
                 best, hi = (k, drop, candidate, k_settings), k - 1
             else:
                 lo = k + 1
-        if best is None:
-            raise_unmet(max_drop, first_drop)
+        if best is None:  # only when max_drop < 0: all-FP32 drops ~0
+            raise ExportError(
+                f"INT8 cannot meet --max-accuracy-drop {100 * max_drop:.2f} pt even with every "
+                f"layer in FP32 (all-INT8 drop {100 * first_drop:.2f} pt)",
+                "raise --max-accuracy-drop, or use more --calibration-samples",
+            )
         k, drop, candidate, settings = best  # type: ignore[misc]
         candidate.replace(out)
         guard.update(
@@ -101,13 +106,3 @@ def quantize_with_guard(
             f"{100 * drop:.2f} pt on the validation split"
         )
         return {**settings, "guard": guard}
-
-
-def raise_unmet(max_drop: float, drop: float) -> None:
-    from kdpipe.errors import ExportError
-
-    raise ExportError(
-        f"INT8 cannot meet --max-accuracy-drop {100 * max_drop:.2f} pt even with every layer "
-        f"in FP32 (all-INT8 drop {100 * drop:.2f} pt)",
-        "raise --max-accuracy-drop, or use more --calibration-samples",
-    )
