@@ -47,6 +47,10 @@ def validate(cfg: RunConfig) -> None:
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
     get_method(cfg.distill.method)
+    for method_name in cfg.distill.terms:
+        get_method(method_name)
+    for arch in (*cfg.distill.assistants, *cfg.distill.peers):
+        models.check_name(arch)
     for label, path in (
         ("--teacher-weights", cfg.teacher.weights),
         ("--student-weights", cfg.student.weights),
@@ -132,11 +136,14 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ["student.pt", "metrics.json", "log.jsonl"],
         lambda d: run_distill_stage(cfg, data, teacher.model, d),
         lambda: (
-            models.create(cfg.student.arch, k, d_dir / "student.pt").eval(),
+            models.create(read_json(d_dir / "metrics.json")["arch"], k, d_dir / "student.pt").eval(),
             read_json(d_dir / "metrics.json"),
         ),
     )
 
+    if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
+        ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")
+        cfg.student.arch = distill_metrics["arch"]
     e_fp = fingerprint("export", d_fp, cfg.export.model_dump())
     e_dir = rd.stage_dir("export")
     onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]

@@ -59,9 +59,35 @@ class StudentConfig(_Section):
 
 class DistillConfig(_Section):
     method: str = "kd"
+    # Hyperparameters of the method (`kdpipe methods` lists them); METHOD.NAME in a composition.
     params: dict[str, float] = Field(default_factory=dict)
+    # Composition: method -> weight; when given, the loss is the weighted sum of these methods'
+    # own terms and `method` is ignored.
+    terms: dict[str, float] = Field(default_factory=dict)
     train: TrainConfig = TrainConfig(epochs=8)
     cache_teacher: bool = True
+    # Stage layers to tap instead of the detected ones (same count for teacher and student).
+    teacher_layers: list[str] | None = None
+    student_layers: list[str] | None = None
+    assistants: list[str] = Field(default_factory=list)  # TAKD chain, in order
+    peers: list[str] = Field(default_factory=list)  # DML peers besides the student
+    # Extra teacher-labelled training images: "mix" (mixup/cutmix of the training images)
+    # or imagefolder:PATH (unlabeled images; subfolders are ignored).
+    transfer: str | None = None
+    transfer_size: int = Field(2, ge=1, le=100)  # "mix": this many mixed images per image
+    # Fraction of the training labels the student may see; the rest are unlabeled (-1) and
+    # learn from the teacher only. The teacher always trains on every label.
+    label_fraction: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("terms")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()):
+            raise ValueError("term weights must be >= 0")
+        return v
+
+    def method_label(self) -> str:
+        return "+".join(f"{m}:{w:g}" for m, w in self.terms.items()) or self.method
 
 
 class ExportConfig(_Section):

@@ -68,7 +68,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     else:
         ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
         model = models.create(t.arch, k)
-        trainer = get_method("ce")(model, label_smoothing=t.label_smoothing)
+        trainer = get_method("ce")(model, params={"label_smoothing": t.label_smoothing})
         result = fit(
             trainer,
             data.train,

@@ -3,28 +3,74 @@
 A Distiller owns the student, a frozen teacher and any extra trainable modules (regressors,
 connectors, discriminators). `forward` returns the student's logits and the named, already
 weighted loss terms; the trainer sums them and logs each. `student()` hands back the plain
-student for export: no wrapper, no teacher, no hooks.
+student for export: no wrapper, no teacher, no hooks, no extras.
+
+One training step's forward pass is shared: the base class runs the student (and the teacher,
+unless its logits come from the cache) with feature taps for every kind of feature the method
+declares in `kinds`, and hands a `Batch` to the method's `terms`. A method therefore only
+writes its formula. `loss` is the method's own distillation term(s) at unit weight, which is
+what composition (`kd: 0.9, ce: 0.1, at: 1000`) weighs; `terms` is the method's standalone
+recipe (its weight, plus cross-entropy where its paper adds it).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.distill.taps import FeatureTaps, check_layers, default_layers
 from kdpipe.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One training phase of a method (FitNets/AB have a hint stage before KD; most have one)."""
+    """One training phase. Methods with an initialization phase (FitNets hints, AB, FT's
+    paraphraser, FSP) list it before the main one; it runs `epochs_fraction` of the epochs."""
 
     name: str
     epochs_fraction: float = 1.0
+
+
+@dataclass
+class Layers:
+    """Which layers to tap: user-named stage layers for teacher and student (or None)."""
+
+    teacher: Sequence[str] | None = None
+    student: Sequence[str] | None = None
+
+
+@dataclass
+class Batch:
+    """What one step saw: inputs, both models' logits and the tapped features by kind."""
+
+    images: Tensor
+    labels: Tensor  # -1 marks an unlabeled (transfer-set) sample
+    z_s: Tensor
+    z_t: Tensor | None
+    s: dict[str, list[Tensor]] = field(default_factory=dict)
+    t: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def targets(self) -> Tensor:
+        """Labels where known, the teacher's prediction for unlabeled samples."""
+        if self.z_t is None:
+            return self.labels
+        return torch.where(self.labels >= 0, self.labels, self.z_t.argmax(1))
+
+
+def ce_loss(z: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy over the labeled samples (label -1 = unlabeled); 0 when none are."""
+    mask = labels >= 0
+    if bool(mask.all()):
+        return F.cross_entropy(z, labels, label_smoothing=label_smoothing)
+    if not bool(mask.any()):
+        return z.sum() * 0.0
+    return F.cross_entropy(z[mask], labels[mask], label_smoothing=label_smoothing)
 
 
 class Distiller(nn.Module, abc.ABC):
@@ -32,12 +78,29 @@ class Distiller(nn.Module, abc.ABC):
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, float]] = {}
     needs_teacher: ClassVar[bool] = True
-    # True when the loss needs only the teacher's logits, which may then be computed once
-    # per sample and cached instead of running the teacher every step.
-    logits_only: ClassVar[bool] = True
+    # Feature kinds (taps.KINDS) the method reads; none means logits only, which the trainer
+    # may then cache per sample instead of running the teacher every step.
+    kinds: ClassVar[tuple[str, ...]] = ()
+    # The hyperparameter that weighs `loss` in the standalone recipe (None: weight 1).
+    weight_key: ClassVar[str | None] = None
+    stage_names: ClassVar[tuple[tuple[str, float], ...]] = (("train", 1.0),)
+    # False for methods with their own forward pass (Jacobian, DML): they cannot share a
+    # step with other terms in a composition.
+    composable: ClassVar[bool] = True
+    # True for TAKD: the stage trains a chain through `--assistant` models first.
+    uses_assistants: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, **params: float):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+        layers: Layers | None = None,
+        params: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
+        params = dict(params or {})
         unknown = [k for k in params if k not in self.defaults]
         if unknown:
             hint = did_you_mean(unknown[0], self.defaults) or (
@@ -52,8 +115,120 @@ class Distiller(nn.Module, abc.ABC):
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
-        self.stages: list[Stage] = [Stage("train")]
+        self.input_shape = input_shape
+        self.user_layers = layers or Layers()
+        self.stages: list[Stage] = [Stage(n, f) for n, f in self.stage_names]
+        self.stage = self.stages[-1].name
+        self.progress = 0.0  # fraction of the current stage done, set by the trainer
+        self.epoch = 0  # 1-based epoch within the current stage, set by the trainer
+        # Monitored values that are not part of the loss (a discriminator's own loss).
+        self.logged: dict[str, float] = {}
+        self.layer_names: dict[str, dict[str, list[str]]] = {"s": {}, "t": {}}
+        for kind in self.all_kinds():
+            self.layer_names["s"][kind] = self._resolve(student, kind, self.user_layers.student)
+            if teacher is not None:
+                self.layer_names["t"][kind] = self._resolve(teacher, kind, self.user_layers.teacher)
+        self._check_pairs()
 
+    # ---- what subclasses write -------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, b: Batch) -> dict[str, Tensor]:
+        """The method's distillation term(s) at unit weight."""
+
+    def terms(self, b: Batch) -> dict[str, Tensor]:
+        """The standalone recipe: weight * loss, plus CE weighted by the `ce` parameter."""
+        w = self.params[self.weight_key] if self.weight_key else 1.0
+        out = {k: w * v for k, v in self.loss(b).items()}
+        if self.params.get("ce", 0.0):
+            out["ce"] = self.params["ce"] * ce_loss(b.z_s, b.labels)
+        return out
+
+    # ---- features ----------------------------------------------------------------------
+    def all_kinds(self) -> tuple[str, ...]:
+        return self.kinds
+
+    @property
+    def logits_only(self) -> bool:
+        return not self.all_kinds()
+
+    def _resolve(self, model: nn.Module, kind: str, named: Sequence[str] | None) -> list[str]:
+        if named and kind != "embedding":
+            check_layers(model, named)
+        return default_layers(model, kind, named)
+
+    def _check_pairs(self) -> None:
+        if self.teacher_model is None:
+            return
+        for kind, names in self.layer_names["s"].items():
+            t_names = self.layer_names["t"].get(kind, [])
+            if len(names) != len(t_names):
+                raise ConfigError(
+                    f"{len(t_names)} teacher layers but {len(names)} student layers for '{kind}'",
+                    "name as many --teacher-layers as --student-layers",
+                )
+
+    def probe_shapes(self) -> tuple[dict[str, list[torch.Size]], dict[str, list[torch.Size]]]:
+        """Feature shapes of student and teacher at the run's input size (for connectors)."""
+        x = torch.zeros(2, *self.input_shape)
+        shapes: list[dict[str, list[torch.Size]]] = []
+        for side, model in (("s", self.student_model), ("t", self.teacher_model)):
+            if model is None:
+                shapes.append({})
+                continue
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                feats = self._tapped(model, side, x)[1]
+            model.train(was)
+            shapes.append({k: [f.shape for f in v] for k, v in feats.items()})
+        return shapes[0], shapes[1]
+
+    def _tapped(self, model: nn.Module, side: str, x: Tensor) -> tuple[Tensor, dict]:
+        names = self.layer_names[side]
+        specs = [n for kind_names in names.values() for n in kind_names]
+        if not specs:
+            return model(x), {}
+        with FeatureTaps(model, specs) as taps:
+            z = model(x)
+        feats = {kind: [taps[n] for n in kind_names] for kind, kind_names in names.items()}
+        if "embedding" in feats:
+            feats["embedding"] = [f.flatten(1) for f in feats["embedding"]]
+        return z, feats
+
+    # ---- the shared step ---------------------------------------------------------------
+    def run_models(self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None) -> Batch:
+        z_s, s_feats = self._tapped(self.student_model, "s", images)
+        z_t, t_feats = teacher_logits, dict[str, list[Tensor]]()
+        if self.teacher_model is not None and (z_t is None or self.layer_names["t"]):
+            with torch.no_grad():
+                z_t, t_feats = self._tapped(self.teacher_model, "t", images)
+        return Batch(images, labels, z_s, z_t, s_feats, t_feats)
+
+    def forward(
+        self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Student logits and the named, weighted loss terms. `teacher_logits` comes from the
+        cache when the trainer has one; otherwise the teacher runs here."""
+        b = self.run_models(images, labels, teacher_logits)
+        return b.z_s, self.terms(b)
+
+    def train_step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        teacher_logits: Tensor | None,
+        opt: torch.optim.Optimizer,
+    ) -> dict[str, Tensor]:
+        """One optimizer step; returns the (detached) loss terms. DML overrides it to update
+        its peers in turn."""
+        _, terms = self(images, labels, teacher_logits=teacher_logits)
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        opt.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+    # ---- ownership ---------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
         """Train the student and extras; the teacher always stays in eval (BN/dropout frozen)."""
         super().train(mode)
@@ -61,23 +236,44 @@ class Distiller(nn.Module, abc.ABC):
             self.teacher_model.eval()
         return self
 
+    def own_optimized(self) -> list[nn.Module]:
+        """Extras the method updates with its own optimizer (a discriminator)."""
+        return []
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Student and extra modules, never the teacher."""
-        for name, child in self.named_children():
-            if name != "teacher_model":
-                yield from child.parameters()
+        """Student and extra modules, never the teacher (nor self-optimized extras)."""
+        skip = set()
+        for m in [self.teacher_model, *self.own_optimized()]:
+            if m is not None:
+                skip |= {id(p) for p in m.parameters()}
+        yield from (p for p in self.parameters() if id(p) not in skip)
 
     def student(self) -> nn.Module:
         return self.student_model
+
+    def finish(self, val: torch.utils.data.Dataset) -> dict:
+        """Called once after training (DML picks its best peer here); returns notes."""
+        return {}
 
     @torch.no_grad()
     def teacher_logits(self, images: Tensor) -> Tensor:
         assert self.teacher_model is not None
         return self.teacher_model(images)
 
-    @abc.abstractmethod
-    def forward(
-        self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Student logits and the named, weighted loss terms. `teacher_logits` comes from the
-        cache when the trainer has one; otherwise the method runs the teacher itself."""
+
+def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the larger of two feature maps to the smaller's H x W."""
+    hs, ht = f_s.shape[2:], f_t.shape[2:]
+    if hs == ht:
+        return f_s, f_t
+    if hs[0] * hs[1] > ht[0] * ht[1]:
+        return F.adaptive_avg_pool2d(f_s, (ht[0], ht[1])), f_t
+    return f_s, F.adaptive_avg_pool2d(f_t, (hs[0], hs[1]))
+
+
+def conv_connector(c_in: int, c_out: int, relu: bool = False) -> nn.Sequential:
+    """1x1 conv + BN (+ReLU) from the student's channels to the teacher's."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)

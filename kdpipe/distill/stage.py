@@ -1,19 +1,28 @@
-"""The distill stage: build the student and the method's Distiller, train, save a plain state_dict."""
+"""The distill stage: build the student and the method's Distiller, train, save a plain state_dict.
+
+Multi-model methods are driven from here: TAKD trains its assistant chain link by link (each
+link cached by fingerprint), DML builds its peers and exports the best one.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from kdpipe import models, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
+from kdpipe.data.transfer import student_training_set
+from kdpipe.distill.base import Distiller, Layers
 from kdpipe.distill.cache import teacher_logits_table
+from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.trainer import fit
+from kdpipe.errors import ConfigError
 from kdpipe.profile.accuracy import agreement, predict_logits, top1
-from kdpipe.runs import write_json
+from kdpipe.runs import fingerprint, write_json
 from kdpipe.teacher import save_state
 
 
@@ -21,41 +30,146 @@ def build_student(cfg: RunConfig, num_classes: int) -> nn.Module:
     return models.create(cfg.student.arch, num_classes, cfg.student.weights)
 
 
-def run_distill_stage(
-    cfg: RunConfig, data: DataSplits, teacher: nn.Module, stage_dir: Path
-) -> tuple[nn.Module, dict]:
-    """Train the student with cfg.distill.method; write student.pt, log.jsonl and metrics.json."""
+def build_distiller(
+    cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, data: DataSplits
+) -> Distiller:
     d = cfg.distill
+    shape, layers = data.info.input_size, Layers(d.teacher_layers, d.student_layers)
+    if d.terms:
+        parts = {m: get_method(m) for m in d.terms}
+        return Composite(
+            student, teacher, parts, d.terms, d.params, input_shape=shape, layers=layers
+        )
     method = get_method(d.method)
-    student = build_student(cfg, data.info.num_classes)
-    distiller = method(student, teacher if method.needs_teacher else None, **d.params)
+    extra: dict = {}
+    if method.name == "dml":
+        k = data.info.num_classes
+        extra = {
+            "peers": [models.create(a, k) for a in d.peers],
+            "peer_names": [cfg.student.arch, *d.peers],
+        }
+    elif d.peers:
+        raise ConfigError("--peers is for deep mutual learning", "add --method dml")
+    return method(
+        student,
+        teacher if method.needs_teacher or d.params.get("teacher_peer") else None,
+        input_shape=shape,
+        layers=layers,
+        params=d.params,
+        **extra,
+    )
+
+
+def _train(
+    cfg: RunConfig,
+    distiller: Distiller,
+    data: DataSplits,
+    train: Dataset,
+    teacher: nn.Module | None,
+    desc: str,
+    log_path: Path,
+):  # type: ignore[no-untyped-def]
     cache = None
-    if method.needs_teacher and method.logits_only and d.cache_teacher and data.deterministic:
-        cache = teacher_logits_table(teacher, data.train)
+    if (
+        teacher is not None
+        and distiller.logits_only
+        and distiller.needs_teacher
+        and cfg.distill.cache_teacher
+        and data.deterministic
+    ):
+        cache = teacher_logits_table(teacher, train)
         ui.info(
             f"distill: teacher logits cached for {len(cache)} training images "
             "(computed once, reused every epoch)"
         )
     result = fit(
         distiller,
-        data.train,
+        train,
         data.val,
-        d.train,
+        cfg.distill.train,
         cfg.seed,
-        f"distill {cfg.student.arch} ({d.method})",
-        log_path=stage_dir / "log.jsonl",
+        desc,
+        log_path=log_path,
         teacher_cache=cache,
         workers=cfg.data.workers,
     )
+    return result, cache is not None
+
+
+def _assistant_chain(
+    cfg: RunConfig, data: DataSplits, teacher: nn.Module, train: Dataset, stage_dir: Path
+) -> tuple[nn.Module, list[dict]]:
+    """TAKD: teacher -> assistant_1 -> ... -> assistant_n; returns the last assistant."""
+    if not cfg.distill.assistants:
+        raise ConfigError(
+            "takd needs at least one teacher assistant", "add --assistant ARCH (e.g. resnet34)"
+        )
+    k = data.info.num_classes
+    method = get_method("takd")
+    links = []
+    upstream = fingerprint("takd", cfg.teacher.model_dump(mode="json"), cfg.seed)
+    for arch in cfg.distill.assistants:
+        models.check_name(arch)
+        upstream = fingerprint(
+            upstream, arch, cfg.distill.model_dump(mode="json"), cfg.data.model_dump()
+        )
+        path = stage_dir / "assistants" / f"{arch}-{upstream}.pt"
+        assistant = models.create(arch, k, path if path.is_file() else None)
+        if path.is_file():
+            ui.info(f"distill: assistant {arch} reused from {path}")
+            links.append({"arch": arch, "reused": True})
+        else:
+            d = method(
+                assistant, teacher, input_shape=data.info.input_size, params=cfg.distill.params
+            )
+            result, _ = _train(
+                cfg, d, data, train, teacher, f"assistant {arch} (takd)", path.with_suffix(".jsonl")
+            )
+            save_state(assistant, path)
+            links.append({"arch": arch, "reused": False, "val_accuracy": result.val_accuracy})
+        teacher = assistant.eval()
+    return teacher, links
+
+
+def run_distill_stage(
+    cfg: RunConfig, data: DataSplits, teacher: nn.Module, stage_dir: Path
+) -> tuple[nn.Module, dict]:
+    """Train the student with the configured method; write student.pt, log.jsonl, metrics.json."""
+    d = cfg.distill
+    train = student_training_set(
+        data.train, data.info, d.label_fraction, d.transfer, d.transfer_size, cfg.seed
+    )
+    if len(train) != len(data.train):  # type: ignore[arg-type]
+        ui.info(f"distill: {len(train)} training images incl. the transfer set")  # type: ignore[arg-type]
+    notes: dict = {}
+    link_teacher = teacher
+    if not d.terms and get_method(d.method).uses_assistants:
+        link_teacher, notes["assistants"] = _assistant_chain(cfg, data, teacher, train, stage_dir)
+    student = build_student(cfg, data.info.num_classes)
+    distiller = build_distiller(cfg, student, link_teacher, data)
+    result, cached = _train(
+        cfg,
+        distiller,
+        data,
+        train,
+        distiller.teacher_model,
+        f"distill {cfg.student.arch} ({d.method_label()})",
+        stage_dir / "log.jsonl",
+    )
+    notes.update(distiller.finish(data.val))
     student = distiller.student().eval()
+    arch = notes.get("exported_arch", cfg.student.arch)
     save_state(student, stage_dir / "student.pt")
     s_logits, labels = predict_logits(student, data.test)
     t_logits, _ = predict_logits(teacher, data.test)
     metrics = {
-        "method": d.method,
-        "params": distiller.params,
-        "arch": cfg.student.arch,
-        "teacher_cache": cache is not None,
+        "method": d.method_label(),
+        "params": distiller.params if not d.terms else d.params,
+        "arch": arch,
+        "stages": [s.name for s in distiller.stages],
+        "notes": notes,
+        "teacher_cache": cached,
+        "train_images": len(train),  # type: ignore[arg-type]
         "train_seconds": result.seconds,
         "images_per_s": result.images_per_s,
         "val_accuracy": result.val_accuracy,

@@ -1,11 +1,21 @@
 """Feature taps: forward hooks on named modules of unmodified models (no model surgery).
 
-    with FeatureTaps(model, ["layer2", "layer3"]) as taps:
+    with FeatureTaps(model, ["layer2", "layer4.1.relu:in"]) as taps:
         logits = model(x)
-        f2, f3 = taps["layer2"], taps["layer3"]
+        f2, pre4 = taps["layer2"], taps["layer4.1.relu:in"]
 
-`pre=True` captures a module's *input* instead of its output (used for pre-activation
-features, e.g. the input of a ReLU). Export never sees the hooks: they are removed on exit.
+A name ending in ":in" captures the module's *input* instead of its output (pre-activation
+features: the input of a stage's last ReLU). Export never sees the hooks: they are removed
+on exit.
+
+`default_layers` finds, for any stock classifier, the layers methods tap by default:
+  stages     the last module at each spatial resolution of the trunk (ResNet layer1..4,
+             the MobileNet/EfficientNet/VGG/DenseNet/RegNet/ConvNeXt block that ends each
+             resolution), at most the deepest four;
+  pre        the same stages before their final activation (AB needs pre-ReLU values);
+  embedding  the input of the last Linear layer: the penultimate embedding.
+It runs the model once on a 224x224 probe and reads the shapes, so it needs no table of
+architectures and works for any model built from torchvision-style blocks.
 """
 
 from __future__ import annotations
@@ -13,33 +23,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
+import torch
 from torch import Tensor, nn
 
 from kdpipe.errors import ConfigError, did_you_mean
+
+KINDS = ("stages", "pre", "embedding")
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Mish)
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PROBE_SIZE = 224
+MAX_STAGES = 4
 
 
 def module_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_modules() if n]
 
 
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Raise a ConfigError naming valid layers when a requested layer does not exist."""
+    names = dict(model.named_modules())
+    for spec in layers:
+        layer = spec.removesuffix(":in")
+        if not layer or layer not in names:
+            raise ConfigError(
+                f"{type(model).__name__} has no layer '{layer}'",
+                did_you_mean(layer, module_names(model))
+                or f"valid layers include: {', '.join(module_names(model)[:12])}",
+            )
+
+
 class FeatureTaps:
-    def __init__(self, model: nn.Module, layers: Sequence[str], pre: bool = False) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        check_layers(model, layers)
         names = dict(model.named_modules())
-        for layer in layers:
-            if layer not in names or not layer:
-                raise ConfigError(
-                    f"{type(model).__name__} has no layer '{layer}'",
-                    did_you_mean(layer, module_names(model))
-                    or f"valid layers include: {', '.join(module_names(model)[:12])}",
-                )
         self.features: dict[str, Tensor] = {}
         self._handles = []
-        for layer in layers:
-            module = names[layer]
-            if pre:
-                hook = module.register_forward_pre_hook(self._save_input(layer))
+        for spec in dict.fromkeys(layers):
+            module = names[spec.removesuffix(":in")]
+            if spec.endswith(":in"):
+                inplace = bool(getattr(module, "inplace", False))
+                hook = module.register_forward_pre_hook(self._save_input(spec, inplace))
             else:
-                hook = module.register_forward_hook(self._save_output(layer))
+                hook = module.register_forward_hook(self._save_output(spec))
             self._handles.append(hook)
 
     def _save_output(self, layer: str):
@@ -48,9 +73,11 @@ class FeatureTaps:
 
         return hook
 
-    def _save_input(self, layer: str):
+    def _save_input(self, layer: str, inplace: bool):
+        # A module called several times (a block's shared ReLU) keeps its last input; an
+        # in-place activation would overwrite the saved input, so that one is copied first.
         def hook(_m: nn.Module, inp: tuple) -> None:
-            self.features[layer] = inp[0]
+            self.features[layer] = inp[0].clone() if inplace else inp[0]
 
         return hook
 
@@ -72,3 +99,86 @@ class FeatureTaps:
         tb: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+def _trunk(model: nn.Module) -> tuple[str, nn.Module]:
+    """The container whose children are the network's stages."""
+    for name in ("features", "trunk_output"):
+        child = getattr(model, name, None)
+        if isinstance(child, nn.Sequential):
+            return name, child
+    return "", model
+
+
+def _call_order(model: nn.Module, in_channels: int) -> tuple[dict[str, tuple], list[str]]:
+    """Output shape of every module and the order leaf modules ran, from one probe forward."""
+    shapes: dict[str, tuple] = {}
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: tuple, out: object, name: str = name) -> None:
+            if isinstance(out, Tensor):
+                shapes[name] = tuple(out.shape)
+            if not any(True for _ in _m.children()):
+                order.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes, order
+
+
+def stage_layers(model: nn.Module, in_channels: int = 3) -> list[str]:
+    shapes, order = _call_order(model, in_channels)
+    prefix, trunk = _trunk(model)
+    last_at: dict[tuple, str] = {}
+    for child, module in trunk.named_children():
+        name = f"{prefix}.{child}" if prefix else child
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4 or isinstance(module, POOLS):
+            continue
+        last_at[shape[2:]] = name  # later children at the same resolution replace earlier ones
+    return list(last_at.values())[-MAX_STAGES:]
+
+
+def pre_activation(model: nn.Module, stage: str, order: list[str]) -> str:
+    """The stage's input to its final activation (`name:in`), or the stage itself when its
+    last operation is not an activation (MobileNet's linear bottlenecks, ConvNeXt)."""
+    modules = dict(model.named_modules())
+    inside = [n for n in order if n == stage or n.startswith(stage + ".")]
+    if inside and isinstance(modules[inside[-1]], ACTIVATIONS):
+        return inside[-1] + ":in"
+    return stage
+
+
+def embedding_layer(model: nn.Module) -> str:
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"{type(model).__name__} has no Linear classifier to take an embedding from",
+            "use a method on stage features, or a model with a Linear head",
+        )
+    return linears[-1] + ":in"
+
+
+def default_layers(model: nn.Module, kind: str, stages: Sequence[str] | None = None) -> list[str]:
+    """Layer specs for one kind of feature; `stages` replaces the detected stage list."""
+    if kind == "embedding":
+        return [embedding_layer(model)]
+    chosen = list(stages) if stages else stage_layers(model)
+    if kind == "stages":
+        return chosen
+    if kind == "pre":
+        _, order = _call_order(model, 3)
+        return [s if s.endswith(":in") else pre_activation(model, s, order) for s in chosen]
+    raise ValueError(f"unknown feature kind {kind!r}; kinds are {KINDS}")

@@ -57,6 +57,11 @@ def make_optimizer(
     return opt, sched
 
 
+def stage_epochs(fraction: float, epochs: int) -> int:
+    """Epochs of a stage: the main stage runs all of them, an initialization stage a fraction."""
+    return epochs if fraction >= 1.0 else max(1, round(fraction * epochs))
+
+
 def fit(
     distiller: Distiller,
     train: Dataset,
@@ -68,7 +73,8 @@ def fit(
     teacher_cache: Tensor | None = None,
     workers: int = 0,
 ) -> FitResult:
-    """Train `distiller` for cfg.epochs; return the per-epoch history and final val accuracy."""
+    """Train `distiller` stage by stage (most methods have one stage of cfg.epochs; FitNets,
+    AB, FT and FSP first run an initialization stage); return the per-epoch history."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(
@@ -80,9 +86,8 @@ def fit(
         drop_last=len(train) > cfg.batch_size,  # type: ignore[arg-type]
     )
     distiller.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    params = list(distiller.trainable_parameters())
-    steps = cfg.epochs * len(loader)
-    opt, sched = make_optimizer(params, cfg, steps)
+    plan = [(st.name, stage_epochs(st.epochs_fraction, cfg.epochs)) for st in distiller.stages]
+    total_steps = sum(e for _, e in plan) * len(loader)
     result = FitResult()
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,47 +95,56 @@ def fit(
     start = time.perf_counter()
     seen = 0
     with ui.progress() as bar:
-        task = bar.add_task(desc, total=steps, rate="", stats="")
-        for epoch in range(1, cfg.epochs + 1):
-            distiller.train()
-            sums: dict[str, float] = {}
-            batches = 0
-            for x, y, idx in loader:
-                x = x.contiguous(memory_format=torch.channels_last)
-                cached = teacher_cache[idx] if teacher_cache is not None else None
-                _, terms = distiller(x, y, teacher_logits=cached)
-                loss = sum(terms.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
-                opt.step()
-                sched.step()
-                batches += 1
-                seen += len(y)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                rate = seen / (time.perf_counter() - start)
-                shown = " ".join(f"{k}={v / batches:.3f}" for k, v in sums.items())
-                bar.update(
-                    task,
-                    advance=1,
-                    rate=f"{rate:.0f} img/s",
-                    stats=f"ep {epoch}/{cfg.epochs} {shown}",
-                )
-            val_logits, val_labels = predict_logits(distiller.student(), val)
-            val_acc = top1(val_logits, val_labels)
-            entry = {
-                "epoch": epoch,
-                **{f"loss_{k}": v / max(batches, 1) for k, v in sums.items()},
-                "val_accuracy": val_acc,
-                "lr": sched.get_last_lr()[0],
-                "images_per_s": seen / (time.perf_counter() - start),
-                "seconds": time.perf_counter() - start,
-            }
-            result.history.append(entry)
-            if log_path is not None:
-                with open(log_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(entry) + "\n")
-            bar.update(task, stats=f"ep {epoch}/{cfg.epochs} {shown} val={val_acc:.3f}")
+        task = bar.add_task(desc, total=total_steps, rate="", stats="")
+        for stage_name, epochs in plan:
+            distiller.stage = stage_name
+            # A fresh optimizer and schedule per stage, as the multi-stage papers train.
+            params = list(distiller.trainable_parameters())
+            opt, sched = make_optimizer(params, cfg, epochs * len(loader))
+            label = f"{stage_name} " if len(plan) > 1 else ""
+            for epoch in range(1, epochs + 1):
+                distiller.train()
+                distiller.epoch = epoch
+                sums: dict[str, float] = {}
+                batches = 0
+                for x, y, idx in loader:
+                    distiller.progress = ((epoch - 1) * len(loader) + batches) / (
+                        epochs * len(loader)
+                    )
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    cached = teacher_cache[idx] if teacher_cache is not None else None
+                    distiller.logged.clear()
+                    terms = distiller.train_step(x, y, cached, opt)
+                    sched.step()
+                    batches += 1
+                    seen += len(y)
+                    values = {k: float(v) for k, v in terms.items()} | distiller.logged
+                    for k, value in values.items():
+                        sums[k] = sums.get(k, 0.0) + value
+                    rate = seen / (time.perf_counter() - start)
+                    shown = " ".join(f"{k}={v / batches:.3f}" for k, v in sums.items())
+                    bar.update(
+                        task,
+                        advance=1,
+                        rate=f"{rate:.0f} img/s",
+                        stats=f"{label}ep {epoch}/{epochs} {shown}",
+                    )
+                val_logits, val_labels = predict_logits(distiller.student(), val)
+                val_acc = top1(val_logits, val_labels)
+                entry = {
+                    "stage": stage_name,
+                    "epoch": epoch,
+                    **{f"loss_{k}": v / max(batches, 1) for k, v in sums.items()},
+                    "val_accuracy": val_acc,
+                    "lr": sched.get_last_lr()[0],
+                    "images_per_s": seen / (time.perf_counter() - start),
+                    "seconds": time.perf_counter() - start,
+                }
+                result.history.append(entry)
+                if log_path is not None:
+                    with open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(entry) + "\n")
+                bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
     distiller.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     result.seconds = time.perf_counter() - start
     result.images_per_s = seen / max(result.seconds, 1e-9)

@@ -99,7 +99,7 @@ def latency_vs_batch(report: dict) -> str:
 def training_curves(report: dict) -> str:
     history = report["student"].get("history") or []
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    epochs = [h["epoch"] for h in history]
+    epochs = list(range(1, len(history) + 1))  # multi-stage methods restart their epoch count
     for key in sorted({k for h in history for k in h if k.startswith("loss_")}):
         ax1.plot(epochs, [h.get(key) for h in history], marker="o", label=key[5:])
     ax1.set_xlabel("epoch")

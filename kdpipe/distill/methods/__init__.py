@@ -10,7 +10,33 @@ from kdpipe.errors import ConfigError, did_you_mean
 
 _REGISTRY: dict[str, type[Distiller]] = {}
 # Method modules, imported on first lookup so each registers itself.
-_MODULES = ("ce", "kd")
+_MODULES = (
+    "ce",
+    # the knowledge-distillation review's twelve
+    "mimic",
+    "logits",
+    "kd",
+    "fitnet",
+    "at",
+    "adversarial",
+    "jacobian",
+    "dml",
+    "projection",
+    "takd",
+    "ab",
+    "binary",
+    # the strongest frameworks' others
+    "sp",
+    "rkd",
+    "pkt",
+    "crd",
+    "dkd",
+    "nst",
+    "cc",
+    "vid",
+    "ft",
+    "fsp",
+)
 
 D = TypeVar("D", bound=type[Distiller])
 

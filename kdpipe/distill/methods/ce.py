@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from kdpipe.distill.base import Distiller
+from kdpipe.distill.base import Batch, Distiller, ce_loss
 from kdpipe.distill.methods import register
 
 
@@ -17,11 +16,6 @@ class CrossEntropy(Distiller):
     paper = "baseline: supervised cross-entropy (no distillation)"
     defaults = {"label_smoothing": 0.0}
     needs_teacher = False
-    logits_only = False
 
-    def forward(
-        self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        z_s = self.student_model(images)
-        ce = F.cross_entropy(z_s, labels, label_smoothing=self.params["label_smoothing"])
-        return z_s, {"ce": ce}
+    def loss(self, b: Batch) -> dict[str, Tensor]:
+        return {"ce": ce_loss(b.z_s, b.labels, self.params["label_smoothing"])}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdpipe.distill.base import Distiller
+from kdpipe.distill.base import Batch, Distiller, ce_loss
 from kdpipe.distill.methods import register
 
 
@@ -32,13 +32,13 @@ class HintonKD(Distiller):
     paper = "Hinton, Vinyals, Dean 2015 - Distilling the Knowledge in a Neural Network"
     defaults = {"T": 4.0, "alpha": 0.9}
 
-    def forward(
-        self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        z_s = self.student_model(images)
-        z_t = teacher_logits if teacher_logits is not None else self.teacher_logits(images)
-        alpha, T = self.params["alpha"], self.params["T"]
-        return z_s, {
-            "kd": alpha * kd_loss(z_s, z_t, T),
-            "ce": (1.0 - alpha) * F.cross_entropy(z_s, labels),
+    def loss(self, b: Batch) -> dict[str, Tensor]:
+        assert b.z_t is not None
+        return {"kd": kd_loss(b.z_s, b.z_t, self.params["T"])}
+
+    def terms(self, b: Batch) -> dict[str, Tensor]:
+        alpha = self.params["alpha"]
+        return {
+            "kd": alpha * self.loss(b)["kd"],
+            "ce": (1.0 - alpha) * ce_loss(b.z_s, b.labels),
         }

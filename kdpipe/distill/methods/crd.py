@@ -1,0 +1,86 @@
+"""Contrastive representation distillation.
+
+Tian, Krishnan, Isola. "Contrastive Representation Distillation." ICLR 2020.
+
+Both penultimate embeddings are projected to 128-d and L2-normalized. Each student embedding
+must pick its own teacher embedding out of negatives, and each teacher embedding its student
+one, at temperature 0.07 (an InfoNCE form of the paper's NCE bound):
+
+    L = CE + kd * KD_T + beta * (nce(s -> t) + nce(t -> s)),   beta=0.8, kd=1, T=4
+
+Negatives are the other samples of the batch plus a bounded FIFO queue of past embeddings
+(`queue`, default 4096) instead of the paper's dataset-sized memory bank; the bank's
+momentum (0.5) has no counterpart in a queue, whose entries are simply the latest.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdpipe.distill.base import Batch, Distiller, ce_loss
+from kdpipe.distill.methods import register
+from kdpipe.distill.methods.kd import kd_loss
+
+
+def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) -> Tensor:
+    """-log softmax of the positive among [positive, in-batch others, queued negatives]."""
+    logits = torch.cat([anchor @ positive.t(), anchor @ negatives.t()], 1) / tau
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+class EmbeddingQueue(nn.Module):
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.items: Tensor
+        self.register_buffer("items", torch.zeros(0, dim))
+        self.size = size
+
+    @torch.no_grad()
+    def push(self, e: Tensor) -> None:
+        self.items = torch.cat([e.detach(), self.items])[: self.size]
+
+
+@register
+class ContrastiveRD(Distiller):
+    name = "crd"
+    paper = "Tian, Krishnan, Isola 2020 - Contrastive Representation Distillation"
+    defaults = {
+        "beta": 0.8,
+        "kd": 1.0,
+        "T": 4.0,
+        "ce": 1.0,
+        "tau": 0.07,
+        "dim": 128.0,
+        "queue": 4096.0,
+    }
+    kinds = ("embedding",)
+    weight_key = "beta"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        s_shapes, t_shapes = self.probe_shapes()
+        dim = int(self.params["dim"])
+        self.embed_s = nn.Linear(s_shapes["embedding"][0][1], dim)
+        self.embed_t = nn.Linear(t_shapes["embedding"][0][1], dim)
+        self.queue_s = EmbeddingQueue(int(self.params["queue"]), dim)
+        self.queue_t = EmbeddingQueue(int(self.params["queue"]), dim)
+
+    def loss(self, b: Batch) -> dict[str, Tensor]:
+        s = F.normalize(self.embed_s(b.s["embedding"][0]), dim=1)
+        t = F.normalize(self.embed_t(b.t["embedding"][0]), dim=1)
+        tau = self.params["tau"]
+        loss = info_nce(s, t, self.queue_t.items, tau) + info_nce(t, s, self.queue_s.items, tau)
+        if self.training:
+            self.queue_s.push(s)
+            self.queue_t.push(t)
+        return {"crd": loss}
+
+    def terms(self, b: Batch) -> dict[str, Tensor]:
+        assert b.z_t is not None
+        out = super().terms(b)
+        out["ce"] = self.params["ce"] * ce_loss(b.z_s, b.labels)
+        if self.params["kd"]:
+            out["kd"] = self.params["kd"] * kd_loss(b.z_s, b.z_t, self.params["T"])
+        return out
