@@ -75,7 +75,9 @@ def _forced(force: Iterable[str]) -> set[str]:
 
 def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dict:
     """Run the pipeline up to and including stage `until`; return the report (also written as
-    report.json / report.md), or the export results when `until` is "export"."""
+    report.json / report.md), or that stage's results when `until` names an earlier stage."""
+    if until not in STAGES:
+        raise ConfigError(f"unknown stage '{until}' for --until", f"use one of: {', '.join(STAGES)}")
     validate(cfg)
     redo = _forced(force)
     out = cfg.out_dir()
@@ -119,6 +121,9 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         lambda: load_teacher(cfg, k, rd.stage_dir("teacher")),
     )
 
+    if until == "teacher":
+        return teacher.metrics
+
     s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
     d_fp = fingerprint(
         "distill",
@@ -136,11 +141,15 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ["student.pt", "metrics.json", "log.jsonl"],
         lambda d: run_distill_stage(cfg, data, teacher.model, d),
         lambda: (
-            models.create(read_json(d_dir / "metrics.json")["arch"], k, d_dir / "student.pt").eval(),
+            models.create(
+                read_json(d_dir / "metrics.json")["arch"], k, d_dir / "student.pt"
+            ).eval(),
             read_json(d_dir / "metrics.json"),
         ),
     )
 
+    if until == "distill":
+        return distill_metrics
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")
         cfg.student.arch = distill_metrics["arch"]
@@ -172,6 +181,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, plans, d),
         lambda: read_json(rd.stage_dir("profile") / "results.json"),
     )
+    if until == "profile":
+        return profile
 
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
     report["tensorrt"] = engines

@@ -68,7 +68,9 @@ def _csv(value: str | None, cast: type = str, option: str = "") -> list | None:
         ) from None
 
 
-def _params(pairs: list[str] | None) -> dict[str, float] | None:
+def _params(
+    pairs: list[str] | None, option: str = "--set", example: str = "T=4 --set alpha=0.9"
+) -> dict[str, float] | None:
     if not pairs:
         return None
     out: dict[str, float] = {}
@@ -80,7 +82,7 @@ def _params(pairs: list[str] | None) -> dict[str, float] | None:
             out[key.strip()] = float(value)
         except ValueError:
             raise ConfigError(
-                f"--set takes NAME=NUMBER, got '{pair}'", "e.g. --set T=4 --set alpha=0.9"
+                f"{option} takes NAME=NUMBER, got '{pair}'", f"e.g. {option} {example}"
             ) from None
     return out
 
@@ -110,6 +112,9 @@ ThreadsOpt = Annotated[
 ]
 MinItersOpt = Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")]
 MinSecondsOpt = Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")]
+MemoryOpt = Annotated[
+    bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")
+]
 QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
 
@@ -137,6 +142,29 @@ def run(
     set_: Annotated[
         list[str] | None, Opt("--set", help="Method hyperparameter NAME=NUMBER (repeatable).")
     ] = None,
+    terms: Annotated[
+        str | None,
+        Opt(help="Compose methods: METHOD=WEIGHT,... e.g. kd=0.9,ce=0.1,at=1000."),
+    ] = None,
+    teacher_layers: Annotated[
+        str | None, Opt(help="Teacher layers to tap, e.g. layer2,layer3 (default: stages).")
+    ] = None,
+    student_layers: Annotated[
+        str | None, Opt(help="Student layers to tap, as many as --teacher-layers.")
+    ] = None,
+    assistant: Annotated[
+        list[str] | None, Opt(help="TAKD teacher assistant architecture (repeatable, in order).")
+    ] = None,
+    peers: Annotated[
+        str | None, Opt(help="DML peers besides the student, e.g. resnet18,mobilenet_v3_small.")
+    ] = None,
+    transfer: Annotated[
+        str | None,
+        Opt(help="Teacher-labelled transfer set: mix | imagefolder:PATH (unlabeled images)."),
+    ] = None,
+    label_fraction: Annotated[
+        float | None, Opt(help="Fraction of training labels the student sees (default 1).")
+    ] = None,
     epochs: Annotated[int | None, Opt(help="Distillation epochs.")] = None,
     teacher_epochs: Annotated[int | None, Opt(help="Epochs when training the teacher.")] = None,
     batch_size: Annotated[
@@ -155,6 +183,7 @@ def run(
     threads: ThreadsOpt = None,
     min_iters: MinItersOpt = None,
     min_seconds: MinSecondsOpt = None,
+    memory: MemoryOpt = None,
     out: Annotated[Path | None, Opt(help="Run directory (default runs/<name>).")] = None,
     name: Annotated[str | None, Opt(help="Run name (default TEACHER-to-STUDENT-DATA).")] = None,
     config: Annotated[
@@ -164,6 +193,9 @@ def run(
         list[str] | None,
         Opt(help="Redo a stage and those after it: teacher, distill, export, profile, all."),
     ] = None,
+    until: Annotated[
+        str, Opt(help="Stop after this stage: teacher, distill, export, profile, report.")
+    ] = "report",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -182,6 +214,13 @@ def run(
             "student.weights": student_weights,
             "distill.method": method,
             "distill.params": _params(set_),
+            "distill.terms": _params(_csv(terms), "--terms", "kd=0.9,ce=0.1,at=1000"),
+            "distill.teacher_layers": _csv(teacher_layers),
+            "distill.student_layers": _csv(student_layers),
+            "distill.assistants": assistant,
+            "distill.peers": _csv(peers),
+            "distill.transfer": transfer,
+            "distill.label_fraction": label_fraction,
             "distill.train.epochs": epochs,
             "teacher.train.epochs": teacher_epochs,
             "distill.train.batch_size": batch_size,
@@ -196,13 +235,17 @@ def run(
             "profile.threads": threads,
             "profile.min_iters": min_iters,
             "profile.min_seconds": min_seconds,
+            "profile.memory": memory,
             "out": out,
             "name": name,
         }
         cfg = build_config(load_config_file(config) if config else {}, overrides)
-        report = run_pipeline(cfg, force or ())
-        print_summary(report, stdout)
+        report = run_pipeline(cfg, force or (), until)
         where = cfg.out_dir()
+        if until != "report":
+            stdout.print(f"stopped after {until}: {where / until}")
+            return
+        print_summary(report, stdout)
         stdout.print(
             f"report: {where / 'report.json'}  {where / 'report.md'}  {where / 'report.html'}"
         )
@@ -345,9 +388,7 @@ def profile(
     warmup: Annotated[int | None, Opt(help="Warm-up calls, at least.")] = None,
     min_iters: MinItersOpt = None,
     min_seconds: MinSecondsOpt = None,
-    memory: Annotated[
-        bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")
-    ] = None,
+    memory: MemoryOpt = None,
     out: Annotated[Path | None, Opt(help="Write the results as JSON here.")] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -544,10 +585,16 @@ def list_methods(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -
     with errors_reported(debug):
         from kdpipe.distill.methods import all_methods
 
-        table = Table("method", "paper", "stages", "defaults")
+        table = Table("method", "paper", "stages", "defaults", "taps")
         for method_name, cls in all_methods().items():
             defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()) or "-"
-            table.add_row(method_name, cls.paper, "1", defaults)
+            table.add_row(
+                method_name,
+                cls.paper,
+                cls.stage_summary(),
+                defaults,
+                ",".join(cls.kinds) or "logits",
+            )
         stdout.print(table)
 
 

@@ -84,6 +84,7 @@ class Distiller(nn.Module, abc.ABC):
     # The hyperparameter that weighs `loss` in the standalone recipe (None: weight 1).
     weight_key: ClassVar[str | None] = None
     stage_names: ClassVar[tuple[tuple[str, float], ...]] = (("train", 1.0),)
+    stages_doc: ClassVar[str] = ""  # set where the stages depend on parameters
     # False for methods with their own forward pass (Jacobian, DML): they cannot share a
     # step with other terms in a composition.
     composable: ClassVar[bool] = True
@@ -142,6 +143,11 @@ class Distiller(nn.Module, abc.ABC):
         if self.params.get("ce", 0.0):
             out["ce"] = self.params["ce"] * ce_loss(b.z_s, b.labels)
         return out
+
+    @classmethod
+    def stage_summary(cls) -> str:
+        """The training phases, for `kdpipe methods` (some depend on parameters)."""
+        return cls.stages_doc or " -> ".join(n for n, _ in cls.stage_names)
 
     # ---- features ----------------------------------------------------------------------
     def all_kinds(self) -> tuple[str, ...]:

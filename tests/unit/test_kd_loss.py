@@ -52,7 +52,7 @@ def test_kd_loss_direction_reduction_and_temperature() -> None:
 def test_distiller_terms_weights_and_gradients() -> None:
     torch.manual_seed(0)
     student, teacher = nn.Linear(6, 3), nn.Linear(6, 3)
-    d = HintonKD(student, teacher, T=4.0, alpha=0.9)
+    d = HintonKD(student, teacher, params={"T": 4.0, "alpha": 0.9})
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     z_s, terms = d(x, y)
     with torch.no_grad():
@@ -81,4 +81,4 @@ def test_unknown_hyperparameter_is_named() -> None:
     from kdpipe.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no parameter 'temp'"):
-        HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), temp=3.0)
+        HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"temp": 3.0})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdpipe.distill.taps import FeatureTaps
+from kdpipe.distill.taps import FeatureTaps, default_layers
 from kdpipe.errors import ConfigError
 from kdpipe.models import create
 
@@ -13,15 +13,12 @@ from kdpipe.models import create
 def test_taps_capture_outputs_and_inputs_then_detach() -> None:
     model = create("resnet18", 10).eval()
     x = torch.randn(2, 3, 32, 32)
-    with (
-        FeatureTaps(model, ["layer2", "layer4"]) as taps,
-        FeatureTaps(model, ["fc"], pre=True) as pre,
-    ):
+    with FeatureTaps(model, ["layer2", "layer4", "fc:in"]) as taps:
         logits = model(x)
         assert taps["layer2"].shape == (2, 128, 4, 4)
         assert taps["layer4"].shape == (2, 512, 1, 1)
-        assert pre["fc"].shape == (2, 512)  # the penultimate embedding
-        assert torch.allclose(model.fc(pre["fc"]), logits)
+        assert taps["fc:in"].shape == (2, 512)  # the penultimate embedding
+        assert torch.allclose(model.fc(taps["fc:in"]), logits)
     assert not model.layer2._forward_hooks and not model.fc._forward_pre_hooks
 
 
@@ -29,3 +26,44 @@ def test_unknown_layer_lists_valid_ones() -> None:
     with pytest.raises(ConfigError, match="no layer 'layer9'") as e:
         FeatureTaps(create("resnet18", 10), ["layer9"])
     assert "layer" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    ("arch", "stages", "embedding"),
+    [
+        ("resnet18", ["layer1", "layer2", "layer3", "layer4"], "fc:in"),
+        (
+            "mobilenet_v2",
+            ["features.3", "features.6", "features.13", "features.18"],
+            "classifier.1:in",
+        ),
+        (
+            "vgg11_bn",
+            ["features.6", "features.13", "features.20", "features.27"],
+            "classifier.6:in",
+        ),
+        ("regnet_y_400mf", [f"trunk_output.block{i}" for i in range(1, 5)], "fc:in"),
+    ],
+)
+def test_default_layers_per_family(arch: str, stages: list[str], embedding: str) -> None:
+    model = create(arch, 10)
+    assert default_layers(model, "stages") == stages
+    assert default_layers(model, "embedding") == [embedding]
+
+
+def test_pre_activation_taps_see_negative_values_the_stage_output_does_not() -> None:
+    # AB needs values before the ReLU: ResNet's pre taps are the input of each stage's last
+    # (in-place) ReLU, copied before the ReLU overwrites it.
+    torch.manual_seed(0)
+    model = create("resnet18", 10).eval()
+    for m in model.modules():  # undo the zero-init of residual branches: a trained-like net
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(m.weight)
+    pre = default_layers(model, "pre")
+    assert pre == ["layer1.1.relu:in", "layer2.1.relu:in", "layer3.1.relu:in", "layer4.1.relu:in"]
+    with FeatureTaps(model, ["layer3", pre[2]]) as taps:
+        model(torch.randn(2, 3, 32, 32))
+    assert taps[pre[2]].min() < 0 and taps["layer3"].min() >= 0
+    assert torch.equal(taps[pre[2]].clamp_min(0), taps["layer3"])
+    # MobileNetV2 blocks end without an activation: the stage output is already pre-activation.
+    assert default_layers(create("mobilenet_v2", 10), "pre")[0] == "features.3"

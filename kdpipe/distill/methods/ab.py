@@ -34,6 +34,7 @@ def ab_loss(s_pre: Tensor, t_pre: Tensor, margin: float = 1.0) -> Tensor:
 class ActivationBoundaries(Distiller):
     name = "ab"
     paper = "Heo et al. 2019 - Distillation of Activation Boundaries Formed by Hidden Neurons"
+    stages_doc = "init -> train"
     defaults = {"margin": 1.0, "init_fraction": 0.25, "ce": 1.0, "kd": 1.0, "T": 4.0}
     kinds = ("pre",)
 

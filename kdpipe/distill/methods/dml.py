@@ -36,6 +36,7 @@ def dml_loss(z_k: Tensor, others: list[Tensor], labels: Tensor) -> Tensor:
 class DeepMutualLearning(Distiller):
     name = "dml"
     paper = "Zhang et al. 2018 - Deep Mutual Learning"
+    stages_doc = "peers train together (sequential or simultaneous)"
     defaults = {"sequential": 1.0, "teacher_peer": 0.0, "export_peer": -1.0}
     needs_teacher = False
     composable = False

@@ -48,6 +48,7 @@ def regressor(s: Size, t: Size) -> nn.Module:
 class FitNet(Distiller):
     name = "fitnet"
     paper = "Romero et al. 2015 - FitNets: Hints for Thin Deep Nets"
+    stages_doc = "hint -> kd (stages=2) | train (stages=1)"
     defaults = {
         "stages": 2.0,
         "layer": 1.0,

@@ -41,6 +41,7 @@ def fsp_loss(s_feats: list[Tensor], t_feats: list[Tensor]) -> Tensor:
 class FSP(Distiller):
     name = "fsp"
     paper = "Yim et al. 2017 - A Gift from Knowledge Distillation (FSP matrices)"
+    stages_doc = "init -> train"
     defaults = {"beta": 1.0, "init_fraction": 0.5, "ce": 1.0}
     kinds = ("stages",)
     weight_key = "beta"

@@ -50,6 +50,7 @@ class Paraphraser(nn.Module):
 class FactorTransfer(Distiller):
     name = "ft"
     paper = "Kim, Park, Kwak 2018 - Paraphrasing Complex Network: Factor Transfer"
+    stages_doc = "paraphraser -> train"
     defaults = {"beta": 200.0, "rate": 0.5, "init_fraction": 0.25, "ce": 1.0}
     kinds = ("stages",)
     weight_key = "beta"

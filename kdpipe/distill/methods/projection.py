@@ -33,6 +33,7 @@ def projection_loss(projected_t: Tensor, f_s: Tensor) -> Tensor:
 class KnowledgeProjection(Distiller):
     name = "projection"
     paper = "Zhang, Ning, He 2017 - Knowledge Projection for Deep Neural Networks"
+    stages_doc = "route trial -> train"
     defaults = {"lam": 1.0, "route_steps": 50.0, "ce": 1.0}
     kinds = ("stages",)
 

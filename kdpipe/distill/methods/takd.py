@@ -24,6 +24,7 @@ from kdpipe.distill.methods.kd import kd_loss
 class TeacherAssistant(Distiller):
     name = "takd"
     paper = "Mirzadeh et al. 2020 - Improved Knowledge Distillation via Teacher Assistant"
+    stages_doc = "teacher -> assistant(s) -> student, KD per link"
     defaults = {"T": 4.0, "lam": 0.9}
     uses_assistants = True
 
