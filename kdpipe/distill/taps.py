@@ -103,7 +103,7 @@ class FeatureTaps:
 
 def _trunk(model: nn.Module) -> tuple[str, nn.Module]:
     """The container whose children are the network's stages."""
-    for name in ("features", "trunk_output"):
+    for name in ("features", "trunk_output", "layers"):
         child = getattr(model, name, None)
         if isinstance(child, nn.Sequential):
             return name, child
