@@ -21,6 +21,7 @@ import yaml
 from kdpipe import models, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import load_data
+from kdpipe.data.transfer import check_transfer
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
@@ -46,11 +47,20 @@ def validate(cfg: RunConfig) -> None:
     """Check names and files before any work starts, so bad input fails in a second."""
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
-    get_method(cfg.distill.method)
-    for method_name in cfg.distill.terms:
+    d = cfg.distill
+    method = get_method(d.method)
+    for method_name in d.terms:
         get_method(method_name)
-    for arch in (*cfg.distill.assistants, *cfg.distill.peers):
+    for arch in (*d.assistants, *d.peers):
         models.check_name(arch)
+    if not d.terms and method.uses_assistants and not d.assistants:
+        raise ConfigError(
+            f"{d.method} needs at least one teacher assistant",
+            "add --assistant ARCH (e.g. resnet34)",
+        )
+    check_transfer(d.transfer)
+    if d.peers and (d.terms or d.method != "dml"):
+        raise ConfigError("--peers is for deep mutual learning", "add --method dml")
     for label, path in (
         ("--teacher-weights", cfg.teacher.weights),
         ("--student-weights", cfg.student.weights),
@@ -77,7 +87,9 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     """Run the pipeline up to and including stage `until`; return the report (also written as
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
     if until not in STAGES:
-        raise ConfigError(f"unknown stage '{until}' for --until", f"use one of: {', '.join(STAGES)}")
+        raise ConfigError(
+            f"unknown stage '{until}' for --until", f"use one of: {', '.join(STAGES)}"
+        )
     validate(cfg)
     redo = _forced(force)
     out = cfg.out_dir()

@@ -112,9 +112,7 @@ ThreadsOpt = Annotated[
 ]
 MinItersOpt = Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")]
 MinSecondsOpt = Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")]
-MemoryOpt = Annotated[
-    bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")
-]
+MemoryOpt = Annotated[bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")]
 QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
 

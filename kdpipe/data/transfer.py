@@ -99,6 +99,23 @@ class UnlabeledFolder(Dataset):
             ) from None
 
 
+def check_transfer(transfer: str | None) -> Path | None:
+    """Validate a --transfer spec early; the folder of imagefolder:PATH, else None."""
+    if transfer is None or transfer == "mix":
+        return None
+    kind, _, path = transfer.partition(":")
+    if kind != "imagefolder" or not path:
+        raise DataError(
+            f"unknown transfer set '{transfer}'",
+            "use --transfer mix or --transfer imagefolder:PATH",
+        )
+    if not Path(path).is_dir():
+        raise DataError(
+            f"transfer folder {path} does not exist", "check the path after imagefolder:"
+        )
+    return Path(path)
+
+
 def student_training_set(
     train: Dataset,
     info: DataInfo,
@@ -113,11 +130,7 @@ def student_training_set(
     if transfer == "mix":
         parts.append(MixedImages(train, size * len(train), seed))  # type: ignore[arg-type]
     elif transfer:
-        kind, _, path = transfer.partition(":")
-        if kind != "imagefolder" or not path:
-            raise DataError(
-                f"unknown transfer set '{transfer}'",
-                "use --transfer mix or --transfer imagefolder:PATH",
-            )
-        parts.append(UnlabeledFolder(Path(path), info))
+        folder = check_transfer(transfer)
+        assert folder is not None
+        parts.append(UnlabeledFolder(folder, info))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)

@@ -20,7 +20,6 @@ from kdpipe.distill.cache import teacher_logits_table
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.trainer import fit
-from kdpipe.errors import ConfigError
 from kdpipe.profile.accuracy import agreement, predict_logits, top1
 from kdpipe.runs import fingerprint, write_json
 from kdpipe.teacher import save_state
@@ -48,8 +47,6 @@ def build_distiller(
             "peers": [models.create(a, k) for a in d.peers],
             "peer_names": [cfg.student.arch, *d.peers],
         }
-    elif d.peers:
-        raise ConfigError("--peers is for deep mutual learning", "add --method dml")
     return method(
         student,
         teacher if method.needs_teacher or d.params.get("teacher_peer") else None,
@@ -100,10 +97,6 @@ def _assistant_chain(
     cfg: RunConfig, data: DataSplits, teacher: nn.Module, train: Dataset, stage_dir: Path
 ) -> tuple[nn.Module, list[dict]]:
     """TAKD: teacher -> assistant_1 -> ... -> assistant_n; returns the last assistant."""
-    if not cfg.distill.assistants:
-        raise ConfigError(
-            "takd needs at least one teacher assistant", "add --assistant ARCH (e.g. resnet34)"
-        )
     k = data.info.num_classes
     method = get_method("takd")
     links = []

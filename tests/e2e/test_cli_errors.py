@@ -46,6 +46,15 @@ CASES = {
     "config typo": (["--config", "{typo}"], "unknown config key 'distill.methd'"),
     "missing config": (["--config", "/nonexistent.yaml"], "cannot read config file"),
     "bad force": (["--force", "everything"], "unknown stage"),
+    "takd without assistant": (["--method", "takd"], "needs at least one teacher assistant"),
+    "peers without dml": (["--peers", "resnet18"], "--peers is for deep mutual learning"),
+    "unknown peer": (["--method", "dml", "--peers", "resnet9"], "unknown model 'resnet9'"),
+    "unknown term": (["--terms", "kd=0.9,att=1000"], "unknown distillation method 'att'"),
+    "bad term weight": (["--terms", "kd=x"], "--terms takes NAME=NUMBER"),
+    "bad transfer": (["--transfer", "folder:/x"], "unknown transfer set"),
+    "missing transfer folder": (["--transfer", "imagefolder:/nonexistent"], "does not exist"),
+    "bad label fraction": (["--label-fraction", "0"], "distill.label_fraction"),
+    "bad until": (["--until", "deploy"], "unknown stage 'deploy'"),
 }
 
 
