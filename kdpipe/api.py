@@ -22,6 +22,7 @@ from kdpipe import models, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import load_data
 from kdpipe.data.transfer import check_transfer
+from kdpipe.distill import distributed
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
@@ -38,6 +39,7 @@ from kdpipe.runs import (
     file_sha256,
     fingerprint,
     read_json,
+    set_writer,
     write_text,
 )
 from kdpipe.teacher import cache_root, load_teacher, run_teacher_stage, teacher_fingerprint
@@ -92,6 +94,12 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         )
     validate(cfg)
     redo = _forced(force)
+    # Under torchrun every rank runs this function; they train together, rank 0 writes.
+    cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
+    rank = distributed.setup(torch.device("cuda" if cuda else "cpu"))
+    if not rank.main:
+        ui.set_quiet(True)
+        set_writer(False)
     out = cfg.out_dir()
     ensure_writable_dir(out)
     rd = RunDir(out)
@@ -100,6 +108,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     stages: dict[str, dict] = {}
 
     def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
+        distributed.barrier()  # every rank decides reuse from the same files
         start = time.perf_counter()
         if name not in redo and rd.is_done(name, fp):
             ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")
@@ -122,7 +131,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     k = data.info.num_classes
 
     t_fp = teacher_fingerprint(cfg)
-    if "teacher" in redo and cfg.teacher.weights is None:
+    if "teacher" in redo and cfg.teacher.weights is None and rank.main:
         for f in (cache_root() / "teachers" / f"{cfg.teacher.arch}-{t_fp}").glob("*"):
             f.unlink()
     teacher = stage(
@@ -151,7 +160,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         "distill",
         d_fp,
         ["student.pt", "metrics.json", "log.jsonl"],
-        lambda d: run_distill_stage(cfg, data, teacher.model, d),
+        lambda d: run_distill_stage(cfg, data, teacher.model, d, d_fp),
         lambda: (
             models.create(
                 read_json(d_dir / "metrics.json")["arch"], k, d_dir / "student.pt"
@@ -160,7 +169,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ),
     )
 
-    if until == "distill":
+    if until == "distill" or not rank.main:
+        # Export, profile and report run once, on rank 0, after training.
         return distill_metrics
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")

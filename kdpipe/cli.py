@@ -6,6 +6,7 @@ Every failure the user can fix prints `error: ...` and `hint: ...` on stderr and
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -194,6 +195,27 @@ def run(
     until: Annotated[
         str, Opt(help="Stop after this stage: teacher, distill, export, profile, report.")
     ] = "report",
+    device: Annotated[str | None, Opt(help="Training device: auto | cpu | cuda.")] = None,
+    amp: Annotated[
+        bool | None, Opt("--amp/--no-amp", help="CUDA: mixed precision (bf16, else fp16).")
+    ] = None,
+    compile_: Annotated[
+        bool | None, Opt("--compile", help="CUDA: torch.compile the student.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, Opt(help="Also checkpoint every N steps (always at epoch ends).")
+    ] = None,
+    detect_anomaly: Annotated[
+        bool | None,
+        Opt("--detect-anomaly", help="Autograd anomaly mode (slow; finds NaN sources)."),
+    ] = None,
+    strict_data: Annotated[
+        bool | None,
+        Opt("--strict-data", help="Fail on an undecodable image instead of skipping it."),
+    ] = None,
+    nproc: Annotated[
+        int | None, Opt(help="Train on N processes here (starts torchrun's elastic launcher).")
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -234,11 +256,23 @@ def run(
             "profile.min_iters": min_iters,
             "profile.min_seconds": min_seconds,
             "profile.memory": memory,
+            "runtime.device": device,
+            "runtime.amp": amp,
+            "runtime.compile": compile_,
+            "runtime.checkpoint_every": checkpoint_every,
+            "runtime.detect_anomaly": detect_anomaly,
+            "runtime.strict_data": strict_data,
             "out": out,
             "name": name,
         }
         cfg = build_config(load_config_file(config) if config else {}, overrides)
+        if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from kdpipe.launch import relaunch
+
+            raise typer.Exit(relaunch(nproc, sys.argv[1:]))
         report = run_pipeline(cfg, force or (), until)
+        if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":
+            return  # rank 0 reports
         where = cfg.out_dir()
         if until != "report":
             stdout.print(f"stopped after {until}: {where / until}")

@@ -133,6 +133,19 @@ class ProfileConfig(_Section):
         return sorted(set(v))
 
 
+class RuntimeConfig(_Section):
+    """How training runs; none of it changes a stage's fingerprint."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CUDA only: autocast in bf16 where supported, else fp16 with a grad scaler.
+    amp: bool = True
+    compile: bool = False  # torch.compile the student (CUDA, logits-only methods)
+    checkpoint_every: int = Field(0, ge=0)  # also checkpoint every N steps (0: epoch ends)
+    detect_anomaly: bool = False
+    # Fail on an undecodable image instead of skipping it with a warning.
+    strict_data: bool = False
+
+
 class RunConfig(_Section):
     name: str | None = None
     out: Path | None = None
@@ -143,6 +156,7 @@ class RunConfig(_Section):
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
     profile: ProfileConfig = ProfileConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def run_name(self) -> str:
         data = self.data.spec.split(":", 1)[0]

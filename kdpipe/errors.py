@@ -41,6 +41,10 @@ class BackendUnavailable(KdpipeError):
     """A runtime (CUDA, TensorRT, onnxruntime-gpu) is not installed or has no device."""
 
 
+class TrainingError(KdpipeError):
+    """Training diverged: a loss became NaN or infinite."""
+
+
 class BudgetError(KdpipeError):
     """A budget was broken (gate)."""
 

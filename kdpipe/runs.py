@@ -23,16 +23,27 @@ from kdpipe.errors import ConfigError
 STAGES = ("teacher", "distill", "export", "profile", "report")
 
 
+_writer = True
+
+
+def set_writer(writes: bool) -> None:
+    """In a distributed run only rank 0 writes files; the other ranks' writes are dropped."""
+    global _writer
+    _writer = writes
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds
+    (and only on the process that writes: rank 0 of a distributed run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        if _writer:
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -18,7 +18,9 @@ from torch import nn
 from kdpipe import models, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
+from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
+from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.profile.accuracy import predict_logits, top1
 from kdpipe.runs import atomic_path, file_sha256, fingerprint, read_json, write_json
@@ -77,7 +79,10 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             cfg.seed,
             f"teacher {t.arch}",
             log_path=stage_dir / "log.jsonl",
-            workers=cfg.data.workers,
+            runtime=Runtime.from_config(cfg.runtime, cfg.data.workers),
+            checkpoint=Checkpointing(
+                stage_dir / "checkpoints" / "last.pt", fp, cfg.runtime.checkpoint_every
+            ),
         )
         metrics = {
             "source": "trained",

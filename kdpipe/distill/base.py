@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import FeatureTaps, check_layers, default_layers
 from kdpipe.errors import ConfigError, did_you_mean
 
@@ -121,6 +122,7 @@ class Distiller(nn.Module, abc.ABC):
         self.stages: list[Stage] = [Stage(n, f) for n, f in self.stage_names]
         self.stage = self.stages[-1].name
         self.progress = 0.0  # fraction of the current stage done, set by the trainer
+        self.stepper = Stepper()  # the trainer installs one for its device and precision
         self.epoch = 0  # 1-based epoch within the current stage, set by the trainer
         # Monitored values that are not part of the loss (a discriminator's own loss).
         self.logged: dict[str, float] = {}
@@ -227,11 +229,10 @@ class Distiller(nn.Module, abc.ABC):
     ) -> dict[str, Tensor]:
         """One optimizer step; returns the (detached) loss terms. DML overrides it to update
         its peers in turn."""
-        _, terms = self(images, labels, teacher_logits=teacher_logits)
+        with self.stepper.autocast():
+            _, terms = self(images, labels, teacher_logits=teacher_logits)
         loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        opt.step()
+        self.stepper.update(loss, opt, terms)  # type: ignore[arg-type]
         return {k: v.detach() for k, v in terms.items()}
 
     # ---- ownership ---------------------------------------------------------------------

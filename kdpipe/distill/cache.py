@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 def teacher_logits_table(teacher: nn.Module, dataset: Dataset, batch_size: int = 256) -> Tensor:
     """Teacher logits for every sample, row i for dataset[i]."""
     teacher.eval()
-    rows = [
-        teacher(x).float() for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    ]
+    device = next(teacher.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    rows = [teacher(x.to(device, non_blocking=True)).float() for x, _ in loader]
     return torch.cat(rows).clone()

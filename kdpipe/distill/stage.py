@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -17,8 +18,10 @@ from kdpipe.data import DataSplits
 from kdpipe.data.transfer import student_training_set
 from kdpipe.distill.base import Distiller, Layers
 from kdpipe.distill.cache import teacher_logits_table
+from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
+from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.profile.accuracy import agreement, predict_logits, top1
 from kdpipe.runs import fingerprint, write_json
@@ -65,7 +68,16 @@ def _train(
     teacher: nn.Module | None,
     desc: str,
     log_path: Path,
+    checkpoint: Checkpointing,
 ):  # type: ignore[no-untyped-def]
+    runtime = Runtime.from_config(cfg.runtime, cfg.data.workers)
+    if teacher is not None:
+        teacher.to(runtime.device)
+    if runtime.compile:
+        if distiller.logits_only:
+            distiller.student().compile()  # in place: state_dict keys stay those of the model
+        else:
+            ui.info("note: --compile skipped: feature taps need the student in eager mode")
     cache = None
     if (
         teacher is not None
@@ -88,7 +100,8 @@ def _train(
         desc,
         log_path=log_path,
         teacher_cache=cache,
-        workers=cfg.data.workers,
+        runtime=runtime,
+        checkpoint=checkpoint,
     )
     return result, cache is not None
 
@@ -116,7 +129,14 @@ def _assistant_chain(
                 assistant, teacher, input_shape=data.info.input_size, params=cfg.distill.params
             )
             result, _ = _train(
-                cfg, d, data, train, teacher, f"assistant {arch} (takd)", path.with_suffix(".jsonl")
+                cfg,
+                d,
+                data,
+                train,
+                teacher,
+                f"assistant {arch} (takd)",
+                path.with_suffix(".jsonl"),
+                Checkpointing(path.with_suffix(".ckpt"), upstream, cfg.runtime.checkpoint_every),
             )
             save_state(assistant, path)
             links.append({"arch": arch, "reused": False, "val_accuracy": result.val_accuracy})
@@ -125,7 +145,7 @@ def _assistant_chain(
 
 
 def run_distill_stage(
-    cfg: RunConfig, data: DataSplits, teacher: nn.Module, stage_dir: Path
+    cfg: RunConfig, data: DataSplits, teacher: nn.Module, stage_dir: Path, fp: str
 ) -> tuple[nn.Module, dict]:
     """Train the student with the configured method; write student.pt, log.jsonl, metrics.json."""
     d = cfg.distill
@@ -135,6 +155,9 @@ def run_distill_stage(
     if len(train) != len(data.train):  # type: ignore[arg-type]
         ui.info(f"distill: {len(train)} training images incl. the transfer set")  # type: ignore[arg-type]
     notes: dict = {}
+    # The student's initialization must not depend on whether the teacher was trained in this
+    # process or came from the cache (training draws from the global generator).
+    torch.manual_seed(cfg.seed)
     link_teacher = teacher
     if not d.terms and get_method(d.method).uses_assistants:
         link_teacher, notes["assistants"] = _assistant_chain(cfg, data, teacher, train, stage_dir)
@@ -148,6 +171,7 @@ def run_distill_stage(
         distiller.teacher_model,
         f"distill {cfg.student.arch} ({d.method_label()})",
         stage_dir / "log.jsonl",
+        Checkpointing(stage_dir / "checkpoints" / "last.pt", fp, cfg.runtime.checkpoint_every),
     )
     notes.update(distiller.finish(data.val))
     student = distiller.student().eval()

@@ -1,12 +1,20 @@
 """The training loop shared by teacher training and every distillation method.
 
-AdamW (or SGD) with a one-cycle schedule, channels-last tensors (faster convolutions on CPU
-and GPU), the distiller's loss terms summed and logged separately, validation accuracy per
-epoch, one JSON line per epoch in `log.jsonl`, and a progress bar with images/s and ETA.
+AdamW (or SGD) with a one-cycle schedule per stage, channels-last tensors, the distiller's
+loss terms summed and logged separately, validation accuracy per epoch, one JSON line per
+epoch in `log.jsonl`, a progress bar with images/s and ETA (rank 0 only). Around that:
+  - data order: a DistributedSampler permutation per (seed, stage, epoch), so the position in
+    the data is just (stage, epoch, batch) and a resumed run sees the same batches;
+  - checkpoints every epoch and every `checkpoint_every` steps (checkpoint.py); a rerun resumes
+    from the last one and, on CPU with a fixed seed, ends bit-identical to an uninterrupted run;
+  - a NaN/Inf guard that stops with the step and the loss term, before the bad update;
+  - CUDA when present: autocast (bf16, else fp16 with a grad scaler), pinned memory and
+    non-blocking copies; on several ranks, gradients averaged by distributed.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,11 +22,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kdpipe import ui
+from kdpipe import faults, ui
 from kdpipe.config import TrainConfig
+from kdpipe.distill import checkpoint as ckpt
+from kdpipe.distill import distributed
 from kdpipe.distill.base import Distiller
+from kdpipe.distill.checkpoint import Checkpointing
+from kdpipe.distill.stepper import Runtime, Stepper
 from kdpipe.profile.accuracy import predict_logits, top1
 
 
@@ -28,6 +40,7 @@ class FitResult:
     val_accuracy: float = 0.0
     seconds: float = 0.0
     images_per_s: float = 0.0
+    resumed_from: str | None = None
 
 
 class IndexedDataset(Dataset):
@@ -42,6 +55,29 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         x, y = self.base[i]
         return x, y, i
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch_key: int, start: int = 0
+) -> list[list[int]]:
+    """This rank's batches of one epoch: one permutation per (seed, epoch_key) shared by all
+    ranks and split by DistributedSampler; `batch_size` is the global batch. Batches before
+    `start` are skipped (resuming mid-epoch)."""
+    d = distributed.current()
+    sampler: DistributedSampler = DistributedSampler(
+        range(n),  # type: ignore[arg-type]
+        num_replicas=d.world,
+        rank=d.rank,
+        shuffle=True,
+        seed=seed,
+    )
+    sampler.set_epoch(epoch_key)
+    order = list(sampler)
+    per_rank = max(1, batch_size // d.world)
+    batches = [order[i : i + per_rank] for i in range(0, len(order), per_rank)]
+    if len(batches) > 1 and len(batches[-1]) < per_rank:
+        batches.pop()  # equal-size steps; the dropped tail differs every epoch
+    return batches[start:]
 
 
 def make_optimizer(
@@ -71,53 +107,98 @@ def fit(
     desc: str,
     log_path: Path | None = None,
     teacher_cache: Tensor | None = None,
-    workers: int = 0,
+    runtime: Runtime | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> FitResult:
     """Train `distiller` stage by stage (most methods have one stage of cfg.epochs; FitNets,
-    AB, FT and FSP first run an initialization stage); return the per-epoch history."""
+    AB, FT and FSP first run an initialization stage); return the per-epoch history. With
+    `checkpoint`, resume from a matching checkpoint and write new ones as training goes."""
+    rt = runtime or Runtime()
+    d = distributed.current()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        IndexedDataset(train),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=gen,
-        num_workers=workers,
-        drop_last=len(train) > cfg.batch_size,  # type: ignore[arg-type]
-    )
-    distiller.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    dataset = IndexedDataset(train)
+    n = len(dataset)
+    per_epoch = len(epoch_batches(n, cfg.batch_size, seed, 0))
+    distiller.to(rt.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if teacher_cache is not None:
+        teacher_cache = teacher_cache.to(rt.device)
     plan = [(st.name, stage_epochs(st.epochs_fraction, cfg.epochs)) for st in distiller.stages]
-    total_steps = sum(e for _, e in plan) * len(loader)
+    total_steps = sum(e for _, e in plan) * per_epoch
+    stepper = Stepper(rt)
+    distiller.stepper = stepper
     result = FitResult()
-    if log_path is not None:
+
+    # Where to start: the beginning, or the position a matching checkpoint recorded.
+    pos = {"stage": 0, "epoch": 1, "batch": 0}
+    saved = ckpt.load(checkpoint) if checkpoint else None
+    sums: dict[str, float] = {}
+    seen, elapsed = 0, 0.0
+    if saved is not None:
+        ckpt.restore_module(distiller, saved["model"])
+        pos = {k: int(saved[k]) for k in ("stage", "epoch", "batch")}
+        sums, seen, elapsed = dict(saved["sums"]), int(saved["seen"]), float(saved["elapsed"])
+        result.history = list(saved["history"])
+        result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']} batch {pos['batch']}"
+        ui.info(f"{desc}: resuming from {checkpoint.path} ({result.resumed_from})")  # type: ignore[union-attr]
+    if log_path is not None and d.main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
-    start = time.perf_counter()
-    seen = 0
-    with ui.progress() as bar:
-        task = bar.add_task(desc, total=total_steps, rate="", stats="")
-        for stage_name, epochs in plan:
+        log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
+
+    start = time.perf_counter() - elapsed
+    done_before = sum(e for _, e in plan[: pos["stage"]]) * per_epoch
+    done_before += (pos["epoch"] - 1) * per_epoch + pos["batch"]
+    anomaly = (
+        torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
+    )
+    with ui.progress() as bar, anomaly:
+        task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
+        for stage_index, (stage_name, epochs) in enumerate(plan):
+            if stage_index < pos["stage"]:
+                continue
             distiller.stage = stage_name
             # A fresh optimizer and schedule per stage, as the multi-stage papers train.
             params = list(distiller.trainable_parameters())
-            opt, sched = make_optimizer(params, cfg, epochs * len(loader))
+            opt, sched = make_optimizer(params, cfg, epochs * per_epoch)
+            resuming = saved is not None and stage_index == pos["stage"]
+            if resuming:
+                assert saved is not None
+                if (pos["epoch"], pos["batch"]) != (1, 0):  # else: the stage's fresh optimizer
+                    opt.load_state_dict(saved["optimizer"])
+                    sched.load_state_dict(saved["scheduler"])
+                stepper.scaler.load_state_dict(saved["scaler"])
+                ckpt.set_rng_state(saved["rng"])
             label = f"{stage_name} " if len(plan) > 1 else ""
-            for epoch in range(1, epochs + 1):
+            first_epoch = pos["epoch"] if resuming else 1
+            for epoch in range(first_epoch, epochs + 1):
                 distiller.train()
                 distiller.epoch = epoch
-                sums: dict[str, float] = {}
-                batches = 0
+                skip = pos["batch"] if resuming and epoch == first_epoch else 0
+                if not skip:
+                    sums = {}
+                batches = skip
+                key = stage_index * 100_003 + epoch
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=epoch_batches(n, cfg.batch_size, seed, key, skip),  # type: ignore[arg-type]
+                    num_workers=rt.workers,
+                    pin_memory=rt.cuda,
+                    # Its own generator: creating an iterator must not draw from the global
+                    # one, whose state a checkpoint restores (dropout masks depend on it).
+                    generator=torch.Generator().manual_seed(key),
+                )
                 for x, y, idx in loader:
-                    distiller.progress = ((epoch - 1) * len(loader) + batches) / (
-                        epochs * len(loader)
+                    distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
+                    stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
+                    x = x.to(rt.device, non_blocking=True).contiguous(
+                        memory_format=torch.channels_last
                     )
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    cached = teacher_cache[idx] if teacher_cache is not None else None
+                    y = y.to(rt.device, non_blocking=True)
+                    cached = teacher_cache[idx.to(rt.device)] if teacher_cache is not None else None
                     distiller.logged.clear()
                     terms = distiller.train_step(x, y, cached, opt)
                     sched.step()
                     batches += 1
-                    seen += len(y)
+                    seen += len(y) * d.world
                     values = {k: float(v) for k, v in terms.items()} | distiller.logged
                     for k, value in values.items():
                         sums[k] = sums.get(k, 0.0) + value
@@ -129,24 +210,93 @@ def fit(
                         rate=f"{rate:.0f} img/s",
                         stats=f"{label}ep {epoch}/{epochs} {shown}",
                     )
+                    faults.reached("step")
+                    at_end = batches == per_epoch
+                    if (
+                        checkpoint
+                        and checkpoint.every
+                        and batches % checkpoint.every == 0
+                        and not at_end
+                    ):
+                        state = {"stage": stage_index, "epoch": epoch, "batch": batches}
+                        _save(
+                            checkpoint,
+                            distiller,
+                            opt,
+                            sched,
+                            stepper,
+                            state,
+                            sums,
+                            seen,
+                            start,
+                            result,
+                        )
+                distributed.broadcast_buffers(distiller)
                 val_logits, val_labels = predict_logits(distiller.student(), val)
                 val_acc = top1(val_logits, val_labels)
+                means = distributed.mean_over_ranks(
+                    {k: v / max(batches, 1) for k, v in sums.items()}
+                )
                 entry = {
                     "stage": stage_name,
                     "epoch": epoch,
-                    **{f"loss_{k}": v / max(batches, 1) for k, v in sums.items()},
+                    **{f"loss_{k}": v for k, v in means.items()},
                     "val_accuracy": val_acc,
                     "lr": sched.get_last_lr()[0],
                     "images_per_s": seen / (time.perf_counter() - start),
                     "seconds": time.perf_counter() - start,
                 }
                 result.history.append(entry)
-                if log_path is not None:
+                if log_path is not None and d.main:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(entry) + "\n")
+                if checkpoint:
+                    # The position after this epoch: the next epoch, or the next stage.
+                    nxt = (
+                        {"stage": stage_index, "epoch": epoch + 1, "batch": 0}
+                        if epoch < epochs
+                        else {"stage": stage_index + 1, "epoch": 1, "batch": 0}
+                    )
+                    if nxt["stage"] < len(plan):
+                        _save(
+                            checkpoint, distiller, opt, sched, stepper, nxt, {}, seen, start, result
+                        )
+                        faults.reached("epoch")
                 bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
-    distiller.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    # Back to the CPU in the default layout: export and profiling start from there.
+    distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    if checkpoint and d.main:
+        ckpt.discard(checkpoint)  # the stage's outputs now stand for it
     result.seconds = time.perf_counter() - start
     result.images_per_s = seen / max(result.seconds, 1e-9)
     result.val_accuracy = result.history[-1]["val_accuracy"] if result.history else 0.0
     return result
+
+
+def _save(
+    checkpoint: Checkpointing,
+    distiller: Distiller,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    stepper: Stepper,
+    position: dict[str, int],
+    sums: dict[str, float],
+    seen: int,
+    start: float,
+    result: FitResult,
+) -> None:
+    if not distributed.current().main:
+        return
+    state = {
+        **position,
+        "model": ckpt.trainable_state(distiller),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": stepper.scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "sums": sums,
+        "seen": seen,
+        "elapsed": time.perf_counter() - start,
+        "history": result.history,
+    }
+    ckpt.save(checkpoint, state)

@@ -15,8 +15,9 @@ def predict_logits(
     was_training = model.training
     model.eval()
     logits, labels = [], []
+    device = next(model.parameters()).device
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits.append(model(x).float())
+        logits.append(model(x.to(device)).float().cpu())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)

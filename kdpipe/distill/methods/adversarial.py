@@ -72,10 +72,8 @@ class AdversarialKD(Distiller):
         assert b.z_t is not None
         y1h = F.one_hot(b.targets(), self.k).to(b.z_s.dtype)
         if self.training:  # the D step, on detached logits
-            self.d_optimizer.zero_grad(set_to_none=True)
             loss_d = d_loss(self._d(b.z_t.detach(), y1h), self._d(b.z_s.detach(), y1h))
-            loss_d.backward()
-            self.d_optimizer.step()
+            self.stepper.update(loss_d, self.d_optimizer, {"d_loss": loss_d})
             self.logged["d_loss"] = float(loss_d.detach())
         self.discriminator.requires_grad_(False)  # the student step must not move D
         adv = generator_loss(self._d(b.z_s, y1h))

@@ -96,12 +96,12 @@ class DeepMutualLearning(Distiller):
         fixed = self._fixed(images, teacher_logits)
         terms = {}
         for k, peer in enumerate(self.peers):
-            with torch.no_grad():
+            with torch.no_grad(), self.stepper.autocast():
                 others = [p(images) for i, p in enumerate(self.peers) if i != k]
-            loss = dml_loss(peer(images), others + fixed, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()  # only peer k has gradients, so only peer k moves
+            with self.stepper.autocast():
+                loss = dml_loss(peer(images), others + fixed, labels)
+            # only peer k has gradients, so only peer k moves
+            self.stepper.update(loss, opt, {f"peer{k}": loss})
             terms[f"peer{k}"] = loss.detach()
         return terms
 

@@ -1,0 +1,96 @@
+"""Training checkpoints: everything needed to continue a stage exactly where it stopped.
+
+A checkpoint holds the student and the distiller's extras (never the frozen teacher), the
+optimizer, scheduler and grad scaler, the RNG state of every generator in play (torch CPU and
+CUDA, Python, NumPy; the data order is a pure function of seed and epoch, so the position is
+just the stage, epoch and batch), the running loss sums and the history so far. It is written
+to a temporary file and renamed, so a kill at any moment leaves either the previous checkpoint
+or the new one, never half of one; it is read with weights_only=True and only when its key
+(the stage's input fingerprint) matches the run being resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdpipe import faults, ui
+from kdpipe.runs import atomic_path
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    path: Path  # e.g. runs/x/distill/checkpoints/last.pt
+    key: str  # the stage's input fingerprint: a checkpoint of other inputs is never resumed
+    every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+
+
+def trainable_state(module: nn.Module) -> dict[str, Any]:
+    """state_dict without the frozen teacher (it is rebuilt from its own stage)."""
+    return {k: v for k, v in module.state_dict().items() if "teacher_model." not in k}
+
+
+def rng_state() -> dict[str, Any]:
+    np_state: tuple = tuple(np.random.get_state())
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),  # type: ignore[misc]
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+
+
+def save(ck: Checkpointing, state: dict[str, Any]) -> None:
+    with atomic_path(ck.path) as tmp:
+        torch.save({"key": ck.key, **state}, tmp)
+        faults.reached("checkpoint")
+
+
+def discard(ck: Checkpointing) -> None:
+    ck.path.unlink(missing_ok=True)
+    _remove_partial_writes(ck)
+
+
+def _remove_partial_writes(ck: Checkpointing) -> None:
+    # A process killed mid-write leaves its temporary file (never the checkpoint itself).
+    for tmp in ck.path.parent.glob(f".{ck.path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load(ck: Checkpointing) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None (absent, unreadable, or of other inputs)."""
+    if ck.path.parent.is_dir():
+        _remove_partial_writes(ck)
+    if not ck.path.is_file():
+        return None
+    try:
+        state = torch.load(ck.path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never trusted
+        ui.warn(f"ignoring unreadable checkpoint {ck.path}: {type(e).__name__}")
+        return None
+    if not isinstance(state, dict) or state.get("key") != ck.key:
+        ui.warn(f"ignoring checkpoint {ck.path}: it belongs to other inputs")
+        return None
+    return state
+
+
+def restore_module(module: nn.Module, saved: dict[str, Any]) -> None:
+    missing, unexpected = module.load_state_dict(saved, strict=False)
+    bad = [k for k in missing if "teacher_model." not in k] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"checkpoint does not fit this distiller: {bad[:3]}")

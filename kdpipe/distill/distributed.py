@@ -1,0 +1,100 @@
+"""Data parallelism through torch.distributed, launched by torchrun (or `kdpipe run --nproc N`,
+which starts torch's elastic launcher).
+
+Every rank holds the whole distiller, built from the same seed, and trains on its shard of
+each global batch (DistributedSampler's split of one shared permutation). After backward the
+gradients of all trainable parameters are averaged across ranks in one flattened all-reduce,
+and buffers (BatchNorm statistics) are broadcast from rank 0 at every epoch end, so every rank
+holds the same model. One flat all-reduce per step (instead of wrapping the distiller in
+DistributedDataParallel) lets methods that run their own updates (DML's peers in turn, the
+adversarial discriminator) synchronize the same way. gloo on CPU, NCCL on CUDA. Only rank 0
+writes files and draws progress.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the process group torchrun describes in the environment (a no-op without one)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def current() -> Dist:
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist()
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Average .grad over ranks, one all-reduce for all of them. Which parameters have a
+    gradient is decided by the graph, the same on every rank, so None stays None."""
+    d = current()
+    if not d.active:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if not current().active:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, 0)
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    d = current()
+    if not d.active or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / d.world for k, v in zip(keys, t, strict=True)}
+
+
+def barrier() -> None:
+    if current().active:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

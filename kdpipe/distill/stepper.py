@@ -1,0 +1,90 @@
+"""One optimizer update, the way every method makes it: autocast on CUDA, the NaN/Inf guard,
+backward (through AMP's grad scaler when fp16), gradients averaged across ranks, step.
+
+`Distiller.train_step` calls `Stepper.update`; DML calls it once per peer and the adversarial
+discriminator once for its own optimizer, so all of them get the same guard and the same
+gradient synchronization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from kdpipe.config import RuntimeConfig
+from kdpipe.distill import distributed
+from kdpipe.errors import ConfigError, TrainingError
+
+
+@dataclass
+class Runtime:
+    """Where and how to compute: device, mixed precision, loader settings, safety switches."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: torch.dtype | None = None  # bfloat16 / float16 on CUDA; None = full precision
+    workers: int = 0
+    detect_anomaly: bool = False
+    compile: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @classmethod
+    def from_config(cls, rc: RuntimeConfig, workers: int) -> Runtime:
+        """The device and precision a run trains with; CUDA-only flags on a CPU are noted once
+        and ignored."""
+        from kdpipe import ui
+
+        cuda = torch.cuda.is_available() and rc.device != "cpu"
+        if rc.device == "cuda" and not cuda:
+            raise ConfigError("--device cuda but no CUDA device is available", "use --device cpu")
+        if not cuda:
+            if rc.compile:
+                ui.info("note: --compile is for CUDA runs; ignored on the CPU")
+            return cls(torch.device("cpu"), None, workers, rc.detect_anomaly)
+        d = distributed.current()
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+        amp = None
+        if rc.amp:
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, amp, workers, rc.detect_anomaly, rc.compile)
+
+
+class Stepper:
+    """backward + gradient averaging + optimizer step, with the NaN guard and AMP's scaler.
+    Distiller.train_step calls `update`; DML calls it once per peer, the adversarial
+    discriminator once for its own optimizer."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        runtime = runtime or Runtime()
+        self.runtime = runtime
+        use_scaler = runtime.amp == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.where = "a training step"  # set by the trainer: stage, epoch and step
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.runtime.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.runtime.device.type, dtype=self.runtime.amp)
+
+    def check(self, terms: dict[str, Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        if bad:
+            raise TrainingError(
+                f"loss term '{bad[0]}' became {float(terms[bad[0]])} at {self.where}",
+                "lower --lr or the term's weight (--set), or rerun with --detect-anomaly; "
+                "the last good checkpoint is kept",
+            )
+
+    def update(self, loss: Tensor, opt: torch.optim.Optimizer, terms: dict[str, Tensor]) -> None:
+        self.check(terms)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(p for group in opt.param_groups for p in group["params"])
+        self.scaler.step(opt)
+        self.scaler.update()

@@ -1,0 +1,63 @@
+"""Killed runs resume where they stopped and end bit-identical to an uninterrupted run.
+
+A CPU run is killed with SIGKILL (kdpipe/faults.py) mid-epoch, between epochs and half-way
+through writing a checkpoint; rerunning the same command resumes from the last complete
+checkpoint. The student must equal the uninterrupted run's, tensor for tensor."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.helpers import kdpipe
+
+ARGS = [
+    *("run", "--teacher", "resnet18", "--student", "mobilenet_v3_small", "--image-size", "16"),
+    *("--teacher-epochs", "1", "--epochs", "2", "--checkpoint-every", "4", "--until", "distill"),
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {**os.environ, "KDPIPE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache: dict[str, str]) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    proc = kdpipe(*ARGS, "--out", str(out), env=cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list((out / "distill" / "checkpoints").glob("*")), "checkpoints outlive the stage"
+    return torch.load(out / "distill" / "student.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["step:6", "epoch:1", "checkpoint:2"],
+    ids=["mid-epoch", "between-epochs", "during-checkpoint-write"],
+)
+def test_killed_run_resumes_bit_identical(
+    fault: str, tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+) -> None:
+    out = tmp_path / "run"
+    killed = kdpipe(*ARGS, "--out", str(out), env={**cache, "KDPIPE_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "distill" / "student.pt").exists()
+    checkpoints = out / "distill" / "checkpoints"
+    complete = checkpoints / "last.pt"
+    # Whatever the kill left behind, the checkpoint file itself is whole.
+    torch.load(complete, weights_only=True)
+    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert student.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(student[name], tensor), name
+    assert not list(checkpoints.glob("*")) and not list(checkpoints.glob(".*"))
+    log = (out / "distill" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # one line per epoch, none duplicated by the resume
