@@ -39,6 +39,7 @@ from kdpipe.runs import (
     file_sha256,
     fingerprint,
     read_json,
+    refuse_foreign_dir,
     set_writer,
     write_text,
 )
@@ -101,6 +102,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ui.set_quiet(True)
         set_writer(False)
     out = cfg.out_dir()
+    refuse_foreign_dir(out, bool(redo))
     ensure_writable_dir(out)
     rd = RunDir(out)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

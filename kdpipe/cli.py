@@ -261,7 +261,7 @@ def run(
             "runtime.compile": compile_,
             "runtime.checkpoint_every": checkpoint_every,
             "runtime.detect_anomaly": detect_anomaly,
-            "runtime.strict_data": strict_data,
+            "data.strict": strict_data,
             "out": out,
             "name": name,
         }

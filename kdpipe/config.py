@@ -41,6 +41,8 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     workers: int = Field(0, ge=0, le=64)
+    # Fail on an image file that cannot be decoded instead of skipping it with a warning.
+    strict: bool = False
 
 
 class TeacherConfig(_Section):
@@ -142,8 +144,6 @@ class RuntimeConfig(_Section):
     compile: bool = False  # torch.compile the student (CUDA, logits-only methods)
     checkpoint_every: int = Field(0, ge=0)  # also checkpoint every N steps (0: epoch ends)
     detect_anomaly: bool = False
-    # Fail on an undecodable image instead of skipping it with a warning.
-    strict_data: bool = False
 
 
 class RunConfig(_Section):

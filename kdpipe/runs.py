@@ -84,6 +84,18 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def refuse_foreign_dir(path: Path, forced: bool) -> None:
+    """A non-empty directory that is not a kdpipe run is someone else's: never write into it
+    unless told to (--force)."""
+    if forced or not path.is_dir() or (path / "config.yaml").is_file():
+        return
+    if any(path.iterdir()):
+        raise ConfigError(
+            f"{path} is a non-empty directory that is not a kdpipe run",
+            "pick a new --out, or pass --force all to write into it anyway",
+        )
+
+
 def ensure_writable_dir(path: Path) -> None:
     """Create `path` if needed and prove a file can be written there, or raise ConfigError."""
     try:

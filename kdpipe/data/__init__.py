@@ -46,12 +46,12 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
         from kdpipe.data.folders import load_imagefolder
 
         return load_imagefolder(
-            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder"
+            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder", cfg.strict
         )
     if kind == "imagenet":
         from kdpipe.data.folders import load_imagenet
 
-        return load_imagenet(path, seed, size, cfg.val_fraction)
+        return load_imagenet(path, seed, size, cfg.val_fraction, cfg.strict)
     from kdpipe.data import torchvision_sets
 
     return torchvision_sets.load(kind, path, seed, size, cfg.val_fraction)

@@ -9,36 +9,73 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
+from kdpipe import ui
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
 from kdpipe.errors import DataError
 
 
-def _image_folder(path: Path, size: int) -> ImageFolder:
+def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
+    """Check every file decodes (PIL verify: headers and checksums, no full decode); skip the
+    bad ones with a count and a warning, or fail when `strict`."""
+    bad = []
+    for file, _ in ds.samples:
+        try:
+            with Image.open(file) as img:
+                img.verify()
+        except (OSError, SyntaxError, ValueError):
+            bad.append(file)
+    if not bad:
+        return
+    if strict:
+        raise DataError(
+            f"{len(bad)} image(s) under {path} cannot be decoded, e.g. {bad[0]}",
+            "remove or replace them, or drop --strict-data to skip them",
+        )
+    ui.warn(
+        f"skipped {len(bad)} image(s) under {path} that cannot be decoded (e.g. {bad[0]}); "
+        "--strict-data makes this an error"
+    )
+    broken = set(bad)
+    ds.samples = [s for s in ds.samples if s[0] not in broken]
+    ds.imgs = ds.samples
+    ds.targets = [t for _, t in ds.samples]
+
+
+def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
     if not path.is_dir():
         raise DataError(
             f"image folder {path} does not exist",
             "point imagefolder:PATH at a folder with one sub-folder of images per class",
         )
     try:
-        return ImageFolder(str(path), transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD))
+        ds = ImageFolder(str(path), transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD))
     except (FileNotFoundError, OSError) as e:
         raise DataError(
             f"no images found in {path}: {str(e).splitlines()[0]}",
             "put images (.png, .jpg, ...) in one sub-folder per class, e.g. PATH/cat/1.png",
         ) from None
+    _drop_undecodable(ds, path, strict)
+    return ds
 
 
 def load_imagefolder(
-    root: Path, seed: int, size: int, val_fraction: float, test_fraction: float, name: str
+    root: Path,
+    seed: int,
+    size: int,
+    val_fraction: float,
+    test_fraction: float,
+    name: str,
+    strict: bool = False,
 ) -> DataSplits:
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" in split_dirs and len(split_dirs) > 1:
-        train_full = _image_folder(split_dirs["train"], size)
-        held = {s: _image_folder(p, size) for s, p in split_dirs.items() if s != "train"}
+        train_full = _image_folder(split_dirs["train"], size, strict)
+        held = {s: _image_folder(p, size, strict) for s, p in split_dirs.items() if s != "train"}
         for split, ds in held.items():
             if ds.classes != train_full.classes:
                 raise DataError(
@@ -61,7 +98,7 @@ def load_imagefolder(
         classes = train_full.classes
         sizes = {"train": len(train), "val": len(val), "test": len(test)}  # type: ignore[arg-type]
     else:
-        full = _image_folder(root, size)
+        full = _image_folder(root, size, strict)
         labels = np.asarray(full.targets)
         check_labels(labels, str(root))
         tr, va, te = stratified_indices(labels, [val_fraction, test_fraction], seed)
@@ -84,7 +121,9 @@ def load_imagefolder(
     return DataSplits(train, val, test, info)
 
 
-def load_imagenet(root: Path, seed: int, size: int, val_fraction: float) -> DataSplits:
+def load_imagenet(
+    root: Path, seed: int, size: int, val_fraction: float, strict: bool = False
+) -> DataSplits:
     """ImageNet in its usual ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*."""
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -93,4 +132,4 @@ def load_imagenet(root: Path, seed: int, size: int, val_fraction: float) -> Data
                 "lay ImageNet out as ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG",
             )
     # With train/ and val/ present the test fraction is unused: val is the held-out split.
-    return load_imagefolder(root, seed, size, val_fraction, 0.1, name="imagenet")
+    return load_imagefolder(root, seed, size, val_fraction, 0.1, "imagenet", strict)

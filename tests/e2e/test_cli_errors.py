@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from kdpipe.models import create
 from tests.e2e.helpers import kdpipe
@@ -22,7 +24,28 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     blocker.write_text("x")
     cfg = d / "typo.yaml"
     cfg.write_text("distill:\n  methd: kd\n")
-    return {"junk": junk, "wrong": wrong, "blocker": blocker, "typo": cfg, "dir": d}
+    png = np.zeros((8, 8), dtype=np.uint8)
+    for name, classes in (("single", ["a"]), ("broken", ["a", "b"]), ("empty", [])):
+        for c in classes:
+            (d / name / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(png + i).save(d / name / c / f"{i}.png")
+    (d / "empty" / "a").mkdir(parents=True)
+    (d / "broken" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    foreign = d / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    evil = d / "evil.pt"
+    torch.save({"fc.weight": torch.zeros(1), "x": Payload(d / "pwned")}, evil)
+    return {"junk": junk, "wrong": wrong, "blocker": blocker, "typo": cfg, "dir": d, "evil": evil}
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what a plain (unsafe) unpickle would execute
+        return (Path.touch, (self.marker,))
 
 
 CASES = {
@@ -55,6 +78,14 @@ CASES = {
     "missing transfer folder": (["--transfer", "imagefolder:/nonexistent"], "does not exist"),
     "bad label fraction": (["--label-fraction", "0"], "distill.label_fraction"),
     "bad until": (["--until", "deploy"], "unknown stage 'deploy'"),
+    "foreign out dir": (["--out", "{dir}/foreign"], "not a kdpipe run"),
+    "empty dataset": (["--data", "imagefolder:{dir}/empty"], "no images found"),
+    "single-class dataset": (["--data", "imagefolder:{dir}/single"], "single class"),
+    "undecodable image, strict": (
+        ["--data", "imagefolder:{dir}/broken", "--strict-data"],
+        "cannot be decoded",
+    ),
+    "malicious weights": (["--teacher", "resnet18", "--teacher-weights", "{evil}"], "refused"),
 }
 
 
@@ -66,6 +97,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, files: dict[str, Path]) -> 
     out.mkdir(exist_ok=True)
     precious = out / "report.json"
     precious.write_text('{"keep": true}')
+    (out / "config.yaml").write_text("{}\n")  # a kdpipe run directory
     extra = [] if any(a == "--out" for a in args) else ["--out", str(out)]
     proc = kdpipe("run", *args, *extra, "--quiet")
     assert proc.returncode == 2, (case, proc.stderr)
@@ -75,6 +107,8 @@ def test_bad_input_is_one_line_and_exit_2(case: str, files: dict[str, Path]) -> 
     assert any(ln.startswith("hint: ") for ln in lines)
     assert "Traceback" not in proc.stderr
     assert precious.read_text() == '{"keep": true}'
+    assert not (files["dir"] / "pwned").exists()  # the malicious pickle ran nothing
+    assert (files["dir"] / "foreign" / "thesis.tex").read_text() == "mine"
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
@@ -82,3 +116,20 @@ def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
         "run", "--teacher-weights", str(files["junk"]), "--debug", "--out", str(files["dir"] / "o")
     )
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "--arch", "resnet18", "--weights", "{evil}", "--out", "{dir}/exp"],
+        ["profile", "resnet18:{evil}", "--min-iters", "1"],
+    ],
+    ids=["export", "profile"],
+)
+def test_malicious_pickle_is_refused_by_every_entry_point(
+    args: list[str], files: dict[str, Path]
+) -> None:
+    proc = kdpipe(*[a.format(**files) for a in args], "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (files["dir"] / "pwned").exists()

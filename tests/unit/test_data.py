@@ -136,3 +136,21 @@ def test_unknown_dataset_suggests() -> None:
     assert "cifar10" in e.value.hint
     with pytest.raises(DataError, match="needs a path"):
         load_data(DataConfig(spec="mnist"), 0)
+
+
+def test_undecodable_images_are_skipped_with_a_warning_or_fail_when_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdpipe.errors import DataError
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "cut.png").write_bytes((tmp_path / "a" / "0.png").read_bytes()[:40])
+    (tmp_path / "b" / "notes.jpg").write_bytes(b"not an image")
+    splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
+    assert sum(splits.info.sizes.values()) == 20
+    assert "skipped 2 image(s)" in capsys.readouterr().err.replace("\n", " ")
+    with pytest.raises(DataError, match="2 image\\(s\\) under .* cannot be decoded"):
+        load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, strict=True), seed=0)

@@ -31,3 +31,24 @@ def test_stage_done_only_with_same_fingerprint_and_outputs(tmp_path: Path) -> No
     assert not rd.is_done("distill", fingerprint("distill", {"epochs": 4}))
     (tmp_path / "distill" / "student.pt").unlink()
     assert not rd.is_done("distill", fp)
+
+
+def test_a_malicious_or_foreign_checkpoint_is_never_resumed(tmp_path: Path) -> None:
+    import torch
+
+    from kdpipe.distill import checkpoint as ckpt
+
+    class Payload:
+        def __reduce__(self):  # what a plain unpickle would run
+            return (Path.touch, (tmp_path / "pwned",))
+
+    ck = ckpt.Checkpointing(tmp_path / "checkpoints" / "last.pt", key="abc")
+    ck.path.parent.mkdir()
+    torch.save({"key": "abc", "x": Payload()}, ck.path)
+    assert ckpt.load(ck) is None and not (tmp_path / "pwned").exists()
+    torch.save({"key": "other-inputs", "epoch": 3}, ck.path)
+    assert ckpt.load(ck) is None
+    (ck.path.parent / ".last.pt.x1.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
+    ckpt.save(ck, {"epoch": 2})
+    assert ckpt.load(ck) == {"key": "abc", "epoch": 2}
+    assert not list(ck.path.parent.glob(".*.tmp"))
