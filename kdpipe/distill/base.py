@@ -16,6 +16,7 @@ recipe (its weight, plus cross-entropy where its paper adds it).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -112,6 +113,12 @@ class Distiller(nn.Module, abc.ABC):
         if self.needs_teacher and teacher is None:
             raise ConfigError(f"method '{self.name}' needs a teacher", "pass --teacher NAME")
         self.params: dict[str, float] = {**self.defaults, **params}
+        for key, value in self.params.items():
+            if not math.isfinite(value) or (key in ("T", "tau") and value <= 0):
+                raise ConfigError(
+                    f"method '{self.name}' parameter {key}={value} is out of range",
+                    f"{key} must be a finite number" + (" above 0" if key in ("T", "tau") else ""),
+                )
         self.student_model = student
         self.teacher_model = teacher
         if teacher is not None:

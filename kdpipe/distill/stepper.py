@@ -76,7 +76,7 @@ class Stepper:
         bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
         if bad:
             raise TrainingError(
-                f"loss term '{bad[0]}' became {float(terms[bad[0]])} at {self.where}",
+                f"loss term '{bad[0]}' became {float(terms[bad[0]].detach())} at {self.where}",
                 "lower --lr or the term's weight (--set), or rerun with --detect-anomaly; "
                 "the last good checkpoint is kept",
             )

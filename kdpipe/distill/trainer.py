@@ -189,9 +189,9 @@ def fit(
                 for x, y, idx in loader:
                     distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
                     stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
-                    x = x.to(rt.device, non_blocking=True).contiguous(
-                        memory_format=torch.channels_last
-                    )
+                    x = x.to(rt.device, non_blocking=True)
+                    if x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     y = y.to(rt.device, non_blocking=True)
                     cached = teacher_cache[idx.to(rt.device)] if teacher_cache is not None else None
                     distiller.logged.clear()

@@ -1,0 +1,55 @@
+"""A NaN/Inf loss stops training with the step and the term, before the bad update, and
+keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from kdpipe.config import TrainConfig
+from kdpipe.distill.base import Batch
+from kdpipe.distill.checkpoint import Checkpointing
+from kdpipe.distill.checkpoint import load as load_checkpoint
+from kdpipe.distill.methods.kd import HintonKD
+from kdpipe.distill.trainer import fit
+from kdpipe.errors import ConfigError, TrainingError
+
+
+class BreaksAtStep(HintonKD):
+    """KD whose soft-target term turns NaN at a given step."""
+
+    def __init__(self, *args, at: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.at, self.calls = at, 0
+
+    def loss(self, b: Batch) -> dict[str, Tensor]:
+        self.calls += 1
+        out = super().loss(b)
+        if self.calls == self.at:
+            out["kd"] = out["kd"] * float("nan")
+        return out
+
+
+def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+    d = BreaksAtStep(student, teacher, input_shape=(4, 1, 1), at=7)
+    data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
+    ck = Checkpointing(tmp_path / "last.pt", key="k", every=2)
+    cfg = TrainConfig(epochs=3, batch_size=8)
+    with pytest.raises(TrainingError, match="loss term 'kd' became nan at train epoch 2 step 2"):
+        fit(d, data, data, cfg, seed=0, desc="t", checkpoint=ck)
+    saved = load_checkpoint(ck)
+    assert saved is not None and (saved["epoch"], saved["batch"]) == (2, 0)  # the epoch-1 end
+    assert all(torch.isfinite(p).all() for p in student.parameters())  # no NaN update
+
+
+def test_out_of_range_method_parameters_are_refused() -> None:
+    with pytest.raises(ConfigError, match="T=0.0 is out of range"):
+        HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"T": 0.0})
+    with pytest.raises(ConfigError, match="out of range"):
+        HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"alpha": float("inf")})
