@@ -139,8 +139,8 @@ class RuntimeConfig(_Section):
     """How training runs; none of it changes a stage's fingerprint."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # CUDA only: autocast in bf16 where supported, else fp16 with a grad scaler.
-    amp: bool = True
+    # CUDA: autocast in bf16 where supported, else fp16 with a grad scaler (None: on for CUDA).
+    amp: bool | None = None
     compile: bool = False  # torch.compile the student (CUDA, logits-only methods)
     checkpoint_every: int = Field(0, ge=0)  # also checkpoint every N steps (0: epoch ends)
     detect_anomaly: bool = False

@@ -43,14 +43,15 @@ class Runtime:
         if rc.device == "cuda" and not cuda:
             raise ConfigError("--device cuda but no CUDA device is available", "use --device cpu")
         if not cuda:
-            if rc.compile:
-                ui.info("note: --compile is for CUDA runs; ignored on the CPU")
+            ignored = [f for f, on in (("--compile", rc.compile), ("--amp", rc.amp)) if on]
+            if ignored:
+                ui.info(f"note: {' and '.join(ignored)} apply to CUDA runs; ignored on the CPU")
             return cls(torch.device("cpu"), None, workers, rc.detect_anomaly)
         d = distributed.current()
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
         amp = None
-        if rc.amp:
+        if rc.amp is not False:
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return cls(device, amp, workers, rc.detect_anomaly, rc.compile)
 

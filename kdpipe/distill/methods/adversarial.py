@@ -62,6 +62,13 @@ class AdversarialKD(Distiller):
             self.discriminator.parameters(), lr=self.params["d_lr"], betas=(0.5, 0.999)
         )
 
+    # The discriminator's optimizer state travels in checkpoints with the weights.
+    def get_extra_state(self) -> dict:
+        return {"d_optimizer": self.d_optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+
     def own_optimized(self) -> list[nn.Module]:
         return [self.discriminator]
 

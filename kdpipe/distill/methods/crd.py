@@ -33,9 +33,19 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) ->
 class EmbeddingQueue(nn.Module):
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
-        self.items: Tensor
-        self.register_buffer("items", torch.zeros(0, dim))
+        self.items = torch.zeros(0, dim)
         self.size = size
+
+    # The queue grows until full, so it travels in checkpoints as extra state, not a buffer.
+    def get_extra_state(self) -> dict:
+        return {"items": self.items}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.items = state["items"]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.items = fn(self.items)  # follow .to(device) like a buffer would
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def push(self, e: Tensor) -> None:

@@ -54,6 +54,16 @@ class KnowledgeProjection(Distiller):
         self.steps = 0
         self.chosen: int | None = None
 
+    def get_extra_state(self) -> dict:
+        return {"steps": self.steps, "chosen": -1 if self.chosen is None else self.chosen}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.chosen = None if state["chosen"] < 0 else int(state["chosen"])
+        if self.chosen is not None:
+            i, j = self.routes[self.chosen]
+            self.route = f"teacher stage {i} -> student stage {j}"
+
     def _route_loss(self, k: int, b: Batch) -> tuple[Tensor, Tensor]:
         i, j = self.routes[k]
         f_s = b.s["stages"][j]
