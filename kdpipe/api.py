@@ -171,8 +171,9 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ),
     )
 
+    # Training is over: leave the process group; export, profile and report run on rank 0 only.
+    distributed.shutdown()
     if until == "distill" or not rank.main:
-        # Export, profile and report run once, on rank 0, after training.
         return distill_metrics
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")

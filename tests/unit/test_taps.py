@@ -43,6 +43,26 @@ def test_unknown_layer_lists_valid_ones() -> None:
             "classifier.6:in",
         ),
         ("regnet_y_400mf", [f"trunk_output.block{i}" for i in range(1, 5)], "fc:in"),
+        (
+            "efficientnet_b0",
+            ["features.2", "features.3", "features.5", "features.8"],
+            "classifier.1:in",
+        ),
+        (
+            "densenet121",
+            [*(f"features.denseblock{i}" for i in (1, 2, 3)), "features.norm5"],
+            "classifier:in",
+        ),
+        (
+            "convnext_tiny",
+            ["features.1", "features.3", "features.5", "features.7"],
+            "classifier.2:in",
+        ),
+        (
+            "mobilenet_v3_small",
+            ["features.1", "features.3", "features.8", "features.12"],
+            "classifier.3:in",
+        ),
     ],
 )
 def test_default_layers_per_family(arch: str, stages: list[str], embedding: str) -> None:
