@@ -175,6 +175,40 @@ def tensorrt_and_ort_gpu() -> None:
             row(kind="ort-cuda", status="ok", max_abs_diff=float((got - ref).abs().max()))
 
 
+def kdpipe_distill_on_cuda(epochs: int = 2) -> None:
+    """kdpipe's own distill stage on the GPU: AMP + channels_last against --no-amp, and with
+    several GPUs the same run on every GPU through `kdpipe run --nproc N`."""
+    import subprocess
+    import sys
+
+    work = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
+    base = [sys.executable, "-m", "kdpipe", "run", "--until", "distill", "--quiet"]
+    base += ["--epochs", str(epochs), "--teacher-epochs", "2"]
+    env = {**os.environ, "KDPIPE_CACHE": str(work / "cache")}
+    runs = {"distill-fp32": ["--no-amp"], "distill-amp": ["--amp"]}
+    if torch.cuda.device_count() > 1:
+        runs[f"distill-amp-ddp{torch.cuda.device_count()}"] = [
+            "--amp",
+            "--nproc",
+            str(torch.cuda.device_count()),
+        ]
+    for name, extra in runs.items():
+        out = work / name
+        proc = subprocess.run(
+            [*base, *extra, "--out", str(out)], env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            row(kind=name, status="failed", error=proc.stderr.strip().splitlines()[-1:])
+            continue
+        m = json.loads((out / "distill" / "metrics.json").read_text())
+        row(
+            kind=name,
+            status="ok",
+            images_per_s=round(m["images_per_s"], 1),
+            test_accuracy=round(m["test_accuracy"], 4),
+        )
+
+
 def main() -> None:
     env = {
         "torch": torch.__version__,
@@ -197,12 +231,7 @@ def main() -> None:
         inference_modes()
         training_throughput()
         tensorrt_and_ort_gpu()
-        if torch.cuda.device_count() > 1:
-            row(
-                kind="ddp",
-                status="not measured here",
-                reason="multi-GPU DDP check belongs to the distributed issue",
-            )
+        kdpipe_distill_on_cuda()
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_check.json").write_text(json.dumps(ROWS, indent=1))
