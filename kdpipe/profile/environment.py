@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 
 import onnx
 import onnxruntime
@@ -24,13 +25,38 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def nvidia_driver() -> str | None:
+    """The kernel driver's version from /proc (no nvidia-smi or NVML needed), if loaded."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+([\d.]+)", first)
+    return match.group(1) if match else first.strip() or None
+
+
+def tensorrt_version() -> str | None:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    # tensorrt-stubs installs an empty namespace package: a real TensorRT has a Builder.
+    return getattr(trt, "__version__", None) if hasattr(trt, "Builder") else None
+
+
 def describe(threads: int) -> dict:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cuda = torch.cuda.is_available()
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "gpu": gpu,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_count": torch.cuda.device_count() if cuda else 0,
+        "gpu_driver": nvidia_driver(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "tensorrt": tensorrt_version(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "kdpipe": __version__,
