@@ -1,7 +1,8 @@
 """Timing methodology (design.md): warm up, then time every call; interleave models.
 
 Each measured callable is warmed up (>= `warmup` calls and >= `warmup_seconds`), then all are
-timed in rounds (A B C A B C ...) with `time.perf_counter_ns` around every call, so a slow
+timed in rounds (A B C A B C ...; each round starts with an untimed call that brings the model
+back into the caches) with `time.perf_counter_ns` around every call, so a slow
 spell of the machine hits every model alike and ratios between them survive the noise. A
 callable leaves the rotation once it has >= `min_iters` calls and >= `min_seconds` of timings.
 """
@@ -17,6 +18,10 @@ import numpy as np
 K = TypeVar("K", bound=Hashable)
 
 ROUND_CALLS = 5  # calls per model per round: short enough to interleave, long enough to stay warm
+# Untimed calls at the start of each round: the first call after switching models runs with
+# the other model's weights in the caches, which a steady-state latency (a plain loop over one
+# model, trtexec, onnxruntime_perf_test) never sees.
+REWARM_CALLS = 1
 
 
 def warm_up(fn: Callable[[], object], calls: int, seconds: float) -> None:
@@ -43,6 +48,8 @@ def measure_interleaved(
     while active:
         for key in active:
             fn, out = calls[key], samples[key]
+            for _ in range(REWARM_CALLS):
+                fn()
             for _ in range(ROUND_CALLS):
                 t0 = time.perf_counter_ns()
                 fn()
