@@ -625,7 +625,7 @@ def list_methods(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -
                 cls.paper,
                 cls.stage_summary(),
                 defaults,
-                ",".join(cls.kinds) or "logits",
+                cls.reads(),
             )
         stdout.print(table)
 

@@ -87,6 +87,7 @@ class Distiller(nn.Module, abc.ABC):
     weight_key: ClassVar[str | None] = None
     stage_names: ClassVar[tuple[tuple[str, float], ...]] = (("train", 1.0),)
     stages_doc: ClassVar[str] = ""  # set where the stages depend on parameters
+    reads_doc: ClassVar[str] = ""  # set where `kinds` does not say it (input gradients)
     # False for methods with their own forward pass (Jacobian, DML): they cannot share a
     # step with other terms in a composition.
     composable: ClassVar[bool] = True
@@ -152,6 +153,11 @@ class Distiller(nn.Module, abc.ABC):
         if self.params.get("ce", 0.0):
             out["ce"] = self.params["ce"] * ce_loss(b.z_s, b.labels)
         return out
+
+    @classmethod
+    def reads(cls) -> str:
+        """What the method reads from the models, for `kdpipe methods`."""
+        return cls.reads_doc or ",".join(cls.kinds) or "logits"
 
     @classmethod
     def stage_summary(cls) -> str:

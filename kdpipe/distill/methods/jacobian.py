@@ -44,6 +44,7 @@ class JacobianMatching(Distiller):
     paper = "Srinivas & Fleuret 2018 - Knowledge Transfer with Jacobian Matching"
     defaults = {"lam": 1.0, "alpha": 0.9, "T": 4.0}
     composable = False
+    reads_doc = "logits, input gradients"
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
