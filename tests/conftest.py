@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -17,3 +19,12 @@ def _isolated_cache(
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _loud_again() -> Iterator[None]:
+    # In-process CLI calls with --quiet must not silence the tests that follow.
+    yield
+    from kdpipe import ui
+
+    ui.set_quiet(False)
