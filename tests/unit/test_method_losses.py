@@ -139,6 +139,16 @@ def test_nst_mmd_by_hand() -> None:
     f_t = t([[[[0.0, 3.0]]]])  # one channel, selectivity [0, 1] after normalization
     assert nst_loss(f_s, f_t).item() == approx(1 + 1 - 0)
     assert nst_loss(f_s, 2 * f_s).item() == approx(0.0, abs=1e-6)
+    # the HW x HW form equals the direct mean of the polynomial kernel over channel pairs
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 5, 3, 3), torch.randn(2, 7, 3, 3)
+    s, t_ = (F.normalize(v.flatten(2), dim=2) for v in (a, b))
+
+    def poly(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x @ y.transpose(1, 2)).pow(2).mean()
+
+    direct = poly(t_, t_) + poly(s, s) - 2 * poly(s, t_)
+    assert nst_loss(a, b).item() == approx(direct.item(), rel=1e-5)
 
 
 def test_fsp_matrix_by_hand() -> None:

@@ -20,15 +20,19 @@ from kdpipe.distill.base import Batch, Distiller, match_spatial
 from kdpipe.distill.methods import register
 
 
-def _poly(a: Tensor, b: Tensor) -> Tensor:
-    return (a @ b.transpose(1, 2)).pow(2)
+def _mean_poly(a: Tensor, b: Tensor) -> Tensor:
+    """mean over samples and channel pairs (i, j) of (a_i . b_j)^2, for a [B, Ca, HW] and
+    b [B, Cb, HW]. The sum over pairs equals ||a^T b||_F^2, an HW x HW product: far cheaper
+    than the Ca x Cb kernel matrix in deep stages, where HW is small and C large."""
+    gram = a.transpose(1, 2) @ b
+    return gram.pow(2).sum((1, 2)).mean() / (a.shape[1] * b.shape[1])
 
 
 def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     f_s, f_t = match_spatial(f_s, f_t)
     s = F.normalize(f_s.flatten(2), dim=2)
     t = F.normalize(f_t.flatten(2), dim=2)
-    return _poly(t, t).mean() + _poly(s, s).mean() - 2 * _poly(s, t).mean()
+    return _mean_poly(t, t) + _mean_poly(s, s) - 2 * _mean_poly(s, t)
 
 
 @register
