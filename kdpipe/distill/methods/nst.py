@@ -22,10 +22,11 @@ from kdpipe.distill.methods import register
 
 def _mean_poly(a: Tensor, b: Tensor) -> Tensor:
     """mean over samples and channel pairs (i, j) of (a_i . b_j)^2, for a [B, Ca, HW] and
-    b [B, Cb, HW]. The sum over pairs equals ||a^T b||_F^2, an HW x HW product: far cheaper
-    than the Ca x Cb kernel matrix in deep stages, where HW is small and C large."""
-    gram = a.transpose(1, 2) @ b
-    return gram.pow(2).sum((1, 2)).mean() / (a.shape[1] * b.shape[1])
+    b [B, Cb, HW]. The sum over pairs is ||a b^T||_F^2 = <a^T a, b^T b>_F, two HW x HW Grams:
+    far cheaper than the Ca x Cb kernel matrix in deep stages, where HW is small and C large."""
+    gram_a = a.transpose(1, 2) @ a
+    gram_b = gram_a if b is a else b.transpose(1, 2) @ b
+    return (gram_a * gram_b).sum((1, 2)).mean() / (a.shape[1] * b.shape[1])
 
 
 def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
