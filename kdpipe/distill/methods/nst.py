@@ -24,9 +24,12 @@ def _mean_poly(a: Tensor, b: Tensor) -> Tensor:
     """mean over samples and channel pairs (i, j) of (a_i . b_j)^2, for a [B, Ca, HW] and
     b [B, Cb, HW]. The sum over pairs is ||a b^T||_F^2 = <a^T a, b^T b>_F, two HW x HW Grams:
     far cheaper than the Ca x Cb kernel matrix in deep stages, where HW is small and C large."""
+    ca, cb, hw = a.shape[1], b.shape[1], a.shape[2]
+    if ca * cb <= hw * (ca + cb):  # early stages: the channel-pair matrix is the smaller
+        return (a @ b.transpose(1, 2)).pow(2).mean()
     gram_a = a.transpose(1, 2) @ a
     gram_b = gram_a if b is a else b.transpose(1, 2) @ b
-    return (gram_a * gram_b).sum((1, 2)).mean() / (a.shape[1] * b.shape[1])
+    return (gram_a * gram_b).sum((1, 2)).mean() / (ca * cb)
 
 
 def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
