@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from kdpipe.profile.latency import ROUND_CALLS, measure_interleaved, summarize
+from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
 
 
 def test_summary_statistics_on_known_values() -> None:
@@ -30,8 +30,10 @@ def test_calls_are_interleaved_and_minimums_hold() -> None:
     assert len(out["a"]) >= 20 and len(out["b"]) >= 20
     assert sum(out["b"]) / 1000 >= 0.03
     timed = order[2 + 2 :]  # after each one's warm-up calls
-    first_rounds = timed[: 4 * ROUND_CALLS]
-    assert first_rounds == (["a"] * ROUND_CALLS + ["b"] * ROUND_CALLS) * 2
+    per_round = REWARM_CALLS + ROUND_CALLS  # an untimed re-warm call, then the timed ones
+    first_rounds = timed[: 4 * per_round]
+    assert first_rounds == (["a"] * per_round + ["b"] * per_round) * 2
+    assert len(out["a"]) % ROUND_CALLS == 0  # re-warm calls are not in the samples
 
 
 def test_latencies_reflect_the_work() -> None:
