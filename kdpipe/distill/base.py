@@ -204,6 +204,12 @@ class Distiller(nn.Module, abc.ABC):
             shapes.append({k: [f.shape for f in v] for k, v in feats.items()})
         return shapes[0], shapes[1]
 
+    def layer_connectors(self, kind: str) -> nn.ModuleList:
+        """One 1x1 conv + BN per tapped layer of `kind`, student channels to teacher channels."""
+        s_shapes, t_shapes = self.probe_shapes()
+        pairs = zip(s_shapes[kind], t_shapes[kind], strict=True)
+        return nn.ModuleList(conv_connector(s[1], t[1]) for s, t in pairs)
+
     def _tapped(self, model: nn.Module, side: str, x: Tensor) -> tuple[Tensor, dict]:
         names = self.layer_names[side]
         specs = [n for kind_names in names.values() for n in kind_names]

@@ -20,6 +20,7 @@ architectures and works for any model built from torchvision-style blocks.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -110,8 +111,21 @@ def _trunk(model: nn.Module) -> tuple[str, nn.Module]:
     return "", model
 
 
+# One probe per model: every feature kind, and every method of a composition, reads the same.
+_probes: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[dict[str, tuple], list[str]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _call_order(model: nn.Module, in_channels: int) -> tuple[dict[str, tuple], list[str]]:
     """Output shape of every module and the order leaf modules ran, from one probe forward."""
+    known = _probes.setdefault(model, {})
+    if in_channels not in known:
+        known[in_channels] = _probe(model, in_channels)
+    return known[in_channels]
+
+
+def _probe(model: nn.Module, in_channels: int) -> tuple[dict[str, tuple], list[str]]:
     shapes: dict[str, tuple] = {}
     order: list[str] = []
     handles = []

@@ -15,9 +15,9 @@ Stage "init" trains with this loss alone; stage "train" then uses CE (+ KD at T)
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdpipe.distill.base import Batch, Distiller, Stage, ce_loss, conv_connector, match_spatial
+from kdpipe.distill.base import Batch, Distiller, Stage, ce_loss, match_spatial
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
 
@@ -40,11 +40,7 @@ class ActivationBoundaries(Distiller):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        s_shapes, t_shapes = self.probe_shapes()
-        self.connectors = nn.ModuleList(
-            conv_connector(s[1], t[1])
-            for s, t in zip(s_shapes["pre"], t_shapes["pre"], strict=True)
-        )
+        self.connectors = self.layer_connectors("pre")
         self.stages = [Stage("init", self.params["init_fraction"]), Stage("train")]
         self.stage = "train"
 

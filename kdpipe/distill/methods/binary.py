@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kdpipe.distill.base import Batch, Distiller, conv_connector, match_spatial
+from kdpipe.distill.base import Batch, Distiller, match_spatial
 from kdpipe.distill.methods import register
 
 
@@ -54,11 +54,7 @@ class BinaryWeights(Distiller):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        s_shapes, t_shapes = self.probe_shapes()
-        self.connectors = nn.ModuleList(
-            conv_connector(s[1], t[1])
-            for s, t in zip(s_shapes["stages"], t_shapes["stages"], strict=True)
-        )
+        self.connectors = self.layer_connectors("stages")
         self.binarized = binarizable(self.student_model)
         for layer in self.binarized:
             parametrize.register_parametrization(layer, "weight", Binarize())

@@ -15,9 +15,9 @@ are mapped to the teacher's channel counts by 1x1 conv + BN connectors (trained,
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdpipe.distill.base import Batch, Distiller, Stage, ce_loss, conv_connector
+from kdpipe.distill.base import Batch, Distiller, Stage, ce_loss
 from kdpipe.distill.methods import register
 
 
@@ -48,11 +48,7 @@ class FSP(Distiller):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        s_shapes, t_shapes = self.probe_shapes()
-        self.connectors = nn.ModuleList(
-            conv_connector(s[1], t[1])
-            for s, t in zip(s_shapes["stages"], t_shapes["stages"], strict=True)
-        )
+        self.connectors = self.layer_connectors("stages")
         self.stages = [Stage("init", self.params["init_fraction"]), Stage("train")]
         self.stage = "train"
 
