@@ -1,7 +1,7 @@
 """Distillation throughput: kdpipe's distill stage against the naive loop that runs the
 teacher every step, resnet50 -> resnet18 on digits, same recipe, same epochs.
 
-    python bench/distill_throughput.py [--epochs 8] [--out DIR]
+    python bench/distill_throughput.py [--epochs 8] [--out DIR] [--device cuda]
 
 kdpipe: `api.run(until="distill")` with the teacher already trained, timed end to end (data,
 teacher load, the teacher-logit cache, training, test evaluation). Naive: a plain PyTorch loop
@@ -29,13 +29,13 @@ from kdpipe.distill.methods.kd import kd_loss
 from kdpipe.profile.accuracy import predict_logits, top1
 
 
-def naive_loop(cfg: RunConfig, teacher_path: Path) -> tuple[float, float]:
-    """(images/s, test top-1) of the straightforward loop."""
+def naive_loop(cfg: RunConfig, teacher_path: Path, device: str) -> tuple[float, float]:
+    """(images/s, test top-1) of the straightforward loop (full precision, on `device`)."""
     data = load_data(cfg.data, cfg.seed)
     k = data.info.num_classes
-    teacher = models.create(cfg.teacher.arch, k, teacher_path).eval()
+    teacher = models.create(cfg.teacher.arch, k, teacher_path).eval().to(device)
     torch.manual_seed(cfg.seed)
-    student = models.create(cfg.student.arch, k)
+    student = models.create(cfg.student.arch, k).to(device)
     t = cfg.distill.train
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     opt = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -45,6 +45,7 @@ def naive_loop(cfg: RunConfig, teacher_path: Path) -> tuple[float, float]:
     for _ in range(t.epochs):
         student.train()
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 z_t = teacher(x)
             z_s = student(x)
@@ -54,8 +55,10 @@ def naive_loop(cfg: RunConfig, teacher_path: Path) -> tuple[float, float]:
             opt.step()
             sched.step()
             seen += len(y)
+    if device == "cuda":
+        torch.cuda.synchronize()
     rate = seen / (time.perf_counter() - start)
-    logits, labels = predict_logits(student, data.test)
+    logits, labels = predict_logits(student.cpu(), data.test)
     return rate, top1(logits, labels)
 
 
@@ -63,19 +66,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="kdpipe-throughput-"))
     os.environ.setdefault("KDPIPE_CACHE", str(work / "cache"))
     ui.set_quiet(True)
     cfg = RunConfig.model_validate(
-        {"out": str(work / "run"), "distill": {"train": {"epochs": args.epochs}}}
+        {
+            "out": str(work / "run"),
+            "distill": {"train": {"epochs": args.epochs}},
+            "runtime": {"device": args.device},
+        }
     )
     api.run(cfg, until="teacher")
     start = time.perf_counter()
     metrics = api.run(cfg, until="distill")
     wall = time.perf_counter() - start
     kdpipe_rate = metrics["train_images"] * args.epochs / wall
-    naive_rate, naive_acc = naive_loop(cfg, cfg.out_dir() / "teacher" / "model.pt")
+    naive_rate, naive_acc = naive_loop(cfg, cfg.out_dir() / "teacher" / "model.pt", args.device)
     print("| loop | images/s | student test top-1 |")
     print("|---|---|---|")
     print(f"| naive (teacher every step) | {naive_rate:.1f} | {100 * naive_acc:.2f} % |")

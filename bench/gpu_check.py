@@ -28,6 +28,9 @@ ROWS: list[dict] = []
 def row(**kw: object) -> None:
     ROWS.append(kw)
     print("  ".join(f"{k}={v}" for k, v in kw.items()), flush=True)
+    out = os.environ.get("OUT")
+    if out:  # after every row, so a run cut off by its time limit still reports what it did
+        Path(out, "gpu_check.json").write_text(json.dumps(ROWS, indent=1))
 
 
 def cuda_latency(model: torch.nn.Module, x: torch.Tensor, iters: int = 100) -> tuple[float, float]:
@@ -175,38 +178,84 @@ def tensorrt_and_ort_gpu() -> None:
             row(kind="ort-cuda", status="ok", max_abs_diff=float((got - ref).abs().max()))
 
 
-def kdpipe_distill_on_cuda(epochs: int = 2) -> None:
-    """kdpipe's own distill stage on the GPU: AMP + channels_last against --no-amp, and with
-    several GPUs the same run on every GPU through `kdpipe run --nproc N`."""
+def _kdpipe(args: list[str], env: dict[str, str], limit: int) -> tuple[bool, str]:
+    """Run `python -m kdpipe ARGS`; (ok, last error line)."""
     import subprocess
     import sys
 
-    work = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
-    base = [sys.executable, "-m", "kdpipe", "run", "--until", "distill", "--quiet"]
-    base += ["--epochs", str(epochs), "--teacher-epochs", "2"]
-    env = {**os.environ, "KDPIPE_CACHE": str(work / "cache")}
-    runs = {"distill-fp32": ["--no-amp"], "distill-amp": ["--amp"]}
-    if torch.cuda.device_count() > 1:
-        runs[f"distill-amp-ddp{torch.cuda.device_count()}"] = [
-            "--amp",
-            "--nproc",
-            str(torch.cuda.device_count()),
-        ]
-    for name, extra in runs.items():
-        out = work / name
+    try:
         proc = subprocess.run(
-            [*base, *extra, "--out", str(out)], env=env, capture_output=True, text=True
+            [sys.executable, "-m", "kdpipe", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=limit,
         )
-        if proc.returncode != 0:
-            row(kind=name, status="failed", error=proc.stderr.strip().splitlines()[-1:])
-            continue
-        m = json.loads((out / "distill" / "metrics.json").read_text())
-        row(
-            kind=name,
-            status="ok",
-            images_per_s=round(m["images_per_s"], 1),
-            test_accuracy=round(m["test_accuracy"], 4),
-        )
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {limit} s"
+    lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    return proc.returncode == 0, (lines[-1] if lines else "")
+
+
+def kdpipe_on_cuda(epochs: int = 3) -> None:
+    """kdpipe itself on the GPU: the distill stage with AMP + channels_last against --no-amp
+    (digits at 32 px, where the GPU is launch-bound, and upscaled to 128 px, where it is not);
+    the full pipeline whose profile stage times torch-cuda with CUDA events and measures its
+    memory; with several GPUs the distill stage through `kdpipe run --nproc N` (NCCL)."""
+    import shutil
+
+    work = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
+    env = {**os.environ, "KDPIPE_CACHE": str(work / "cache")}
+    quick = ["--quiet", "--teacher-epochs", "3"]
+    ok, err = _kdpipe(["run", *quick, "--until", "teacher", "--out", str(work / "t")], env, 240)
+    if not ok:
+        row(kind="kdpipe-teacher", status="failed", error=err)
+        return
+    teacher = work / "t" / "teacher" / "model.pt"
+    for size in (32, 128):
+        for amp in ("--no-amp", "--amp"):
+            name = f"distill-{size}px-{'amp' if amp == '--amp' else 'fp32'}"
+            out = work / name
+            args = ["run", *quick, "--until", "distill", "--epochs", str(epochs), amp]
+            args += ["--image-size", str(size), "--teacher-weights", str(teacher)]
+            ok, err = _kdpipe([*args, "--out", str(out)], env, 180)
+            if not ok:
+                row(kind=name, status="failed", error=err)
+                continue
+            m = json.loads((out / "distill" / "metrics.json").read_text())
+            row(
+                kind=name,
+                status="ok",
+                images_per_s=round(m["images_per_s"], 1),
+                test_accuracy=round(m["test_accuracy"], 4),
+            )
+    if torch.cuda.device_count() > 1:
+        n = str(torch.cuda.device_count())
+        out = work / f"distill-ddp{n}"
+        args = ["run", *quick, "--until", "distill", "--epochs", str(epochs), "--amp"]
+        args += ["--teacher-weights", str(teacher), "--nproc", n, "--out", str(out)]
+        ok, err = _kdpipe(args, env, 240)
+        row(kind=f"distill-ddp{n}", status="ok" if ok else "failed", error=err)
+    else:
+        row(kind="distill-ddp", status="skipped", reason="one GPU: NCCL needs a GPU per rank")
+
+    # The whole pipeline: its profile stage adds torch-cuda (CUDA events + wall time, memory
+    # from max_memory_allocated in a fresh process) beside torch-cpu and ort-cpu.
+    out = work / "full"
+    args = ["run", *quick, "--epochs", "1", "--teacher-weights", str(teacher)]
+    args += ["--min-seconds", "0.5", "--min-iters", "100", "--out", str(out)]
+    ok, err = _kdpipe(args, env, 300)
+    if not ok:
+        row(kind="kdpipe-run", status="failed", error=err)
+        return
+    report = json.loads((out / "report.json").read_text())
+    for key, value in sorted(report.get("metrics", {}).items()):
+        if "cuda" in key and (key.endswith(("p50_ms", "p95_ms")) or ".memory." in key):
+            row(kind="kdpipe-run-metric", key=key, value=value)
+    row(kind="kdpipe-run", status="ok", skipped=report.get("skipped_backends"))
+    if os.environ.get("OUT"):
+        for name in ("report.json", "report.md"):
+            shutil.copy(out / name, Path(os.environ["OUT"], name))
 
 
 def main() -> None:
@@ -231,10 +280,7 @@ def main() -> None:
         inference_modes()
         training_throughput()
         tensorrt_and_ort_gpu()
-        kdpipe_distill_on_cuda()
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "gpu_check.json").write_text(json.dumps(ROWS, indent=1))
+        kdpipe_on_cuda()
 
 
 if __name__ == "__main__":
