@@ -1,6 +1,6 @@
 """Exercise every GPU path the machine allows and print a table (not a test).
 
-    bash bench/gpu_check.sh            # writes $OUT/gpu_check.json when OUT is set
+    bash bench/gpu_check.sh [SECTION ...]   # all sections by default; $OUT/gpu_check.json
 
 Measures, on CUDA: inference latency with CUDA events (device time) and wall time
 (end to end), FP32 vs AMP (bf16 where supported, else fp16) vs AMP + channels_last, for
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -181,7 +182,6 @@ def tensorrt_and_ort_gpu() -> None:
 def _kdpipe(args: list[str], env: dict[str, str], limit: int) -> tuple[bool, str]:
     """Run `python -m kdpipe ARGS`; (ok, last error line)."""
     import subprocess
-    import sys
 
     try:
         proc = subprocess.run(
@@ -197,28 +197,36 @@ def _kdpipe(args: list[str], env: dict[str, str], limit: int) -> tuple[bool, str
     return proc.returncode == 0, (lines[-1] if lines else "")
 
 
-def kdpipe_on_cuda(epochs: int = 3) -> None:
-    """kdpipe itself on the GPU: the distill stage with AMP + channels_last against --no-amp
-    (digits at 32 px, where the GPU is launch-bound, and upscaled to 128 px, where it is not);
-    the full pipeline whose profile stage times torch-cuda with CUDA events and measures its
-    memory; with several GPUs the distill stage through `kdpipe run --nproc N` (NCCL)."""
-    import shutil
+WORK = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
+ENV = {**os.environ, "KDPIPE_CACHE": str(WORK / "cache")}
+QUICK = ["--quiet", "--teacher-epochs", "3"]
 
-    work = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
-    env = {**os.environ, "KDPIPE_CACHE": str(work / "cache")}
-    quick = ["--quiet", "--teacher-epochs", "3"]
-    ok, err = _kdpipe(["run", *quick, "--until", "teacher", "--out", str(work / "t")], env, 240)
-    if not ok:
-        row(kind="kdpipe-teacher", status="failed", error=err)
+
+def _teacher() -> Path | None:
+    """A digits teacher trained once by kdpipe on the GPU, shared by the kdpipe sections."""
+    path = WORK / "t" / "teacher" / "model.pt"
+    if not path.is_file():
+        ok, err = _kdpipe(["run", *QUICK, "--until", "teacher", "--out", str(WORK / "t")], ENV, 240)
+        if not ok:
+            row(kind="kdpipe-teacher", status="failed", error=err)
+            return None
+    return path
+
+
+def kdpipe_amp(epochs: int = 3) -> None:
+    """kdpipe's distill stage with AMP + channels_last against --no-amp: digits at 32 px,
+    where the GPU is launch-bound, and upscaled to 128 px, where it is less so; with several
+    GPUs the same stage through `kdpipe run --nproc N` (NCCL)."""
+    teacher = _teacher()
+    if teacher is None:
         return
-    teacher = work / "t" / "teacher" / "model.pt"
     for size in (32, 128):
         for amp in ("--no-amp", "--amp"):
             name = f"distill-{size}px-{'amp' if amp == '--amp' else 'fp32'}"
-            out = work / name
-            args = ["run", *quick, "--until", "distill", "--epochs", str(epochs), amp]
+            out = WORK / name
+            args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), amp]
             args += ["--image-size", str(size), "--teacher-weights", str(teacher)]
-            ok, err = _kdpipe([*args, "--out", str(out)], env, 180)
+            ok, err = _kdpipe([*args, "--out", str(out)], ENV, 180)
             if not ok:
                 row(kind=name, status="failed", error=err)
                 continue
@@ -231,20 +239,29 @@ def kdpipe_on_cuda(epochs: int = 3) -> None:
             )
     if torch.cuda.device_count() > 1:
         n = str(torch.cuda.device_count())
-        out = work / f"distill-ddp{n}"
-        args = ["run", *quick, "--until", "distill", "--epochs", str(epochs), "--amp"]
+        out = WORK / f"distill-ddp{n}"
+        args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--amp"]
         args += ["--teacher-weights", str(teacher), "--nproc", n, "--out", str(out)]
-        ok, err = _kdpipe(args, env, 240)
+        ok, err = _kdpipe(args, ENV, 240)
         row(kind=f"distill-ddp{n}", status="ok" if ok else "failed", error=err)
     else:
         row(kind="distill-ddp", status="skipped", reason="one GPU: NCCL needs a GPU per rank")
 
-    # The whole pipeline: its profile stage adds torch-cuda (CUDA events + wall time, memory
-    # from max_memory_allocated in a fresh process) beside torch-cpu and ort-cpu.
-    out = work / "full"
-    args = ["run", *quick, "--epochs", "1", "--teacher-weights", str(teacher)]
-    args += ["--min-seconds", "0.5", "--min-iters", "100", "--out", str(out)]
-    ok, err = _kdpipe(args, env, 300)
+
+def kdpipe_full() -> None:
+    """The whole pipeline (small settings): its profile stage adds torch-cuda (CUDA events
+    and wall time; memory from max_memory_allocated in a fresh process) beside torch-cpu and
+    ort-cpu. report.json and report.md are copied to $OUT."""
+    import shutil
+
+    teacher = _teacher()
+    if teacher is None:
+        return
+    out = WORK / "full"
+    args = ["run", *QUICK, "--epochs", "1", "--teacher-weights", str(teacher)]
+    args += ["--precision", "fp32", "--batch-sizes", "1,8", "--min-seconds", "0.3"]
+    args += ["--min-iters", "100", "--out", str(out)]
+    ok, err = _kdpipe(args, ENV, 200)
     if not ok:
         row(kind="kdpipe-run", status="failed", error=err)
         return
@@ -256,6 +273,53 @@ def kdpipe_on_cuda(epochs: int = 3) -> None:
     if os.environ.get("OUT"):
         for name in ("report.json", "report.md"):
             shutil.copy(out / name, Path(os.environ["OUT"], name))
+
+
+def training_large_batch(steps: int = 12) -> None:
+    """AMP + channels_last against fp32 where the GPU, not the Python launcher, is the limit:
+    resnet50 training at 224 px, batch 256."""
+    dtype = amp_dtype()
+    rates: dict[str, float] = {}
+    for mode in ("fp32", "amp+channels_last"):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model("resnet50", num_classes=10).cuda()
+        x = torch.randn(256, 3, 224, 224, device="cuda")
+        y = torch.randint(0, 10, (256,), device="cuda")
+        if mode != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for i in range(steps + 3):
+            if i == 3:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        torch.cuda.synchronize()
+        rates[mode] = steps * 256 / (time.perf_counter() - t0)
+        row(
+            kind="train-large",
+            arch="resnet50",
+            size=224,
+            batch=256,
+            mode=mode,
+            tf32_convs=torch.backends.cudnn.allow_tf32,
+            images_per_s=round(rates[mode], 1),
+            speedup_vs_fp32=round(rates[mode] / rates["fp32"], 2),
+        )
+
+
+SECTIONS = {
+    "inference": lambda: inference_modes(),
+    "train": lambda: training_throughput(),
+    "train-large": lambda: training_large_batch(),
+    "tensorrt": lambda: tensorrt_and_ort_gpu(),
+    "kdpipe-amp": lambda: kdpipe_amp(),
+    "kdpipe-full": lambda: kdpipe_full(),
+}
 
 
 def main() -> None:
@@ -277,10 +341,8 @@ def main() -> None:
         )
         row(kind="environment", **env)
         torch.backends.cudnn.benchmark = True
-        inference_modes()
-        training_throughput()
-        tensorrt_and_ort_gpu()
-        kdpipe_on_cuda()
+        for name in sys.argv[1:] or list(SECTIONS):
+            SECTIONS[name]()
 
 
 if __name__ == "__main__":

@@ -66,13 +66,12 @@ class Batch:
 
 
 def ce_loss(z: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy over the labeled samples (label -1 = unlabeled); 0 when none are."""
-    mask = labels >= 0
-    if bool(mask.all()):
-        return F.cross_entropy(z, labels, label_smoothing=label_smoothing)
-    if not bool(mask.any()):
-        return z.sum() * 0.0
-    return F.cross_entropy(z[mask], labels[mask], label_smoothing=label_smoothing)
+    """Cross-entropy over the labeled samples (label -1 = unlabeled); 0 when none are.
+    Written without reading the mask on the host, which would stall a GPU every step."""
+    total = F.cross_entropy(
+        z, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing
+    )
+    return total / (labels >= 0).sum().clamp(min=1)
 
 
 class Distiller(nn.Module, abc.ABC):

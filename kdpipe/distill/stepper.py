@@ -19,6 +19,14 @@ from kdpipe.distill import distributed
 from kdpipe.errors import ConfigError, TrainingError
 
 
+def nonfinite_error(term: str, value: float, where: str) -> TrainingError:
+    return TrainingError(
+        f"loss term '{term}' became {value} at {where}",
+        "lower --lr or the term's weight (--set), or rerun with --detect-anomaly; "
+        "the last good checkpoint is kept",
+    )
+
+
 @dataclass
 class Runtime:
     """Where and how to compute: device, mixed precision, loader settings, safety switches."""
@@ -50,6 +58,7 @@ class Runtime:
         d = distributed.current()
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
         amp = None
         if rc.amp is not False:
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -74,13 +83,13 @@ class Stepper:
         return torch.autocast(self.runtime.device.type, dtype=self.runtime.amp)
 
     def check(self, terms: dict[str, Tensor]) -> None:
+        """Before backward, on the CPU. On CUDA the check reads the values after the step
+        (kdpipe.distill.losslog): reading them here would stall the GPU every step."""
+        if self.runtime.cuda:
+            return
         bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
         if bad:
-            raise TrainingError(
-                f"loss term '{bad[0]}' became {float(terms[bad[0]].detach())} at {self.where}",
-                "lower --lr or the term's weight (--set), or rerun with --detect-anomaly; "
-                "the last good checkpoint is kept",
-            )
+            raise nonfinite_error(bad[0], float(terms[bad[0]].detach()), self.where)
 
     def update(self, loss: Tensor, opt: torch.optim.Optimizer, terms: dict[str, Tensor]) -> None:
         self.check(terms)

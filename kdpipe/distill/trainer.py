@@ -30,6 +30,7 @@ from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
+from kdpipe.distill.losslog import LossLog
 from kdpipe.distill.stepper import Runtime, Stepper
 from kdpipe.profile.accuracy import predict_logits, top1
 
@@ -131,7 +132,7 @@ def fit(
     # Where to start: the beginning, or the position a matching checkpoint recorded.
     pos = {"stage": 0, "epoch": 1, "batch": 0}
     saved = ckpt.load(checkpoint) if checkpoint else None
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {}  # an epoch's loss sums so far (from a checkpoint when resuming)
     seen, elapsed = 0, 0.0
     if saved is not None:
         ckpt.restore_module(distiller, saved["model"])
@@ -173,8 +174,7 @@ def fit(
                 distiller.train()
                 distiller.epoch = epoch
                 skip = pos["batch"] if resuming and epoch == first_epoch else 0
-                if not skip:
-                    sums = {}
+                log = LossLog(rt.cuda, sums if skip else {}, read=skip)
                 batches = skip
                 key = stage_index * 100_003 + epoch
                 loader = DataLoader(
@@ -199,11 +199,10 @@ def fit(
                     sched.step()
                     batches += 1
                     seen += len(y) * d.world
-                    values = {k: float(v) for k, v in terms.items()} | distiller.logged
-                    for k, value in values.items():
-                        sums[k] = sums.get(k, 0.0) + value
+                    log.add(terms, stepper.where)
+                    log.add_values(distiller.logged)
                     rate = seen / (time.perf_counter() - start)
-                    shown = " ".join(f"{k}={v / batches:.3f}" for k, v in sums.items())
+                    shown = " ".join(f"{k}={v:.3f}" for k, v in log.means().items())
                     bar.update(
                         task,
                         advance=1,
@@ -226,11 +225,12 @@ def fit(
                             sched,
                             stepper,
                             state,
-                            sums,
+                            log.flush(),
                             seen,
                             start,
                             result,
                         )
+                sums = log.flush()  # every step read (and guarded) before anything is saved
                 distributed.broadcast_buffers(distiller)
                 val_logits, val_labels = predict_logits(distiller.student(), val)
                 val_acc = top1(val_logits, val_labels)
