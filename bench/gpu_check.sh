@@ -12,4 +12,5 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, torchvision, onnxruntime, pydantic, typer; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__, 'pydantic', pydantic.__version__, 'typer', typer.__version__)"
-PYTHONUNBUFFERED=1 python3 bench/gpu_check.py "$@"
+# exec: a `timeout` around this script then stops the measurement itself, not just the shell
+PYTHONUNBUFFERED=1 exec python3 bench/gpu_check.py "$@"
