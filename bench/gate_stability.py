@@ -1,9 +1,10 @@
 """Is the gate stable on a noisy machine? (a benchmark, not a test)
 
-    python bench/gate_stability.py --run runs/resnet50-to-resnet18-digits [--rounds 10]
+    python bench/gate_stability.py --run runs/resnet50-to-resnet18-digits [--rounds 10] [--threads N]
 
-1. Measures the run once (`kdpipe profile RUN`), takes the student's p95 at batch 1 on its
-   fastest backend, and writes two budgets: 20 % above it and 20 % below it.
+1. Measures the run `--reference` times (`kdpipe profile RUN`), takes the median of the
+   student's p95 at batch 1 on its fastest backend (one profile can land in a slow spell of
+   the machine), and writes two budgets: 20 % above it and 20 % below it.
 2. Re-profiles the run `--rounds` times; after each, gates both budgets. A stable gate
    passes the loose budget every time and fails the tight one every time.
 3. Compares kdpipe's p50 for the student's ONNX FP32 file with a plain, independent timing
@@ -29,8 +30,9 @@ def kdpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True)
 
 
-def reprofile(run: Path) -> dict:
-    proc = kdpipe("profile", str(run), "--batch-sizes", "1", "--no-memory", "--quiet")
+def reprofile(run: Path, threads: int | None) -> dict:
+    extra = ["--threads", str(threads)] if threads else []
+    proc = kdpipe("profile", str(run), "--batch-sizes", "1", "--no-memory", "--quiet", *extra)
     if proc.returncode != 0:
         sys.exit(f"profile failed: {proc.stderr[-500:]}")
     return json.loads((run / "report.json").read_text())
@@ -57,11 +59,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished kdpipe run directory")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--reference", type=int, default=3, help="profiles behind the budgets")
+    parser.add_argument("--threads", type=int, default=None, help="profile threads (default: all)")
     args = parser.parse_args()
-    report = reprofile(args.run)
+    refs = [reprofile(args.run, args.threads) for _ in range(args.reference)]
+    report = refs[-1]
     basis = report["summary"]["speedup_basis"]["student"]
     key = f"student.{basis['backend']}.{basis['precision']}.bs1.p95_ms"
-    p95 = report["metrics"][key]
+    p95 = float(np.median([r["metrics"][key] for r in refs]))
+    print(f"reference p95s: {sorted(round(r['metrics'][key], 3) for r in refs)}")
     work = Path(tempfile.mkdtemp(prefix="kdpipe-gate-"))
     loose, tight = work / "loose.yaml", work / "tight.yaml"
     loose.write_text(f"{key}: {{max: {p95 * 1.2:.4f}}}\n")
@@ -72,7 +78,7 @@ def main() -> None:
     passes = fails = 0
     seen = []
     for i in range(args.rounds):
-        r = reprofile(args.run)
+        r = reprofile(args.run, args.threads)
         seen.append(r["metrics"][key])
         passes += (
             kdpipe("gate", str(args.run / "report.json"), "--budgets", str(loose)).returncode == 0

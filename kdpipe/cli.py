@@ -430,6 +430,7 @@ def profile(
     with errors_reported(debug):
         from kdpipe import api
         from kdpipe.config import build_config
+        from kdpipe.runs import write_json
 
         overrides = _profile_overrides(batch_sizes, threads, warmup, min_iters, min_seconds, memory)
         run_dirs = [t for t in targets if (Path(t) / "config.yaml").is_file()]
@@ -438,13 +439,20 @@ def profile(
                 raise ConfigError(
                     "a run directory is profiled on its own", f"run: kdpipe profile {run_dirs[0]}"
                 )
+            if input_size is not None:
+                raise ConfigError(
+                    "--input-size does not apply to a run directory (its data fixes the size)",
+                    "drop --input-size, or profile the run's ONNX file instead",
+                )
             from kdpipe.report.terminal import print_summary
 
             cfg = build_config(api.load_run_config(Path(run_dirs[0])), overrides)
-            print_summary(api.run(cfg, force=["profile"]), stdout)
+            report = api.run(cfg, force=["profile"])
+            print_summary(report, stdout)
+            if out is not None:  # besides the run's own report.json
+                write_json(out, report)
             return
         from kdpipe.profile.standalone import profile_targets
-        from kdpipe.runs import write_json
 
         cfg = build_config({}, overrides)
         chw = _csv(input_size, int, "--input-size")

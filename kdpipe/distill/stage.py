@@ -6,6 +6,7 @@ link cached by fingerprint), DML builds its peers and exports the best one.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def _train(
             distiller.student().compile()  # in place: state_dict keys stay those of the model
         else:
             ui.info("note: --compile skipped: feature taps need the student in eager mode")
-    cache = None
+    cache, cache_seconds = None, 0.0
     if (
         teacher is not None
         and distiller.logits_only
@@ -86,7 +87,9 @@ def _train(
         and cfg.distill.cache_teacher
         and data.deterministic
     ):
+        start = time.perf_counter()
         cache = teacher_logits_table(teacher, train)
+        cache_seconds = time.perf_counter() - start
         ui.info(
             f"distill: teacher logits cached for {len(cache)} training images "
             "(computed once, reused every epoch)"
@@ -103,7 +106,7 @@ def _train(
         runtime=runtime,
         checkpoint=checkpoint,
     )
-    return result, cache is not None
+    return result, cache is not None, cache_seconds
 
 
 def _assistant_chain(
@@ -128,7 +131,7 @@ def _assistant_chain(
             d = method(
                 assistant, teacher, input_shape=data.info.input_size, params=cfg.distill.params
             )
-            result, _ = _train(
+            result, _, _ = _train(
                 cfg,
                 d,
                 data,
@@ -163,7 +166,7 @@ def run_distill_stage(
         link_teacher, notes["assistants"] = _assistant_chain(cfg, data, teacher, train, stage_dir)
     student = build_student(cfg, data.info.num_classes)
     distiller = build_distiller(cfg, student, link_teacher, data)
-    result, cached = _train(
+    result, cached, cache_seconds = _train(
         cfg,
         distiller,
         data,
@@ -186,6 +189,7 @@ def run_distill_stage(
         "stages": [s.name for s in distiller.stages],
         "notes": notes,
         "teacher_cache": cached,
+        "teacher_cache_seconds": cache_seconds,
         "train_images": len(train),  # type: ignore[arg-type]
         "train_seconds": result.seconds,
         "images_per_s": result.images_per_s,

@@ -60,3 +60,14 @@ def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
     assert after["latency"] != before["latency"]  # measured again, not reused
     report = json.loads((out / "report.json").read_text())
     assert report["stages"]["profile"]["reused"] is False
+
+
+def test_profile_run_dir_writes_out_and_refuses_input_size(first_run, tmp_path: Path) -> None:
+    out, _, env = first_run
+    proc = kdpipe("profile", str(out), "--input-size", "3,64,64", "--quiet", env=env)
+    assert proc.returncode == 2 and "does not apply to a run directory" in proc.stderr
+    results = tmp_path / "again.json"
+    proc = kdpipe("profile", str(out), *QUICK, "--no-memory", "--out", str(results), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    copy, report = json.loads(results.read_text()), json.loads((out / "report.json").read_text())
+    assert copy["latency"] == report["latency"] and copy["metrics"] == report["metrics"]
