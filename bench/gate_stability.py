@@ -61,7 +61,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reference", type=int, default=3, help="profiles behind the budgets")
     parser.add_argument("--threads", type=int, default=None, help="profile threads (default: all)")
+    parser.add_argument("--alternations", type=int, default=15, help="for the p50 fidelity check")
+    parser.add_argument("--fidelity-only", action="store_true", help="skip the gate rounds")
     args = parser.parse_args()
+    if args.fidelity_only:
+        fidelity(args.run, reprofile(args.run, args.threads), args.alternations)
+        return
     refs = [reprofile(args.run, args.threads) for _ in range(args.reference)]
     report = refs[-1]
     basis = report["summary"]["speedup_basis"]["student"]
@@ -95,36 +100,38 @@ def main() -> None:
         f"p95 ranged {min(seen):.3f}-{max(seen):.3f} ms"
     )
 
+    fidelity(args.run, report, args.alternations)
+
+
+def fidelity(run: Path, report: dict, alternations: int) -> None:
+    """kdpipe's p50 against the plain loop, alternating in this one process (the machine's
+    speed drifts by tens of percent over seconds, so each pair is compared on its own and the
+    median of the paired ratios is reported)."""
+    from kdpipe import ui
+    from kdpipe.config import ProfileConfig
+    from kdpipe.profile.standalone import profile_targets
+
+    ui.set_quiet(True)
     threads = report["environment"]["threads"]
-    onnx_path = args.run / "export" / "student.onnx"
+    onnx_path = run / "export" / "student.onnx"
     shape = [1, *report["data"]["input_size"]]
-    prof = work / "prof.json"
-    args_profile = [
-        "profile",
-        str(onnx_path),
-        "--batch-sizes",
-        "1",
-        "--no-memory",
-        "--quiet",
-        "--input-size",
-        ",".join(map(str, shape[1:])),
-        "--threads",
-        str(threads),
-        "--out",
-        str(prof),
-    ]
+    settings = ProfileConfig(batch_sizes=[1], memory=False, threads=threads, min_seconds=1.0)
     ours, plain = [], []
-    for _ in range(5):  # alternate the two, so a slow spell of the machine hits both
-        proc = kdpipe(*args_profile)
-        if proc.returncode != 0:
-            sys.exit(proc.stderr[-500:])
-        ours.append(json.loads(prof.read_text())["latency"][0]["p50_ms"])
-        plain.append(plain_loop_p50(onnx_path, shape, threads))
-    a, b = float(np.median(ours)), float(np.median(plain))
+    for _ in range(alternations):
+        r = profile_targets([str(onnx_path)], settings, shape[1:])
+        ours.append(r["latency"][0]["p50_ms"])
+        plain.append(
+            plain_loop_p50(
+                onnx_path, shape, threads, calls=len(r["samples"][next(iter(r["samples"]))])
+            )
+        )
+    ratios = [a / b for a, b in zip(ours, plain, strict=True)]
     print(
-        f"ONNX FP32 batch 1 p50, median of 5 alternations: kdpipe {a:.3f} ms {sorted(round(v, 3) for v in ours)}, "
-        f"plain loop {b:.3f} ms {sorted(round(v, 3) for v in plain)}; difference {100 * (a - b) / b:+.1f} % "
-        f"({os.cpu_count()} cores, {threads} threads)"
+        f"ONNX FP32 batch 1 p50 over {alternations} alternations: kdpipe median {np.median(ours):.3f} ms "
+        f"(range {min(ours):.3f}-{max(ours):.3f}), plain loop {np.median(plain):.3f} ms "
+        f"({min(plain):.3f}-{max(plain):.3f}); median paired difference "
+        f"{100 * (np.median(ratios) - 1):+.1f} % (pairs {min(ratios):.2f}-{max(ratios):.2f}; "
+        f"{os.cpu_count()} cores, {threads} threads)"
     )
 
 
