@@ -131,8 +131,9 @@ class Distiller(nn.Module, abc.ABC):
         self.progress = 0.0  # fraction of the current stage done, set by the trainer
         self.stepper = Stepper()  # the trainer installs one for its device and precision
         self.epoch = 0  # 1-based epoch within the current stage, set by the trainer
-        # Monitored values that are not part of the loss (a discriminator's own loss).
-        self.logged: dict[str, float] = {}
+        # Monitored values that are not part of the loss (a discriminator's own loss); tensors
+        # are read the way loss terms are (kdpipe.distill.losslog), floats as they are.
+        self.logged: dict[str, float | Tensor] = {}
         self.layer_names: dict[str, dict[str, list[str]]] = {"s": {}, "t": {}}
         for kind in self.all_kinds():
             self.layer_names["s"][kind] = self._resolve(student, kind, self.user_layers.student)

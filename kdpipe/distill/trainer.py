@@ -199,8 +199,11 @@ def fit(
                     sched.step()
                     batches += 1
                     seen += len(y) * d.world
-                    log.add(terms, stepper.where)
-                    log.add_values(distiller.logged)
+                    watched = {k: v for k, v in distiller.logged.items() if isinstance(v, Tensor)}
+                    log.add({**terms, **watched}, stepper.where)
+                    log.add_values(
+                        {k: v for k, v in distiller.logged.items() if not isinstance(v, Tensor)}
+                    )
                     rate = seen / (time.perf_counter() - start)
                     shown = " ".join(f"{k}={v:.3f}" for k, v in log.means().items())
                     bar.update(

@@ -134,3 +134,20 @@ def test_checkpoint_round_trip_restores_student_and_extras(method: str, tmp_path
     for k in a:
         if isinstance(a[k], torch.Tensor):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_adversarial_discriminator_loss_is_logged_per_epoch() -> None:
+    """D's own loss is a monitored value (not part of the student's loss): it reaches the
+    history through the loss log like the terms do."""
+    from torch.utils.data import TensorDataset
+
+    from kdpipe.config import TrainConfig
+    from kdpipe.distill.trainer import fit
+
+    student, teacher = _pair("adversarial")
+    d = get("adversarial")(student, teacher, input_shape=SHAPE)
+    data = TensorDataset(torch.randn(16, *SHAPE), torch.randint(0, 10, (16,)))
+    result = fit(d, data, data, TrainConfig(epochs=1, batch_size=8), seed=0, desc="adv")
+    entry = result.history[-1]
+    assert {"loss_adv", "loss_l1", "loss_d_loss"} <= set(entry)
+    assert entry["loss_d_loss"] > 0  # a BCE over real and fake: positive

@@ -81,7 +81,7 @@ class AdversarialKD(Distiller):
         if self.training:  # the D step, on detached logits
             loss_d = d_loss(self._d(b.z_t.detach(), y1h), self._d(b.z_s.detach(), y1h))
             self.stepper.update(loss_d, self.d_optimizer, {"d_loss": loss_d})
-            self.logged["d_loss"] = float(loss_d.detach())
+            self.logged["d_loss"] = loss_d.detach()  # read later, without a GPU stall
         self.discriminator.requires_grad_(False)  # the student step must not move D
         adv = generator_loss(self._d(b.z_s, y1h))
         self.discriminator.requires_grad_(True)
