@@ -425,7 +425,9 @@ def profile(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Time models side by side (interleaved): a run directory again, or any ONNX/TensorRT/torch files."""
+    """Time models side by side (interleaved): a run directory again, or any ONNX/TensorRT/torch files.
+
+    A run directory is re-profiled with its own settings; options given here replace them and are recorded in its config.yaml, so its report always says how it was measured."""  # noqa: E501
     ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe import api
