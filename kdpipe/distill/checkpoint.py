@@ -11,7 +11,10 @@ or the new one, never half of one; it is read with weights_only=True and only wh
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,64 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
     with atomic_path(ck.path) as tmp:
         torch.save({"key": ck.key, **state}, tmp)
         faults.reached("checkpoint")
+
+
+def _host_copy(obj: Any) -> Any:
+    """A copy that training can no longer change: tensors copied to the CPU, containers
+    rebuilt (the optimizer's state dict holds references to its live moment tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj  # numbers, strings, None: immutable
+
+
+class Writer:
+    """Writes checkpoints in a background thread, so training goes on while the file is
+    written (measured: 0.2-0.5 s per 134 MB resnet18 + AdamW checkpoint on the CI machine,
+    ~5-10 % of a digits epoch). The loop hands over a copy of the state; the next checkpoint,
+    the end of the stage and any error wait for the write in flight. A kill at any moment
+    still leaves the previous file or the new one (atomic rename)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, ck: Checkpointing, state: dict[str, Any], reached: str | None = None) -> None:
+        """Write `state` (copied now); `reached`: the fault point passed once it is on disk."""
+        self.wait()
+        snapshot = _host_copy(state)
+
+        def write() -> None:
+            try:
+                save(ck, snapshot)
+                if reached:
+                    faults.reached(reached)
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="kdpipe-checkpoint", daemon=False)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def finished_on_error(self) -> Iterator[None]:
+        """On an error in the block, let the write in flight finish (the last good checkpoint
+        must be whole on disk) before the error goes on."""
+        try:
+            yield
+        except BaseException:
+            self.wait(raise_errors=False)
+            raise
+
+    def wait(self, raise_errors: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_errors:
+            raise error
 
 
 def discard(ck: Checkpointing) -> None:

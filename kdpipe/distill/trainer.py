@@ -151,7 +151,8 @@ def fit(
     anomaly = (
         torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
     )
-    with ui.progress() as bar, anomaly:
+    writer = ckpt.Writer()
+    with ui.progress() as bar, anomaly, writer.finished_on_error():
         task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
         for stage_index, (stage_name, epochs) in enumerate(plan):
             if stage_index < pos["stage"]:
@@ -222,6 +223,7 @@ def fit(
                     ):
                         state = {"stage": stage_index, "epoch": epoch, "batch": batches}
                         _save(
+                            writer,
                             checkpoint,
                             distiller,
                             opt,
@@ -262,12 +264,23 @@ def fit(
                     )
                     if nxt["stage"] < len(plan):
                         _save(
-                            checkpoint, distiller, opt, sched, stepper, nxt, {}, seen, start, result
+                            writer,
+                            checkpoint,
+                            distiller,
+                            opt,
+                            sched,
+                            stepper,
+                            nxt,
+                            {},
+                            seen,
+                            start,
+                            result,
+                            reached="epoch",
                         )
-                        faults.reached("epoch")
                 bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
     # Back to the CPU in the default layout: export and profiling start from there.
     distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    writer.wait()
     if checkpoint and d.main:
         ckpt.discard(checkpoint)  # the stage's outputs now stand for it
     result.seconds = time.perf_counter() - start
@@ -277,6 +290,7 @@ def fit(
 
 
 def _save(
+    writer: ckpt.Writer,
     checkpoint: Checkpointing,
     distiller: Distiller,
     opt: torch.optim.Optimizer,
@@ -287,6 +301,7 @@ def _save(
     seen: int,
     start: float,
     result: FitResult,
+    reached: str | None = None,
 ) -> None:
     if not distributed.current().main:
         return
@@ -302,4 +317,4 @@ def _save(
         "elapsed": time.perf_counter() - start,
         "history": result.history,
     }
-    ckpt.save(checkpoint, state)
+    writer.submit(checkpoint, state, reached)
