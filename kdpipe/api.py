@@ -23,6 +23,7 @@ from kdpipe.config import RunConfig
 from kdpipe.data import load_data
 from kdpipe.data.transfer import check_transfer
 from kdpipe.distill import distributed
+from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
@@ -52,8 +53,10 @@ def validate(cfg: RunConfig) -> None:
     models.check_name(cfg.student.arch)
     d = cfg.distill
     method = get_method(d.method)
-    for method_name in d.terms:
-        get_method(method_name)
+    if d.terms:
+        Composite.check({m: get_method(m) for m in d.terms}, d.params)
+    else:
+        method.checked_params(d.params)
     for arch in (*d.assistants, *d.peers):
         models.check_name(arch)
     if not d.terms and method.uses_assistants and not d.assistants:

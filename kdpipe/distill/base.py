@@ -103,22 +103,9 @@ class Distiller(nn.Module, abc.ABC):
         params: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        params = dict(params or {})
-        unknown = [k for k in params if k not in self.defaults]
-        if unknown:
-            hint = did_you_mean(unknown[0], self.defaults) or (
-                f"'{self.name}' takes: {', '.join(self.defaults) or 'no parameters'}"
-            )
-            raise ConfigError(f"method '{self.name}' has no parameter '{unknown[0]}'", hint)
+        self.params: dict[str, float] = self.checked_params(params or {})
         if self.needs_teacher and teacher is None:
             raise ConfigError(f"method '{self.name}' needs a teacher", "pass --teacher NAME")
-        self.params: dict[str, float] = {**self.defaults, **params}
-        for key, value in self.params.items():
-            if not math.isfinite(value) or (key in ("T", "tau") and value <= 0):
-                raise ConfigError(
-                    f"method '{self.name}' parameter {key}={value} is out of range",
-                    f"{key} must be a finite number" + (" above 0" if key in ("T", "tau") else ""),
-                )
         self.student_model = student
         self.teacher_model = teacher
         if teacher is not None:
@@ -158,6 +145,25 @@ class Distiller(nn.Module, abc.ABC):
     def reads(cls) -> str:
         """What the method reads from the models, for `kdpipe methods`."""
         return cls.reads_doc or ",".join(cls.kinds) or "logits"
+
+    @classmethod
+    def checked_params(cls, params: Mapping[str, float]) -> dict[str, float]:
+        """The defaults updated with `params`; an unknown name or an out-of-range value is a
+        ConfigError (kdpipe.api.validate calls this before any training starts)."""
+        unknown = [k for k in params if k not in cls.defaults]
+        if unknown:
+            hint = did_you_mean(unknown[0], cls.defaults) or (
+                f"'{cls.name}' takes: {', '.join(cls.defaults) or 'no parameters'}"
+            )
+            raise ConfigError(f"method '{cls.name}' has no parameter '{unknown[0]}'", hint)
+        merged = {**cls.defaults, **params}
+        for key, value in merged.items():
+            if not math.isfinite(value) or (key in ("T", "tau") and value <= 0):
+                raise ConfigError(
+                    f"method '{cls.name}' parameter {key}={value} is out of range",
+                    f"{key} must be a finite number" + (" above 0" if key in ("T", "tau") else ""),
+                )
+        return merged
 
     @classmethod
     def stage_summary(cls) -> str:

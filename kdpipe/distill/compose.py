@@ -34,20 +34,16 @@ class Composite(Distiller):
         self.parts_cls = parts
         self.needs_teacher = any(c.needs_teacher for c in parts.values())  # type: ignore[misc]
         super().__init__(student, teacher, **kwargs)
-        own: dict[str, dict[str, float]] = {}
-        for key, value in params.items():
-            method_name, dot, param = key.partition(".")
-            targets = [method_name] if dot else [m for m, c in parts.items() if key in c.defaults]
-            if dot and method_name not in parts or not targets:
-                raise ConfigError(
-                    f"parameter '{key}' matches none of the composed methods",
-                    f"write METHOD.NAME with METHOD one of: {', '.join(parts)}",
-                )
-            for m in targets:
-                own.setdefault(m, {})[param if dot else key] = value
+        own = split_params(parts, params)
         self.parts = nn.ModuleDict(
             {m: cls(student, teacher, **kwargs, params=own.get(m, {})) for m, cls in parts.items()}
         )
+
+    @classmethod
+    def check(cls, parts: dict[str, type[Distiller]], params: dict[str, float]) -> None:
+        """Every parameter routed and valid (kdpipe.api.validate, before any training)."""
+        for m, part_params in split_params(parts, params).items():
+            parts[m].checked_params(part_params)
 
     def all_kinds(self) -> tuple[str, ...]:
         kinds = [k for cls in self.parts_cls.values() for k in cls.kinds]
@@ -64,3 +60,21 @@ class Composite(Distiller):
 
     def terms(self, b: Batch) -> dict[str, Tensor]:
         return self.loss(b)
+
+
+def split_params(
+    parts: dict[str, type[Distiller]], params: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """`METHOD.NAME` goes to METHOD; a bare NAME to every composed method that has it."""
+    own: dict[str, dict[str, float]] = {}
+    for key, value in params.items():
+        method_name, dot, param = key.partition(".")
+        targets = [method_name] if dot else [m for m, c in parts.items() if key in c.defaults]
+        if dot and method_name not in parts or not targets:
+            raise ConfigError(
+                f"parameter '{key}' matches none of the composed methods",
+                f"write METHOD.NAME with METHOD one of: {', '.join(parts)}",
+            )
+        for m in targets:
+            own.setdefault(m, {})[param if dot else key] = value
+    return own

@@ -151,3 +151,20 @@ def test_adversarial_discriminator_loss_is_logged_per_epoch() -> None:
     entry = result.history[-1]
     assert {"loss_adv", "loss_l1", "loss_d_loss"} <= set(entry)
     assert entry["loss_d_loss"] > 0  # a BCE over real and fake: positive
+
+
+@pytest.mark.parametrize(
+    ("distill", "message"),
+    [
+        ({"method": "kd", "params": {"temp": 3}}, "method 'kd' has no parameter 'temp'"),
+        ({"method": "kd", "params": {"T": 0}}, "T=0.0 is out of range"),
+        ({"terms": {"kd": 1, "at": 100}, "params": {"at.q": 2}}, "'at' has no parameter 'q'"),
+        ({"terms": {"kd": 1, "at": 100}, "params": {"zz": 2}}, "matches none of the composed"),
+    ],
+)
+def test_method_parameters_are_checked_before_any_training(distill: dict, message: str) -> None:
+    from kdpipe import api
+    from kdpipe.config import RunConfig
+
+    with pytest.raises(ConfigError, match=message):
+        api.validate(RunConfig.model_validate({"distill": distill}))
