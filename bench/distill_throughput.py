@@ -5,7 +5,8 @@ teacher every step, resnet50 -> resnet18 on digits, same recipe, same epochs.
 
 kdpipe: `api.run(until="distill")` with the teacher already trained, timed end to end (data,
 teacher load, the teacher-logit cache, training, test evaluation), and its training work alone
-(the teacher-logit table + fit(), from metrics.json). The two loops alternate `--repeats` times. Naive: a plain PyTorch loop
+(the teacher-logit table + fit(), from metrics.json). The two loops alternate `--repeats`
+times. Naive: a plain PyTorch loop
 (contiguous tensors, teacher forward under no_grad every step, the same KD loss, AdamW
 one-cycle, batch 128). Reports images/s of each, the ratio, and both students' test top-1
 (the ratio only counts if they agree within 0.5 pt). A benchmark, not a test.

@@ -120,11 +120,7 @@ def fidelity(run: Path, report: dict, alternations: int) -> None:
     for _ in range(alternations):
         r = profile_targets([str(onnx_path)], settings, shape[1:])
         ours.append(r["latency"][0]["p50_ms"])
-        plain.append(
-            plain_loop_p50(
-                onnx_path, shape, threads, calls=len(r["samples"][next(iter(r["samples"]))])
-            )
-        )
+        plain.append(plain_loop_p50(onnx_path, shape, threads, calls=r["latency"][0]["iters"]))
     ratios = [a / b for a, b in zip(ours, plain, strict=True)]
     print(
         f"ONNX FP32 batch 1 p50 over {alternations} alternations: kdpipe median {np.median(ours):.3f} ms "

@@ -89,44 +89,48 @@ def inference_modes() -> None:
                     )
 
 
-def training_throughput(steps: int = 30) -> None:
+def train_rates(kind: str, arch: str, size: int, bs: int, steps: int, warm: int) -> None:
+    """Training images/s on synthetic data, fp32 against AMP + channels_last, one row each."""
     dtype = amp_dtype()
+    rates: dict[str, float] = {}
+    for mode in ("fp32", "amp+channels_last"):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, num_classes=10).cuda()
+        x = torch.randn(bs, 3, size, size, device="cuda")
+        y = torch.randint(0, 10, (bs,), device="cuda")
+        if mode != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scaler = torch.amp.GradScaler("cuda", enabled=(mode != "fp32" and dtype == torch.float16))
+        for i in range(steps + warm):
+            if i == warm:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        torch.cuda.synchronize()
+        rates[mode] = steps * bs / (time.perf_counter() - t0)
+        row(
+            kind=kind,
+            arch=arch,
+            size=size,
+            batch=bs,
+            mode=mode,
+            tf32_convs=torch.backends.cudnn.allow_tf32,
+            images_per_s=round(rates[mode], 1),
+            speedup_vs_fp32=round(rates[mode] / rates["fp32"], 2),
+        )
+
+
+def training_throughput() -> None:
     for arch in ("resnet50", "resnet18"):
         for size, bs in ((32, 256), (224, 64)):
-            rates = {}
-            for mode in ("fp32", "amp+channels_last"):
-                torch.manual_seed(0)
-                model = torchvision.models.get_model(arch, num_classes=10).cuda()
-                x = torch.randn(bs, 3, size, size, device="cuda")
-                y = torch.randint(0, 10, (bs,), device="cuda")
-                if mode != "fp32":
-                    model = model.to(memory_format=torch.channels_last)
-                    x = x.contiguous(memory_format=torch.channels_last)
-                opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-                scaler = torch.amp.GradScaler(
-                    "cuda", enabled=(mode != "fp32" and dtype == torch.float16)
-                )
-                for i in range(steps + 5):
-                    if i == 5:
-                        torch.cuda.synchronize()
-                        t0 = time.perf_counter()
-                    with torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32"):
-                        loss = torch.nn.functional.cross_entropy(model(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                torch.cuda.synchronize()
-                rates[mode] = steps * bs / (time.perf_counter() - t0)
-                row(
-                    kind="train",
-                    arch=arch,
-                    size=size,
-                    batch=bs,
-                    mode=mode,
-                    images_per_s=round(rates[mode], 1),
-                    speedup_vs_fp32=round(rates[mode] / rates["fp32"], 2),
-                )
+            train_rates("train", arch, size, bs, steps=30, warm=5)
 
 
 def tensorrt_and_ort_gpu() -> None:
@@ -275,41 +279,10 @@ def kdpipe_full() -> None:
             shutil.copy(out / name, Path(os.environ["OUT"], name))
 
 
-def training_large_batch(steps: int = 12) -> None:
+def training_large_batch() -> None:
     """AMP + channels_last against fp32 where the GPU, not the Python launcher, is the limit:
     resnet50 training at 224 px, batch 256."""
-    dtype = amp_dtype()
-    rates: dict[str, float] = {}
-    for mode in ("fp32", "amp+channels_last"):
-        torch.manual_seed(0)
-        model = torchvision.models.get_model("resnet50", num_classes=10).cuda()
-        x = torch.randn(256, 3, 224, 224, device="cuda")
-        y = torch.randint(0, 10, (256,), device="cuda")
-        if mode != "fp32":
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32"):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        torch.cuda.synchronize()
-        rates[mode] = steps * 256 / (time.perf_counter() - t0)
-        row(
-            kind="train-large",
-            arch="resnet50",
-            size=224,
-            batch=256,
-            mode=mode,
-            tf32_convs=torch.backends.cudnn.allow_tf32,
-            images_per_s=round(rates[mode], 1),
-            speedup_vs_fp32=round(rates[mode] / rates["fp32"], 2),
-        )
+    train_rates("train-large", "resnet50", 224, 256, steps=12, warm=3)
 
 
 SECTIONS = {

@@ -28,10 +28,18 @@ class LossLog:
         self.read = read  # steps whose values have been added to `sums`
         self._pending: deque[tuple[list[str], Tensor, torch.cuda.Event, str]] = deque()
 
-    def add(self, terms: dict[str, Tensor], where: str) -> None:
-        """Record one step's terms (`where` names the step for the guard's message)."""
-        names = list(terms)
-        values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+    def add(self, terms: dict[str, Tensor | float], where: str) -> None:
+        """Record one step's terms (`where` names the step for the guard's message). Tensors
+        are read as described above; plain numbers (a method's own host-side figures) are
+        summed as they come."""
+        tensors: dict[str, Tensor] = {}
+        for k, v in terms.items():
+            if isinstance(v, Tensor):
+                tensors[k] = v
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        names = list(tensors)
+        values = torch.stack([tensors[k].detach().float().reshape(()) for k in names])
         if not self.deferred:
             self._take(names, values.tolist(), where)
             return
@@ -42,11 +50,6 @@ class LossLog:
         self._pending.append((names, host, done, where))
         while self._pending and self._pending[0][2].query():  # what the GPU has finished
             self._pop()
-
-    def add_values(self, values: dict[str, float]) -> None:
-        """Values already on the host (a method's own logged figures)."""
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
 
     def flush(self) -> dict[str, float]:
         """Wait for every pending step and return the sums."""

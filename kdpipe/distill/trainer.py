@@ -152,6 +152,25 @@ def fit(
         torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
     )
     writer = ckpt.Writer()
+
+    def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
+        """Checkpoint the training state as it is now (rank 0 writes, in the background)."""
+        if checkpoint is None or not d.main:
+            return
+        state = {
+            **position,
+            "model": ckpt.trainable_state(distiller),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": stepper.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "sums": sums,
+            "seen": seen,
+            "elapsed": time.perf_counter() - start,
+            "history": result.history,
+        }
+        writer.submit(checkpoint, state, reached)
+
     with ui.progress() as bar, anomaly, writer.finished_on_error():
         task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
         for stage_index, (stage_name, epochs) in enumerate(plan):
@@ -200,11 +219,7 @@ def fit(
                     sched.step()
                     batches += 1
                     seen += len(y) * d.world
-                    watched = {k: v for k, v in distiller.logged.items() if isinstance(v, Tensor)}
-                    log.add({**terms, **watched}, stepper.where)
-                    log.add_values(
-                        {k: v for k, v in distiller.logged.items() if not isinstance(v, Tensor)}
-                    )
+                    log.add({**terms, **distiller.logged}, stepper.where)
                     rate = seen / (time.perf_counter() - start)
                     shown = " ".join(f"{k}={v:.3f}" for k, v in log.means().items())
                     bar.update(
@@ -221,20 +236,7 @@ def fit(
                         and batches % checkpoint.every == 0
                         and not at_end
                     ):
-                        state = {"stage": stage_index, "epoch": epoch, "batch": batches}
-                        _save(
-                            writer,
-                            checkpoint,
-                            distiller,
-                            opt,
-                            sched,
-                            stepper,
-                            state,
-                            log.flush(),
-                            seen,
-                            start,
-                            result,
-                        )
+                        save({"stage": stage_index, "epoch": epoch, "batch": batches}, log.flush())
                 sums = log.flush()  # every step read (and guarded) before anything is saved
                 distributed.broadcast_buffers(distiller)
                 val_logits, val_labels = predict_logits(distiller.student(), val)
@@ -263,20 +265,7 @@ def fit(
                         else {"stage": stage_index + 1, "epoch": 1, "batch": 0}
                     )
                     if nxt["stage"] < len(plan):
-                        _save(
-                            writer,
-                            checkpoint,
-                            distiller,
-                            opt,
-                            sched,
-                            stepper,
-                            nxt,
-                            {},
-                            seen,
-                            start,
-                            result,
-                            reached="epoch",
-                        )
+                        save(nxt, {}, reached="epoch")
                 bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
     # Back to the CPU in the default layout: export and profiling start from there.
     distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -287,34 +276,3 @@ def fit(
     result.images_per_s = seen / max(result.seconds, 1e-9)
     result.val_accuracy = result.history[-1]["val_accuracy"] if result.history else 0.0
     return result
-
-
-def _save(
-    writer: ckpt.Writer,
-    checkpoint: Checkpointing,
-    distiller: Distiller,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    stepper: Stepper,
-    position: dict[str, int],
-    sums: dict[str, float],
-    seen: int,
-    start: float,
-    result: FitResult,
-    reached: str | None = None,
-) -> None:
-    if not distributed.current().main:
-        return
-    state = {
-        **position,
-        "model": ckpt.trainable_state(distiller),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": stepper.scaler.state_dict(),
-        "rng": ckpt.rng_state(),
-        "sums": sums,
-        "seen": seen,
-        "elapsed": time.perf_counter() - start,
-        "history": result.history,
-    }
-    writer.submit(checkpoint, state, reached)

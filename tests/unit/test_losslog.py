@@ -23,8 +23,7 @@ def test_sums_match_reading_every_step(device: str) -> None:
     ]
     log = LossLog(deferred=device == "cuda")
     for i, terms in enumerate(steps):
-        log.add(terms, f"step {i + 1}")
-        log.add_values({"d_loss": 0.5})
+        log.add({**terms, "d_loss": 0.5}, f"step {i + 1}")
     sums = log.flush()
     assert log.read == 30
     for k in ("kd", "ce"):
