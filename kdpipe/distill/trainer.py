@@ -31,6 +31,7 @@ from kdpipe.distill import distributed
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
+from kdpipe.distill.optimizers import fused
 from kdpipe.distill.stepper import Runtime, Stepper
 from kdpipe.profile.accuracy import predict_logits, top1
 
@@ -85,11 +86,16 @@ def make_optimizer(
     params: list[nn.Parameter], cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        opt: torch.optim.Optimizer = fused(
+            torch.optim.SGD,
+            params,
+            lr=cfg.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
         )
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = fused(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 2))
     return opt, sched
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from kdpipe.distill.base import Batch, Distiller
 from kdpipe.distill.methods import register
+from kdpipe.distill.optimizers import fused
 
 
 def discriminator(num_classes: int, hidden: int = 256) -> nn.Sequential:
@@ -58,8 +59,11 @@ class AdversarialKD(Distiller):
         self.student_model.train()
         self.k = k
         self.discriminator = discriminator(k)
-        self.d_optimizer = torch.optim.Adam(
-            self.discriminator.parameters(), lr=self.params["d_lr"], betas=(0.5, 0.999)
+        self.d_optimizer = fused(
+            torch.optim.Adam,
+            self.discriminator.parameters(),
+            lr=self.params["d_lr"],
+            betas=(0.5, 0.999),
         )
 
     # The discriminator's optimizer state travels in checkpoints with the weights.
