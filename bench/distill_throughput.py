@@ -90,7 +90,8 @@ def main() -> None:
         start = time.perf_counter()
         m = api.run(cfg, until="distill", force=["distill"])
         wall = time.perf_counter() - start
-        images = m["train_images"] * args.epochs
+        # Images actually trained on: both loops drop each epoch's incomplete last batch.
+        images = m["trained_images"]
         e2e.append(images / wall)
         # The stage's training work: the teacher-logit table, then fit() with its per-epoch
         # validation and checkpoints (no data loading, no final test evaluation).

@@ -77,19 +77,29 @@ def _host_copy(obj: Any) -> Any:
 
 
 class Writer:
-    """Writes checkpoints in a background thread, so training goes on while the file is
-    written (measured: 0.2-0.5 s per 134 MB resnet18 + AdamW checkpoint on the CI machine,
-    ~5-10 % of a digits epoch). The loop hands over a copy of the state; the next checkpoint,
-    the end of the stage and any error wait for the write in flight. A kill at any moment
-    still leaves the previous file or the new one (atomic rename)."""
+    """Writes checkpoints, in a background thread when `background` (training on a GPU), so
+    training goes on while the file is written. The loop hands over a copy of the state; the
+    next checkpoint, the end of the stage and any error wait for the write in flight. A kill
+    at any moment still leaves the previous file or the new one (atomic rename).
 
-    def __init__(self) -> None:
+    Training on the CPU writes in place instead: its threads already use every core, and a
+    writer thread beside them stalls each parallel region behind the core it takes. Measured
+    on the 2-core CI machine, 4 digits epochs of resnet18 + AdamW (three 134 MB checkpoints),
+    median of 3 alternations: no checkpoints 7.73 s, in place 8.65 s, background 9.65 s."""
+
+    def __init__(self, background: bool = True) -> None:
+        self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, ck: Checkpointing, state: dict[str, Any], reached: str | None = None) -> None:
         """Write `state` (copied now); `reached`: the fault point passed once it is on disk."""
         self.wait()
+        if not self.background:
+            save(ck, state)
+            if reached:
+                faults.reached(reached)
+            return
         snapshot = _host_copy(state)
 
         def write() -> None:

@@ -191,6 +191,7 @@ def run_distill_stage(
         "teacher_cache": cached,
         "teacher_cache_seconds": cache_seconds,
         "train_images": len(train),  # type: ignore[arg-type]
+        "trained_images": result.images,
         "train_seconds": result.seconds,
         "images_per_s": result.images_per_s,
         "val_accuracy": result.val_accuracy,

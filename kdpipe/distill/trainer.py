@@ -41,6 +41,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     val_accuracy: float = 0.0
     seconds: float = 0.0
+    images: int = 0  # images trained on, over every stage and epoch (dropped tails excluded)
     images_per_s: float = 0.0
     resumed_from: str | None = None
 
@@ -157,7 +158,7 @@ def fit(
     anomaly = (
         torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
     )
-    writer = ckpt.Writer()
+    writer = ckpt.Writer(background=rt.cuda)
 
     def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
         """Checkpoint the training state as it is now (rank 0 writes, in the background)."""
@@ -279,6 +280,7 @@ def fit(
     if checkpoint and d.main:
         ckpt.discard(checkpoint)  # the stage's outputs now stand for it
     result.seconds = time.perf_counter() - start
+    result.images = seen
     result.images_per_s = seen / max(result.seconds, 1e-9)
     result.val_accuracy = result.history[-1]["val_accuracy"] if result.history else 0.0
     return result
