@@ -117,10 +117,17 @@ def fidelity(run: Path, report: dict, alternations: int) -> None:
     shape = [1, *report["data"]["input_size"]]
     settings = ProfileConfig(batch_sizes=[1], memory=False, threads=threads, min_seconds=1.0)
     ours, plain = [], []
-    for _ in range(alternations):
-        r = profile_targets([str(onnx_path)], settings, shape[1:])
-        ours.append(r["latency"][0]["p50_ms"])
-        plain.append(plain_loop_p50(onnx_path, shape, threads, calls=r["latency"][0]["iters"]))
+    calls = None
+    for i in range(alternations):
+        # Which loop runs first alternates (A B, B A, ...): the second of a pair would
+        # otherwise always meet the machine as the first left it.
+        for first in [True, False] if i % 2 == 0 else [False, True]:
+            if first:
+                r = profile_targets([str(onnx_path)], settings, shape[1:])
+                ours.append(r["latency"][0]["p50_ms"])
+                calls = r["latency"][0]["iters"]
+            else:
+                plain.append(plain_loop_p50(onnx_path, shape, threads, calls=calls or 600))
     ratios = [a / b for a, b in zip(ours, plain, strict=True)]
     print(
         f"ONNX FP32 batch 1 p50 over {alternations} alternations: kdpipe median {np.median(ours):.3f} ms "
