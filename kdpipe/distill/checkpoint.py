@@ -93,7 +93,8 @@ class Writer:
         self._error: BaseException | None = None
 
     def submit(self, ck: Checkpointing, state: dict[str, Any], reached: str | None = None) -> None:
-        """Write `state` (copied now); `reached`: the fault point passed once it is on disk."""
+        """Write `state` as it is now (in place, or from a copy taken now); `reached`: the fault
+        point passed once the file is on disk."""
         self.wait()
         if not self.background:
             save(ck, state)
