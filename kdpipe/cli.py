@@ -522,6 +522,15 @@ def gate(
     measure: Annotated[
         bool, Opt(help="Re-profile the run's artifacts on this machine first.")
     ] = False,
+    confirm: Annotated[
+        int,
+        Opt(
+            min=0,
+            max=10,
+            help="With --measure: while a timing budget fails, measure again up to N times; "
+            "it breaks only if it failed every time (0: judge one measurement).",
+        ),
+    ] = 2,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -533,13 +542,19 @@ def gate(
         from kdpipe.runs import load_samples
 
         limits = g.load_budgets(budgets)  # bad budgets fail before minutes of measuring
-        if measure:
-            from kdpipe import api
-            from kdpipe.config import build_config
 
-            api.run(build_config(api.load_run_config(report.parent), {}), force=["profile"])
-        data = g.load_report(report)
-        verdicts = g.judge(data, limits, load_samples(report.parent), strict)
+        def measured() -> tuple[dict, dict[str, list[float]]]:
+            if measure:
+                from kdpipe import api
+                from kdpipe.config import build_config
+
+                api.run(build_config(api.load_run_config(report.parent), {}), force=["profile"])
+            return g.load_report(report), load_samples(report.parent)
+
+        def retrying(failing: list[str], n: int) -> None:
+            ui.warn(f"{', '.join(failing)} failed; measuring again to confirm ({n} of {confirm})")
+
+        verdicts = g.judge_confirmed(measured, limits, strict, confirm if measure else 0, retrying)
         table = Table(
             Column("metric", overflow="fold"),
             "value",

@@ -9,13 +9,17 @@ Budgets file (YAML or TOML), one entry per metric key of report.json's `metrics`
 
 Latency metrics (and the speedup) are judged on a 95 % bootstrap confidence interval over
 the timed calls: a budget fails only when the whole interval lies on the wrong side, so a
-noisy machine does not flip the verdict; `strict` judges the point estimate instead.
+noisy machine does not flip the verdict; `strict` judges the point estimate instead. With
+`--measure`, a timing budget that fails is measured again (`--confirm`, default 2 more times)
+and breaks only if it failed every time: a slow spell of a shared runner passes on the next
+measurement, a real regression fails each one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -155,6 +159,40 @@ def judge(
             )
         )
     return verdicts
+
+
+def is_timing(metric: str) -> bool:
+    """A figure measured by timing (it can flip with the machine's speed); not accuracy/size."""
+    return metric.rpartition(".")[2] in CI_STATS or metric == "summary.speedup_vs_teacher"
+
+
+def judge_confirmed(
+    measure: Callable[[], tuple[dict, dict[str, list[float]]]],
+    budgets: dict[str, dict[str, float]],
+    strict: bool,
+    confirm: int,
+    on_retry: Callable[[list[str], int], None] | None = None,
+) -> list[Verdict]:
+    """Judge `measure()`'s report; while a timing budget fails, measure again, up to `confirm`
+    more times. A timing budget breaks only if it failed in every measurement (a slow spell
+    of a shared machine passes; a real regression fails each time); the verdict shown is the
+    first passing measurement's, else the last one's. Other budgets: the last measurement."""
+    final: dict[str, Verdict] = {}
+    for attempt in range(confirm + 1):
+        report, samples = measure()
+        for v in judge(report, budgets, samples, strict):
+            if not is_timing(v.metric) or not final.get(v.metric, v).passed or attempt == 0:
+                final[v.metric] = v
+        failing = [m for m, v in final.items() if not v.passed and is_timing(m)]
+        if not failing or attempt == confirm:
+            break
+        if on_retry is not None:
+            on_retry(failing, attempt + 1)
+    if attempt:
+        for v in final.values():
+            if not v.passed and is_timing(v.metric):
+                v.reason += f" (in all {attempt + 1} measurements)"
+    return [final[m] for m in budgets]
 
 
 def margin(v: Verdict) -> str:

@@ -147,3 +147,48 @@ def test_compare_flags_regressions(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "latency:+10%" in bad.stdout and "accuracy:-0.5" in bad.stdout
     typo = kdpipe("compare", str(base), str(slow), "--fail-on", "latncy:+10%")
     assert typo.returncode == 2 and "did you mean: latency" in typo.stderr
+
+
+def _measurements(tmp_path: Path, student_ms: list[float], accuracy: float = 0.97):
+    """A measure() callable that returns crafted runs in turn, and the list of calls made."""
+    runs = [crafted_run(tmp_path / f"m{i}", ms, accuracy) for i, ms in enumerate(student_ms)]
+    calls: list[int] = []
+
+    def measure() -> tuple[dict, dict]:
+        path = runs[len(calls)]
+        calls.append(1)
+        samples = json.loads((path.parent / "profile" / "samples.json").read_text())
+        return json.loads(path.read_text()), samples
+
+    return measure, calls
+
+
+def test_confirm_passes_a_slow_spell_and_fails_a_real_regression(tmp_path: Path) -> None:
+    from kdpipe.gate import judge_confirmed
+
+    limits = {f"{STUDENT}.p95_ms": {"max": 5.0}}
+    # One slow measurement (p95 ~6.5 ms), then a normal one (~4.5 ms): passes, on the second.
+    measure, calls = _measurements(tmp_path / "spell", [6.0, 4.0, 4.0])
+    retries: list[tuple[list[str], int]] = []
+    (v,) = judge_confirmed(measure, limits, False, 2, lambda m, n: retries.append((m, n)))
+    assert v.passed and len(calls) == 2 and v.value < 5.0
+    assert retries == [([f"{STUDENT}.p95_ms"], 1)]
+    # Slow every time: breaks, after 3 measurements, and says so.
+    measure, calls = _measurements(tmp_path / "regression", [6.0, 6.2, 6.1])
+    (v,) = judge_confirmed(measure, limits, False, 2)
+    assert not v.passed and len(calls) == 3
+    assert v.reason == "interval above max 5 (in all 3 measurements)"
+    # --confirm 0: the first measurement decides.
+    measure, calls = _measurements(tmp_path / "once", [6.0, 4.0])
+    (v,) = judge_confirmed(measure, limits, False, 0)
+    assert not v.passed and len(calls) == 1 and "measurements" not in v.reason
+
+
+def test_confirm_does_not_re_measure_accuracy_or_size(tmp_path: Path) -> None:
+    from kdpipe.gate import judge_confirmed
+
+    measure, calls = _measurements(tmp_path, [4.0, 4.0, 4.0], accuracy=0.90)
+    limits = {"student.accuracy": {"min": 0.95}, f"{STUDENT}.p95_ms": {"max": 5.0}}
+    acc, lat = judge_confirmed(measure, limits, False, 2)
+    assert not acc.passed and acc.reason == "value below min 0.95"
+    assert lat.passed and len(calls) == 1
