@@ -181,7 +181,8 @@ def judge_confirmed(
     for attempt in range(confirm + 1):
         report, samples = measure()
         for v in judge(report, budgets, samples, strict):
-            if not is_timing(v.metric) or not final.get(v.metric, v).passed or attempt == 0:
+            kept = final.get(v.metric)
+            if kept is None or not kept.passed or not is_timing(v.metric):
                 final[v.metric] = v
         failing = [m for m, v in final.items() if not v.passed and is_timing(m)]
         if not failing or attempt == confirm:

@@ -161,7 +161,7 @@ def fit(
     writer = ckpt.Writer(background=rt.cuda)
 
     def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
-        """Checkpoint the training state as it is now (rank 0 writes, in the background)."""
+        """Checkpoint the training state as it is now (rank 0 writes; see ckpt.Writer)."""
         if checkpoint is None or not d.main:
             return
         state = {
