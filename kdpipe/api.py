@@ -36,6 +36,7 @@ from kdpipe.report.write import write_reports
 from kdpipe.runs import (
     STAGES,
     RunDir,
+    cache_root,
     ensure_writable_dir,
     file_sha256,
     fingerprint,
@@ -44,7 +45,7 @@ from kdpipe.runs import (
     set_writer,
     write_text,
 )
-from kdpipe.teacher import cache_root, load_teacher, run_teacher_stage, teacher_fingerprint
+from kdpipe.teacher import load_teacher, run_teacher_stage, teacher_fingerprint
 
 
 def validate(cfg: RunConfig) -> None:

@@ -32,6 +32,11 @@ def set_writer(writes: bool) -> None:
     _writer = writes
 
 
+def cache_root() -> Path:
+    """kdpipe's cache of work reused across runs (trained teachers, teacher-logit tables)."""
+    return Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache" / "kdpipe"))
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds

@@ -7,7 +7,6 @@ in any output directory, reuses it instead of training again.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,20 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.profile.accuracy import predict_logits, top1
-from kdpipe.runs import atomic_path, file_sha256, fingerprint, read_json, write_json
+from kdpipe.runs import (
+    atomic_path,
+    cache_root,
+    file_sha256,
+    fingerprint,
+    read_json,
+    write_json,
+)
 
 
 @dataclass
 class TeacherResult:
     model: nn.Module
     metrics: dict
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache" / "kdpipe"))
 
 
 def teacher_fingerprint(cfg: RunConfig) -> str:

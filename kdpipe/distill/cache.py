@@ -1,12 +1,32 @@
 """Teacher-output cache: with deterministic transforms a sample's teacher logits never change,
 so they are computed once per sample and reused every epoch instead of running the teacher
-each step (the teacher is usually the most expensive network in the loop)."""
+each step (the teacher is usually the most expensive network in the loop).
+
+The table is also kept on disk (`$KDPIPE_CACHE/teacher-logits/`), under a key made of what it
+was computed from: the teacher's weights, the images (data.identity: pixels, or files with
+their size and modification time, and the transforms), the device type and the torch and kdpipe
+versions. Any later run of the same teacher over the same images (another student, another
+method, a resumed run) reads it instead of running the teacher over the data again; a change to
+any of those inputs is a different key, so a stale table is never used. Under torchrun each rank
+computes its share of the rows and the shares are gathered, so every rank holds the whole table.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from kdpipe import __version__, ui
+from kdpipe.data.identity import hash_tensor, image_identity
+from kdpipe.distill import distributed
+from kdpipe.runs import atomic_path, cache_root
 
 
 @torch.inference_mode()
@@ -25,3 +45,96 @@ def teacher_logits_table(teacher: nn.Module, dataset: Dataset, batch_size: int =
         )
     teacher.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return torch.cat(rows).clone()
+
+
+@dataclass
+class TeacherTable:
+    logits: Tensor  # (len(dataset), classes), on the teacher's device
+    source: str  # "computed" or "disk"
+    seconds: float
+    path: Path | None  # where it is kept on disk (None: the images have no identity)
+
+
+def table_key(teacher: nn.Module, images: str) -> str:
+    """What the table depends on, hashed: the teacher's weights and kind, the images, and what
+    could change the arithmetic (device type, torch and kdpipe versions)."""
+    h = hashlib.sha256()
+    device = next(teacher.parameters()).device
+    h.update(
+        f"{__version__}|{torch.__version__}|{device.type}|{type(teacher).__name__}|{images}".encode()
+    )
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        hash_tensor(h, t)
+    return h.hexdigest()[:32]
+
+
+def teacher_outputs(teacher: nn.Module, dataset: Dataset, num_classes: int) -> TeacherTable:
+    """The teacher's logits for every sample of `dataset`: read from the disk cache when a
+    table of the same inputs is there, else computed (sharded over ranks) and stored."""
+    start = time.perf_counter()
+    images = image_identity(dataset)
+    path = cache_root() / "teacher-logits" / f"{table_key(teacher, images)}.pt" if images else None
+    n = len(dataset)  # type: ignore[arg-type]
+    device = next(teacher.parameters()).device
+    stored = _read(path, n, num_classes) if path is not None else None
+    if _everywhere(stored is not None, device):
+        assert stored is not None
+        return TeacherTable(stored.to(device), "disk", time.perf_counter() - start, path)
+    table = _compute(teacher, dataset, num_classes)
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:  # rank 0 writes
+                torch.save({"logits": table.cpu()}, tmp)
+        except OSError as e:  # a full or read-only cache costs the reuse, not the run
+            ui.warn(f"teacher-logit table not stored in {path.parent}: {e.strerror or e}")
+    return TeacherTable(table, "computed", time.perf_counter() - start, path)
+
+
+def _read(path: Path, n: int, k: int) -> Tensor | None:
+    """The stored table if it is whole and fits (n rows of k finite float32 values), else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        t = saved["logits"]
+        ok = (
+            isinstance(t, Tensor)
+            and t.dtype == torch.float32
+            and tuple(t.shape) == (n, k)
+            and bool(torch.isfinite(t).all())
+        )
+    except Exception as e:  # noqa: BLE001 - an unreadable cache file is recomputed, never trusted
+        ui.warn(f"ignoring unreadable teacher-logit table {path}: {type(e).__name__}")
+        return None
+    if not ok:
+        ui.warn(f"ignoring teacher-logit table {path}: it does not fit this data")
+        return None
+    return t
+
+
+def _everywhere(flag: bool, device: torch.device) -> bool:
+    """True when `flag` holds on every rank (each rank may have its own disk)."""
+    d = distributed.current()
+    if not d.active:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _compute(teacher: nn.Module, dataset: Dataset, k: int) -> Tensor:
+    """The whole table; under torchrun each rank computes a contiguous share, then all gather."""
+    d = distributed.current()
+    if not d.active:
+        return teacher_logits_table(teacher, dataset)
+    n = len(dataset)  # type: ignore[arg-type]
+    share = -(-n // d.world)
+    lo, hi = min(d.rank * share, n), min((d.rank + 1) * share, n)
+    device = next(teacher.parameters()).device
+    mine = torch.zeros(share, k, device=device)  # padded: all_gather needs equal shapes
+    if hi > lo:
+        mine[: hi - lo] = teacher_logits_table(teacher, Subset(dataset, range(lo, hi)))
+    parts = [torch.empty_like(mine) for _ in range(d.world)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)[:n].contiguous()

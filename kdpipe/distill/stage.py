@@ -6,7 +6,6 @@ link cached by fingerprint), DML builds its peers and exports the best one.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
 from kdpipe.data.transfer import student_training_set
 from kdpipe.distill.base import Distiller, Layers
-from kdpipe.distill.cache import teacher_logits_table
+from kdpipe.distill.cache import TeacherTable, teacher_outputs
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
@@ -79,7 +78,7 @@ def _train(
             distiller.student().compile()  # in place: state_dict keys stay those of the model
         else:
             ui.info("note: --compile skipped: feature taps need the student in eager mode")
-    cache, cache_seconds = None, 0.0
+    table: TeacherTable | None = None
     if (
         teacher is not None
         and distiller.logits_only
@@ -87,12 +86,14 @@ def _train(
         and cfg.distill.cache_teacher
         and data.deterministic
     ):
-        start = time.perf_counter()
-        cache = teacher_logits_table(teacher, train)
-        cache_seconds = time.perf_counter() - start
+        table = teacher_outputs(teacher, train, data.info.num_classes)
+        where = {
+            "disk": f"read from {table.path}",
+            "computed": f"computed once, stored in {table.path}" if table.path else "computed once",
+        }[table.source]
         ui.info(
-            f"distill: teacher logits cached for {len(cache)} training images "
-            "(computed once, reused every epoch)"
+            f"distill: teacher logits for {len(table.logits)} training images {where} "
+            f"({table.seconds:.1f} s), reused every epoch"
         )
     result = fit(
         distiller,
@@ -102,11 +103,11 @@ def _train(
         cfg.seed,
         desc,
         log_path=log_path,
-        teacher_cache=cache,
+        teacher_cache=table.logits if table else None,
         runtime=runtime,
         checkpoint=checkpoint,
     )
-    return result, cache is not None, cache_seconds
+    return result, table
 
 
 def _assistant_chain(
@@ -131,7 +132,7 @@ def _assistant_chain(
             d = method(
                 assistant, teacher, input_shape=data.info.input_size, params=cfg.distill.params
             )
-            result, _, _ = _train(
+            result, _ = _train(
                 cfg,
                 d,
                 data,
@@ -166,7 +167,7 @@ def run_distill_stage(
         link_teacher, notes["assistants"] = _assistant_chain(cfg, data, teacher, train, stage_dir)
     student = build_student(cfg, data.info.num_classes)
     distiller = build_distiller(cfg, student, link_teacher, data)
-    result, cached, cache_seconds = _train(
+    result, table = _train(
         cfg,
         distiller,
         data,
@@ -188,8 +189,10 @@ def run_distill_stage(
         "arch": arch,
         "stages": [s.name for s in distiller.stages],
         "notes": notes,
-        "teacher_cache": cached,
-        "teacher_cache_seconds": cache_seconds,
+        "teacher_cache": table is not None,
+        # "computed" (the teacher ran over the training set) or "disk" (an earlier run's table)
+        "teacher_cache_source": table.source if table else None,
+        "teacher_cache_seconds": table.seconds if table else 0.0,
         "train_images": len(train),  # type: ignore[arg-type]
         "trained_images": result.images,
         "train_seconds": result.seconds,

@@ -107,6 +107,7 @@ def build_report(
             "size_bytes": s_row["size_bytes"],
             "train_seconds": distill_metrics["train_seconds"],
             "teacher_cache": distill_metrics["teacher_cache"],
+            "teacher_cache_source": distill_metrics.get("teacher_cache_source"),
             "history": distill_metrics["history"],
         },
         "export": export,

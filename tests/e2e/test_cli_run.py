@@ -51,6 +51,7 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     log = (out / "distill" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2 and "loss_kd" in json.loads(log[0])
     assert r["student"]["teacher_cache"] is True
+    assert r["student"]["teacher_cache_source"] == "computed"
     md = (out / "report.md").read_text()
     assert "mobilenet_v3_small" in md and "| student | ort-cpu | int8 |" in md
 
@@ -73,6 +74,8 @@ def test_new_run_dir_reuses_the_cached_teacher(first_run, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "b" / "report.json").read_text())
     assert r["teacher"]["source"] == "cache"
+    # Same teacher weights, same images: the teacher-logit table is read, not recomputed.
+    assert r["student"]["teacher_cache_source"] == "disk"
     first = json.loads((out / "report.json").read_text())
     assert r["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert "int8" not in r["export"]
