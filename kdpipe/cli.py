@@ -542,6 +542,7 @@ def gate(
         from kdpipe.runs import load_samples
 
         limits = g.load_budgets(budgets)  # bad budgets fail before minutes of measuring
+        given = g.given_metrics(report) if measure else {}
 
         def measured() -> tuple[dict, dict[str, list[float]]]:
             if measure:
@@ -569,6 +570,9 @@ def gate(
             verdict = "[green]pass[/green]" if v.passed else f"[red]FAIL[/red] {v.reason}"
             table.add_row(v.metric, f"{v.value:.4g}", ci, g.budget_text(v), g.margin(v), verdict)
         stdout.print(table)
+        if measure:
+            for note in g.drift_notes(given, g.load_report(report)["metrics"], verdicts):
+                stdout.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
         if junit:
             g.write_junit(verdicts, junit)
         g.append_github_summary(verdicts)

@@ -12,7 +12,9 @@ the timed calls: a budget fails only when the whole interval lies on the wrong s
 noisy machine does not flip the verdict; `strict` judges the point estimate instead. With
 `--measure`, a timing budget that fails is measured again (`--confirm`, default 2 more times)
 and breaks only if it failed every time: a slow spell of a shared runner passes on the next
-measurement, a real regression fails each one.
+measurement, a real regression fails each one. When a student latency budget breaks there, a
+note says whether the teacher, re-measured alongside, moved too (the machine changed speed) or
+held steady (the student did).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import tomllib
 import yaml
 
-from kdpipe.errors import ConfigError, closest
+from kdpipe.errors import ConfigError, KdpipeError, closest
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -194,6 +196,59 @@ def judge_confirmed(
             if not v.passed and is_timing(v.metric):
                 v.reason += f" (in all {attempt + 1} measurements)"
     return [final[m] for m in budgets]
+
+
+DRIFT = 0.10  # a teacher more than 10 % off its reported latency: the machine changed speed
+
+
+def given_metrics(path: Path) -> dict[str, float]:
+    """The report's metrics as given, before --measure rewrites it ({} when there is none)."""
+    try:
+        return dict(load_report(path)["metrics"])
+    except (KdpipeError, KeyError, TypeError):
+        return {}
+
+
+def drift_notes(
+    before: dict[str, float], after: dict[str, float], verdicts: list[Verdict]
+) -> list[str]:
+    """Why a latency budget broke on a re-measurement, told by the teacher measured alongside:
+    `before` is the report's metrics as they were given, `after` the re-measured ones. A
+    teacher that got slower too says the machine did; a teacher as fast as before says the
+    student itself did."""
+    notes = []
+    for v in verdicts:
+        model, _, rest = v.metric.partition(".")
+        parts = rest.split(".")
+        if v.passed or model != "student" or len(parts) != 4 or not parts[3].endswith("_ms"):
+            continue
+        backend, precision, bs, stat = parts
+        candidates = [
+            f"teacher.{backend}.{precision}.{bs}.{stat}",
+            f"teacher.torch-cpu.fp32.{bs}.{stat}",
+        ]
+        candidates += sorted(
+            k for k in after if k.startswith("teacher.") and k.endswith(f".{bs}.{stat}")
+        )
+        ref = next((k for k in candidates if k in before and k in after and before[k] > 0), None)
+        if ref is None or not before.get(v.metric):
+            continue
+        teacher = after[ref] / before[ref] - 1
+        student = after[v.metric] / before[v.metric] - 1
+        moved = f"{ref} {before[ref]:.4g} -> {after[ref]:.4g} ms ({teacher:+.0%})"
+        if teacher > DRIFT:
+            notes.append(
+                f"{v.metric} moved {student:+.0%} since the report, and the teacher measured "
+                f"alongside it moved too: {moved}. This machine is slower now than when the "
+                "report was made; summary.speedup_vs_teacher, judged on the interleaved ratio, "
+                "does not move with the machine."
+            )
+        elif abs(teacher) <= DRIFT:
+            notes.append(
+                f"{v.metric} moved {student:+.0%} since the report while the teacher measured "
+                f"alongside it held steady ({moved}): the student itself is slower."
+            )
+    return notes
 
 
 def margin(v: Verdict) -> str:

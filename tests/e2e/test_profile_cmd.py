@@ -51,11 +51,20 @@ def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
     out, _, env = first_run
     before = json.loads((out / "profile" / "results.json").read_text())
     budgets = tmp_path / "b.yaml"
-    budgets.write_text("export.fp32.top1_agreement: {min: 0.999}\n")
+    key = "student.ort-cpu.fp32.bs1.p50_ms"
+    budgets.write_text(f"export.fp32.top1_agreement: {{min: 0.999}}\n{key}: {{max: 0.000001}}\n")
+    # The report as given claims a teacher twice as fast as this machine will measure it, so
+    # the gate's note must blame the machine for the (impossible) latency budget it breaks.
+    given = json.loads((out / "report.json").read_text())
+    for k in [k for k in given["metrics"] if k.startswith("teacher.") and k.endswith(".p50_ms")]:
+        given["metrics"][k] *= 0.5
+    (out / "report.json").write_text(json.dumps(given))
     proc = kdpipe(
-        "gate", str(out / "report.json"), "--budgets", str(budgets), "--measure", "--quiet", env=env
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+        "gate", str(out / "report.json"), "--budgets", str(budgets), "--measure", "--confirm",
+        "0", "--quiet", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"note: {key} moved" in proc.stdout and "machine is slower now" in proc.stdout
     after = json.loads((out / "profile" / "results.json").read_text())
     assert after["latency"] != before["latency"]  # measured again, not reused
     report = json.loads((out / "report.json").read_text())

@@ -192,3 +192,30 @@ def test_confirm_does_not_re_measure_accuracy_or_size(tmp_path: Path) -> None:
     acc, lat = judge_confirmed(measure, limits, False, 2)
     assert not acc.passed and acc.reason == "value below min 0.95"
     assert lat.passed and len(calls) == 1
+
+
+def test_drift_notes_tell_a_slower_machine_from_a_slower_student() -> None:
+    from kdpipe.gate import Verdict, drift_notes
+
+    key, ref = "student.ort-cpu.int8.bs1.p95_ms", "teacher.ort-cpu.int8.bs1.p95_ms"
+    broken = [Verdict(key, 6.0, 5.8, 6.3, None, 5.0, False, "interval above max 5")]
+    before = {key: 4.0, ref: 20.0, "teacher.torch-cpu.fp32.bs1.p95_ms": 30.0}
+    # Teacher 30 % slower as well: the machine.
+    (note,) = drift_notes(before, {**before, key: 6.0, ref: 26.0}, broken)
+    assert "moved +50%" in note and f"{ref} 20 -> 26 ms (+30%)" in note
+    assert "machine is slower now" in note
+    # Teacher as before: the student.
+    (note,) = drift_notes(before, {**before, key: 6.0, ref: 20.4}, broken)
+    assert "held steady" in note and "(+2%)" in note and "student itself is slower" in note
+    # No teacher on that backend: the torch-cpu teacher at the same batch size stands in.
+    only_torch = {k: v for k, v in before.items() if k != ref}
+    (note,) = drift_notes(only_torch, {**only_torch, key: 6.0}, broken)
+    assert "teacher.torch-cpu.fp32.bs1.p95_ms 30 -> 30 ms" in note
+    # The teacher got faster while the student got slower: no reading is offered; passing
+    # budgets, sizes and budgets without a reading before --measure get no note either.
+    assert drift_notes(before, {**before, key: 6.0, ref: 15.0}, broken) == []
+    passed = [Verdict(key, 4.0, 3.9, 4.1, None, 5.0, True, "")]
+    assert drift_notes(before, {**before, ref: 26.0}, passed) == []
+    size = [Verdict("student.size_bytes", 9.0, None, None, None, 5.0, False, "value above")]
+    assert drift_notes(before, before, size) == []
+    assert drift_notes({}, {**before, key: 6.0}, broken) == []
