@@ -35,3 +35,39 @@ def test_background_write_error_reaches_the_training_thread(tmp_path: Path) -> N
     with pytest.raises(OSError):
         writer.wait()
     writer.wait()  # the error is reported once
+
+
+def test_each_checkpoint_is_written_into_the_previous_ones_file(tmp_path: Path) -> None:
+    ck = ckpt.Checkpointing(tmp_path / "last.pt", key="k")
+    spare = tmp_path / ".last.pt.spare.tmp"
+    inodes = []
+    for epoch in range(1, 5):
+        ckpt.save(ck, {"epoch": epoch, "w": torch.full((1000,), float(epoch))})
+        inodes.append(ck.path.stat().st_ino)
+        saved = torch.load(ck.path, weights_only=True)
+        assert saved["epoch"] == epoch and torch.equal(
+            saved["w"], torch.full((1000,), float(epoch))
+        )
+        if epoch > 1:  # the checkpoint it replaced is now the spare, to be overwritten next
+            assert spare.stat().st_ino == inodes[-2]
+    assert inodes[2] == inodes[0] and inodes[3] == inodes[1]  # two files, used in turn
+    # A smaller state leaves no tail of the larger one behind.
+    ckpt.save(ck, {"epoch": 5})
+    assert torch.load(ck.path, weights_only=True) == {"key": "k", "epoch": 5}
+    assert ckpt.load(ck) is not None and not spare.exists()  # resuming clears the spare
+    ckpt.discard(ck)
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_hard_links_each_checkpoint_gets_a_fresh_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(ckpt.os, "link", no_links)
+    ck = ckpt.Checkpointing(tmp_path / "last.pt", key="k")
+    for epoch in (1, 2, 3):
+        ckpt.save(ck, {"epoch": epoch})
+        assert torch.load(ck.path, weights_only=True)["epoch"] == epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
