@@ -543,6 +543,7 @@ def gate(
 
         limits = g.load_budgets(budgets)  # bad budgets fail before minutes of measuring
         given = g.given_metrics(report) if measure else {}
+        latest: dict[str, dict] = {}  # the last measurement's report, for the drift notes
 
         def measured() -> tuple[dict, dict[str, list[float]]]:
             if measure:
@@ -550,7 +551,8 @@ def gate(
                 from kdpipe.config import build_config
 
                 api.run(build_config(api.load_run_config(report.parent), {}), force=["profile"])
-            return g.load_report(report), load_samples(report.parent)
+            latest["report"] = g.load_report(report)
+            return latest["report"], load_samples(report.parent)
 
         def retrying(failing: list[str], n: int) -> None:
             ui.warn(f"{', '.join(failing)} failed; measuring again to confirm ({n} of {confirm})")
@@ -571,7 +573,7 @@ def gate(
             table.add_row(v.metric, f"{v.value:.4g}", ci, g.budget_text(v), g.margin(v), verdict)
         stdout.print(table)
         if measure:
-            for note in g.drift_notes(given, g.load_report(report)["metrics"], verdicts):
+            for note in g.drift_notes(given, latest["report"]["metrics"], verdicts):
                 stdout.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
         if junit:
             g.write_junit(verdicts, junit)
