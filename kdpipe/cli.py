@@ -202,6 +202,12 @@ def run(
     compile_: Annotated[
         bool | None, Opt("--compile", help="CUDA: torch.compile the student.")
     ] = None,
+    teacher_precision: Annotated[
+        str | None,
+        Opt(
+            help="Teacher inference: auto (half on CUDA, bf16 on CPUs that have it) | fp32 | bf16 | fp16."
+        ),
+    ] = None,
     checkpoint_every: Annotated[
         int | None, Opt(help="Also checkpoint every N steps (always at epoch ends).")
     ] = None,
@@ -259,6 +265,7 @@ def run(
             "runtime.device": device,
             "runtime.amp": amp,
             "runtime.compile": compile_,
+            "runtime.teacher_precision": teacher_precision,
             "runtime.checkpoint_every": checkpoint_every,
             "runtime.detect_anomaly": detect_anomaly,
             "data.strict": strict_data,

@@ -142,6 +142,9 @@ class RuntimeConfig(_Section):
     # CUDA: autocast in bf16 where supported, else fp16 with a grad scaler (None: on for CUDA).
     amp: bool | None = None
     compile: bool = False  # torch.compile the student (CUDA, logits-only methods)
+    # The teacher's inference (its logit table and any per-step forward without gradients):
+    # auto = half precision on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), else fp32.
+    teacher_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(0, ge=0)  # also checkpoint every N steps (0: epoch ends)
     detect_anomaly: bool = False
 

@@ -233,8 +233,9 @@ class Distiller(nn.Module, abc.ABC):
         z_s, s_feats = self._tapped(self.student_model, "s", images)
         z_t, t_feats = teacher_logits, dict[str, list[Tensor]]()
         if self.teacher_model is not None and (z_t is None or self.layer_names["t"]):
-            with torch.no_grad():
+            with torch.no_grad(), self.stepper.teacher_autocast():
                 z_t, t_feats = self._tapped(self.teacher_model, "t", images)
+            z_t, t_feats = z_t.float(), {k: [f.float() for f in v] for k, v in t_feats.items()}
         return Batch(images, labels, z_s, z_t, s_feats, t_feats)
 
     def forward(
@@ -290,7 +291,8 @@ class Distiller(nn.Module, abc.ABC):
     @torch.no_grad()
     def teacher_logits(self, images: Tensor) -> Tensor:
         assert self.teacher_model is not None
-        return self.teacher_model(images)
+        with self.stepper.teacher_autocast():
+            return self.teacher_model(images).float()
 
 
 def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:

@@ -86,7 +86,7 @@ def _train(
         and cfg.distill.cache_teacher
         and data.deterministic
     ):
-        table = teacher_outputs(teacher, train, data.info.num_classes)
+        table = teacher_outputs(teacher, train, data.info.num_classes, runtime.teacher_dtype)
         where = {
             "disk": f"read from {table.path}",
             "computed": f"computed once, stored in {table.path}" if table.path else "computed once",
@@ -193,6 +193,8 @@ def run_distill_stage(
         # "computed" (the teacher ran over the training set) or "disk" (an earlier run's table)
         "teacher_cache_source": table.source if table else None,
         "teacher_cache_seconds": table.seconds if table else 0.0,
+        # the teacher's inference (logit table, per-step forward): fp32, bf16 or fp16
+        "teacher_precision": result.teacher_precision,
         "train_images": len(train),  # type: ignore[arg-type]
         "trained_images": result.images,
         "train_seconds": result.seconds,

@@ -44,6 +44,7 @@ class FitResult:
     images: int = 0  # images trained on, over every stage and epoch (dropped tails excluded)
     images_per_s: float = 0.0
     resumed_from: str | None = None
+    teacher_precision: str = "fp32"  # the teacher's inference precision (Runtime.teacher_dtype)
 
 
 class IndexedDataset(Dataset):
@@ -279,6 +280,10 @@ def fit(
     writer.wait()
     if checkpoint and d.main:
         ckpt.discard(checkpoint)  # the stage's outputs now stand for it
+    result.teacher_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        rt.teacher_dtype,  # type: ignore[arg-type]
+        "fp32",
+    )
     result.seconds = time.perf_counter() - start
     result.images = seen
     result.images_per_s = seen / max(result.seconds, 1e-9)

@@ -108,6 +108,7 @@ def build_report(
             "train_seconds": distill_metrics["train_seconds"],
             "teacher_cache": distill_metrics["teacher_cache"],
             "teacher_cache_source": distill_metrics.get("teacher_cache_source"),
+            "teacher_precision": distill_metrics.get("teacher_precision", "fp32"),
             "history": distill_metrics["history"],
         },
         "export": export,
