@@ -20,15 +20,17 @@ def ort_session(
     spin: bool = True,
     provider: str = "CPUExecutionProvider",
 ) -> ort.InferenceSession:
-    """A CPU session. `spin=False` stops idle worker threads from busy-waiting after a call,
-    which would steal cores from whatever runs next (the profiler interleaves runtimes)."""
+    """A CPU session. `spin=False` stops the worker threads' busy-waiting as soon as a call
+    returns (they still spin inside it, between the operators of one call), so they do not
+    steal cores from whatever runs next (the profiler interleaves runtimes). Turning spinning
+    off altogether cost the student ~40 % of its p50 at 2 threads; see docs/benchmarks.md."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -87,8 +87,9 @@ def torch_predict(
 def ort_predict(
     path: Path, threads: int, provider: str, spin: bool = False
 ) -> Callable[[Tensor], Tensor]:
-    """`spin=False` unless this session is timed alone: spinning workers steal the cores of
-    whatever is timed next (measured: teacher cv 0.72 -> 0.14 with spinning off)."""
+    """`spin=False` unless this session is timed alone: workers left spinning after a call
+    steal the cores of whatever is timed next (teacher p95 doubled), so they stop when a call
+    returns (see ort_session)."""
     session = ort_session(path, threads, spin=spin, provider=provider)
     if provider == "CPUExecutionProvider":
 

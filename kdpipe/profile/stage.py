@@ -71,7 +71,8 @@ def run_profile_stage(
             **p.model_dump(),
             "threads": threads,
             "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
-            "ort_spinning": False,
+            # onnxruntime's workers spin inside a call, never after it (force_spinning_stop)
+            "ort_spinning": "within a call",
         },
         "environment": environment.describe(threads),
     }
