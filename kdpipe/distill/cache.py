@@ -13,7 +13,6 @@ computes its share of the rows and the shares are gathered, so every rank holds 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdpipe import __version__, ui
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import distributed
+from kdpipe.distill.stepper import autocast_to
 from kdpipe.runs import atomic_path, cache_root
 
 
@@ -44,13 +44,10 @@ def teacher_logits_table(
     device = next(teacher.parameters()).device
     teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    precision = (
-        torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    )
     rows = []
     for x, _ in loader:
         x = x.to(device, non_blocking=True)
-        with precision:
+        with autocast_to(device.type, dtype):
             z = teacher(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
         rows.append(z.float())
     teacher.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -86,8 +83,9 @@ def teacher_outputs(
     over ranks) and stored."""
     start = time.perf_counter()
     images = image_identity(dataset)
-    key = table_key(teacher, images, dtype) if images else ""
-    path = cache_root() / "teacher-logits" / f"{key}.pt" if images else None
+    path = None
+    if images:
+        path = cache_root() / "teacher-logits" / f"{table_key(teacher, images, dtype)}.pt"
     n = len(dataset)  # type: ignore[arg-type]
     device = next(teacher.parameters()).device
     stored = _read(path, n, num_classes) if path is not None else None

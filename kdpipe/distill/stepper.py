@@ -42,6 +42,11 @@ class Runtime:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def teacher_precision(self) -> str:
+        """teacher_dtype's name as metrics.json records it."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.teacher_dtype, "fp32")  # type: ignore[arg-type]
+
     @classmethod
     def from_config(cls, rc: RuntimeConfig, workers: int) -> Runtime:
         """The device and precision a run trains with; CUDA-only flags on a CPU are noted once
@@ -65,6 +70,13 @@ class Runtime:
         if rc.amp is not False:
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return cls(device, amp, workers, rc.detect_anomaly, rc.compile, teacher_dtype)
+
+
+def autocast_to(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device_type`; no context at all for None (full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -110,16 +122,11 @@ class Stepper:
         self.where = "a training step"  # set by the trainer: stage, epoch and step
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.runtime.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.runtime.device.type, dtype=self.runtime.amp)
+        return autocast_to(self.runtime.device.type, self.runtime.amp)
 
     def teacher_autocast(self) -> contextlib.AbstractContextManager:
         """The teacher's forward without gradients, in the run's teacher precision."""
-        dtype = self.runtime.teacher_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.runtime.device.type, dtype=dtype)
+        return autocast_to(self.runtime.device.type, self.runtime.teacher_dtype)
 
     def check(self, terms: dict[str, Tensor]) -> None:
         """Before backward, on the CPU. On CUDA the check reads the values after the step

@@ -280,10 +280,7 @@ def fit(
     writer.wait()
     if checkpoint and d.main:
         ckpt.discard(checkpoint)  # the stage's outputs now stand for it
-    result.teacher_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        rt.teacher_dtype,  # type: ignore[arg-type]
-        "fp32",
-    )
+    result.teacher_precision = rt.teacher_precision
     result.seconds = time.perf_counter() - start
     result.images = seen
     result.images_per_s = seen / max(result.seconds, 1e-9)
