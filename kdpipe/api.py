@@ -28,7 +28,7 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
 from kdpipe.export.stage import FILES as ONNX_FILES
-from kdpipe.export.stage import run_export_stage
+from kdpipe.export.stage import TENSORRT_INT8, run_export_stage
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
@@ -185,6 +185,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     e_fp = fingerprint("export", d_fp, cfg.export.model_dump())
     e_dir = rd.stage_dir("export")
     onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]
+    if "int8" in cfg.export.precisions and "tensorrt" in cfg.export.backends:
+        onnx_names.append(TENSORRT_INT8)
     export = stage(
         "export",
         e_fp,

@@ -32,9 +32,7 @@ stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatt
 
 
 def _fail(message: str, hint: str, code: int) -> None:
-    ui.console.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    if hint:
-        ui.console.print(f"hint: {hint}", soft_wrap=True)
+    ui.error(message, hint)
     raise typer.Exit(code)
 
 
@@ -681,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         code = e.exit_code
     except typer.Abort:
-        ui.console.print("[red]error:[/red] aborted")
+        ui.error("aborted")
         code = 130
     except Exception as e:
         # Typer's (click's) usage errors: a bad option, a missing value, a wrong type.
@@ -691,8 +689,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "kdpipe"
         if format_message():  # empty when the help was shown for a bare command
-            ui.console.print(f"[red]error:[/red] {format_message()}", soft_wrap=True)
-            ui.console.print(f"hint: see `{cmd} --help`")
+            ui.error(format_message(), f"see `{cmd} --help`")
         code = getattr(e, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,14 +23,22 @@ def set_quiet(quiet: bool) -> None:
 
 
 def info(message: str) -> None:
-    """A status line on stderr, unless --quiet."""
+    """A status line on stderr, unless --quiet. Messages are plain text: brackets in them
+    (`kdpipe[gpu]`, a path, a user's file name) are printed, not read as rich markup."""
     if not _quiet:
-        console.print(message)
+        console.print(escape(message))
 
 
 def warn(message: str) -> None:
     """A warning is printed even with --quiet: it may change how results are read."""
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def error(message: str, hint: str = "") -> None:
+    """The one-line error (and its hint) of a failed command, on stderr."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    if hint:
+        console.print(f"hint: {escape(hint)}", soft_wrap=True)
 
 
 def progress() -> Progress:

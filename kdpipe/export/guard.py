@@ -18,7 +18,13 @@ from torch.utils.data import Dataset
 
 from kdpipe import ui
 from kdpipe.errors import ExportError
-from kdpipe.export.quantize import ImageBatches, preprocess, quantizable_nodes, quantize_int8
+from kdpipe.export.quantize import (
+    ImageBatches,
+    Int8Target,
+    preprocess,
+    quantizable_nodes,
+    quantize_int8,
+)
 from kdpipe.export.verify import ort_logits, ort_session
 
 
@@ -35,8 +41,12 @@ def quantize_with_guard(
     samples: int,
     seed: int,
     max_drop: float,
+    target: Int8Target = "onnxruntime",
+    reduce_range: bool | None = None,
 ) -> dict:
-    """Write an INT8 model at `out` whose guard-set top-1 is within `max_drop` of FP32."""
+    """Write an INT8 model at `out` whose guard-set top-1 is within `max_drop` of FP32, in the
+    quantization scheme of the runtime `target` (quantize.py). The guard measures with
+    onnxruntime on the CPU, also for the TensorRT form: its Q/DQ arithmetic is the same."""
     ref_logits, labels = ort_logits(ort_session(fp32), guard_set)
     ref_acc = _top1(ref_logits, labels)
     reader = ImageBatches(calibration, samples, seed)
@@ -46,7 +56,7 @@ def quantize_with_guard(
         preprocess(fp32, pre)
 
         def drop_with(exclude: list[str], path: Path) -> tuple[float, dict]:
-            settings = quantize_int8(pre, path, reader, method, exclude)
+            settings = quantize_int8(pre, path, reader, method, exclude, target, reduce_range)
             logits, _ = ort_logits(ort_session(path), guard_set)
             return ref_acc - _top1(logits, labels), settings
 
@@ -71,7 +81,8 @@ def quantize_with_guard(
         sensitivity: dict[str, float] = {}
         probe = tmp / "probe.onnx"
         for node in nodes:
-            quantize_int8(pre, probe, reader, method, [n for n in nodes if n != node])
+            others = [n for n in nodes if n != node]
+            quantize_int8(pre, probe, reader, method, others, target, reduce_range)
             logits, _ = ort_logits(ort_session(probe), guard_set)
             sensitivity[node] = float(((logits - ref_logits) ** 2).mean())
         ranked = sorted(nodes, key=lambda n: -sensitivity[n])

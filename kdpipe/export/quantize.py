@@ -1,4 +1,16 @@
-"""ONNX FP32 -> INT8: static QDQ quantization, per-channel, S8S8, calibrated on real images.
+"""ONNX FP32 -> INT8: static QDQ quantization, per-channel weights, calibrated on real images.
+
+The scheme follows the runtime that will run the file (`INT8_TARGETS`):
+
+- `onnxruntime` (student.int8.onnx): uint8 activations (asymmetric), int8 weights. On x86,
+  onnxruntime's CPU provider fuses this U8S8 form into QLinearConv/QLinearAdd throughout;
+  with int8 activations (S8S8) it fused 9 of resnet18's 20 convs, left the rest in float
+  between their Q/DQ nodes and ran 2x *slower* than FP32 (docs/benchmarks.md). On x86 CPUs
+  without VNNI the weights use 7 bits (`reduce_range`), because the u8 x s8 instruction there
+  (VPMADDUBSW) can saturate its 16-bit sums with full-range weights.
+- `tensorrt` (the source of the INT8 engine): int8 activations and weights, both symmetric
+  (zero point 0), and float biases: the only form TensorRT's ONNX parser accepts (its
+  DequantizeLinear takes int8 with zero point 0, not the int32 of quantized biases).
 
 `quant_pre_process` (shape inference + graph optimization) runs first, as onnxruntime
 recommends; the calibration reader feeds batches of real *training* images. Nodes named in
@@ -8,7 +20,9 @@ recommends; the calibration reader feeds batches of real *training* images. Node
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,6 +47,38 @@ CALIBRATION = {
 }
 # The node types whose weights static quantization turns to int8.
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+Int8Target = Literal["onnxruntime", "tensorrt"]
+INT8_TARGETS: tuple[Int8Target, ...] = ("onnxruntime", "tensorrt")
+
+
+def x86_without_vnni() -> bool:
+    """An x86 CPU whose int8 dot products go through VPMADDUBSW (no AVX512-VNNI): 8-bit weights
+    can saturate there. (torch.cpu's probe is private; a torch without it counts as VNNI.)"""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    return not bool(getattr(torch.cpu, "_is_vnni_supported", lambda: True)())
+
+
+def int8_scheme(target: Int8Target, reduce_range: bool | None = None) -> dict:
+    """The quantize_static settings for `target`; `reduce_range` None = decided by this CPU."""
+    if target == "tensorrt":
+        return {
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            "reduce_range": False,
+            # Biases stay float: TensorRT dequantizes int8 (and fp8/int4), not int32.
+            "extra_options": {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            },
+        }
+    return {
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "reduce_range": x86_without_vnni() if reduce_range is None else reduce_range,
+        "extra_options": {"WeightSymmetric": True},
+    }
 
 
 class ImageBatches(CalibrationDataReader):
@@ -76,10 +122,15 @@ def quantize_int8(
     reader: ImageBatches,
     method: str = "minmax",
     exclude: list[str] | None = None,
+    target: Int8Target = "onnxruntime",
+    reduce_range: bool | None = None,
 ) -> dict:
     """Write the QDQ INT8 model of the preprocessed `pre` at `out`; return the settings used."""
     reader.rewind()
-    extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
+    scheme = int8_scheme(target, reduce_range)
+    extra = dict(scheme["extra_options"])
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
     with atomic_path(out) as dst:
         quantize_static(
             str(pre),
@@ -87,17 +138,21 @@ def quantize_int8(
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=scheme["activation_type"],
+            weight_type=scheme["weight_type"],
+            reduce_range=scheme["reduce_range"],
             calibrate_method=CALIBRATION[method],
             nodes_to_exclude=list(exclude or []),
             extra_options=extra,
         )
+    symmetric = extra.get("ActivationSymmetric", False)
     return {
         "format": "QDQ",
+        "target": target,
         "per_channel": True,
-        "activations": "int8",
-        "weights": "int8",
+        "activations": ("int8" if scheme["activation_type"] == QuantType.QInt8 else "uint8")
+        + (" symmetric" if symmetric else ""),
+        "weights": "int8 symmetric" + (", 7-bit range" if scheme["reduce_range"] else ""),
         "calibration": method,
         "calibration_samples": reader.samples,
         "kept_fp32": list(exclude or []),

@@ -17,11 +17,15 @@ from kdpipe.export.bundle import write_bundle
 from kdpipe.export.fp16 import convert_fp16
 from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
+from kdpipe.export.quantize import Int8Target
 from kdpipe.export.verify import ort_logits, ort_session, parity, parity_subset
 from kdpipe.profile.accuracy import predict_logits
 from kdpipe.runs import write_json
 
 FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
+# The INT8 engine's source when TensorRT is asked for: symmetric Q/DQ, the only form TensorRT
+# accepts; student.int8.onnx is quantized for onnxruntime's CPU kernels (quantize.py).
+TENSORRT_INT8 = "student.int8.tensorrt.onnx"
 # FP32 ONNX must match PyTorch: the design's bar for a correct export.
 FP32_MIN_AGREEMENT = 0.999
 
@@ -42,30 +46,15 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
             ui.info(f"export: FP16 (float32 inputs/outputs kept) -> {path}")
             settings = {"conversion": convert_fp16(fp32_path, path)}
         elif precision == "int8":
-            ui.info(
-                f"export: INT8 QDQ, {e.calibration} calibration on {e.calibration_samples} "
-                f"training images, max drop {e.max_accuracy_drop} pt -> {path}"
-            )
-            settings = {
-                "quantization": quantize_with_guard(
-                    fp32_path,
-                    path,
-                    data.train,
-                    data.val,
-                    e.calibration,
-                    e.calibration_samples,
-                    cfg.seed,
-                    e.max_accuracy_drop / 100,
-                )
-            }
-        logits, _ = ort_logits(ort_session(path), check_set)
-        results[precision] = {
-            "file": path.name,
-            "size_bytes": path.stat().st_size,
-            "parity": parity(reference, logits, labels),
-            **how,
-            **settings,
-        }
+            settings = {"quantization": _int8(cfg, data, fp32_path, path, "onnxruntime")}
+            if "tensorrt" in e.backends:
+                trt_path = stage_dir / TENSORRT_INT8
+                trt = _int8(cfg, data, fp32_path, trt_path, "tensorrt")
+                settings["tensorrt_onnx"] = {
+                    **_checked(trt_path, check_set, reference, labels),
+                    "quantization": trt,
+                }
+        results[precision] = {**_checked(path, check_set, reference, labels), **how, **settings}
     fp32 = results["fp32"]["parity"]
     if fp32["top1_agreement"] < FP32_MIN_AGREEMENT:
         ui.warn(
@@ -89,6 +78,37 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
     return results
 
 
+def _checked(path: Path, check_set: Dataset, reference: Tensor, labels: Tensor) -> dict:
+    """File, size and parity with PyTorch of one exported ONNX file."""
+    logits, _ = ort_logits(ort_session(path), check_set)
+    return {
+        "file": path.name,
+        "size_bytes": path.stat().st_size,
+        "parity": parity(reference, logits, labels),
+    }
+
+
+def _int8(cfg: RunConfig, data: DataSplits, fp32: Path, out: Path, target: Int8Target) -> dict:
+    """The guarded INT8 file for `target` (onnxruntime's CPU kernels, or TensorRT)."""
+    e = cfg.export
+    ui.info(
+        f"export: INT8 QDQ for {target}, {e.calibration} calibration on "
+        f"{e.calibration_samples} training images, max drop {e.max_accuracy_drop} pt -> {out}"
+    )
+    return quantize_with_guard(
+        fp32,
+        out,
+        data.train,
+        data.val,
+        e.calibration,
+        e.calibration_samples,
+        cfg.seed,
+        e.max_accuracy_drop / 100,
+        target,
+        e.int8_reduce_range,
+    )
+
+
 def _tensorrt_engines(
     cfg: RunConfig,
     data: DataSplits,
@@ -107,8 +127,9 @@ def _tensorrt_engines(
     for precision in cfg.export.precisions:
         plan = stage_dir / FILES[precision].replace(".onnx", ".plan")
         ui.info(f"export: TensorRT {precision} engine -> {plan}")
+        source = TENSORRT_INT8 if precision == "int8" else FILES[precision]
         engines[precision] = tensorrt.build_engine(
-            stage_dir / FILES[precision],
+            stage_dir / source,
             plan,
             data.info.input_size,
             cfg.export.batch_range,

@@ -42,6 +42,14 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(heads[-1].shape[0])
 
 
+def onnx_input_chw(path: Path) -> list[int] | None:
+    """The (C, H, W) the file's first input declares, or None where any of them is symbolic."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+    chw = [d.dim_value if d.HasField("dim_value") else 0 for d in dims][1:]
+    return chw if len(chw) == 3 and all(v > 0 for v in chw) else None
+
+
 def _onnx_runners(path: Path, name: str, threads: int, alone: bool = False) -> list[Runner]:
     try:
         onnx.checker.check_model(str(path))
@@ -80,7 +88,7 @@ def runners_for(
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
-        return _onnx_runners(path, path.stem.split(".")[0], threads, alone), None
+        return _onnx_runners(path, path.stem.split(".")[0], threads, alone), onnx_input_chw(path)
     if path.suffix == ".plan":
         reason = tensorrt.unavailable_reason()
         if reason:
@@ -134,12 +142,20 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
     threads = p.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     runners: list[Runner] = []
-    shape = input_size
+    declared_by: dict[str, list[int]] = {}
     for t in targets:
         # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
         found, declared = runners_for(t, threads, alone=len(targets) == 1)
         runners += found
-        shape = shape or declared
+        if declared:
+            declared_by[t] = list(declared)
+    if input_size is None and len({tuple(v) for v in declared_by.values()}) > 1:
+        sizes = ", ".join(f"{t} {','.join(map(str, v))}" for t, v in declared_by.items())
+        raise ConfigError(
+            f"the targets take different input sizes ({sizes})",
+            "profile them separately, or pass --input-size for models that accept any size",
+        )
+    shape = input_size or next(iter(declared_by.values()), None)
     if not runners:
         raise ConfigError("nothing to profile here", "see the skipped targets above")
     names = [r.target for r in runners]

@@ -37,6 +37,31 @@ def test_profile_any_mix_of_files(first_run, tmp_path: Path) -> None:
     assert r["environment"]["threads"] >= 1
 
 
+def test_lone_onnx_files_are_fed_the_size_they_declare(first_run, tmp_path: Path) -> None:
+    """No --input-size: each ONNX file's own (C, H, W) is used, not 3x224x224; files that
+    declare different sizes are refused with exit 2 rather than crashing mid-measurement."""
+    out, _, env = first_run
+    results = tmp_path / "p.json"
+    onnx_files = [str(out / "export" / n) for n in ("student.onnx", "student.int8.onnx")]
+    proc = kdpipe("profile", *onnx_files, *QUICK, "--no-memory", "--out", str(results), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(results.read_text())
+    assert r["input_size"] == [3, 32, 32]
+    assert {e["precision"] for e in r["latency"]} == {"fp32", "int8"}
+
+    import torch
+
+    from kdpipe.data.splits import DataInfo
+    from kdpipe.export.onnx import export_onnx
+
+    small = tmp_path / "small.onnx"
+    info = DataInfo("tiny", ["a", "b"], (3, 16, 16), [0.0] * 3, [1.0] * 3)
+    export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, 2)), info, small)
+    proc = kdpipe("profile", onnx_files[0], str(small), *QUICK, env=env)
+    assert proc.returncode == 2 and "different input sizes" in proc.stderr
+    assert "3,16,16" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_profile_refuses_corrupt_onnx(tmp_path: Path) -> None:
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(b"\x08\x07\x12\x04torch" + b"\x00" * 50)

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from kdpipe.data.splits import DataInfo
 from kdpipe.export.onnx import export_onnx
-from kdpipe.export.quantize import ImageBatches, preprocess, quantize_int8
+from kdpipe.export.quantize import ImageBatches, int8_scheme, preprocess, quantize_int8
 from kdpipe.export.verify import ort_logits, ort_session, parity
 from kdpipe.models import create
 from kdpipe.profile.accuracy import predict_logits
@@ -72,3 +72,66 @@ def test_int8_is_qdq_and_close_to_fp32(exported, tmp_path: Path) -> None:
     ref, labels = predict_logits(model, data)
     got, _ = ort_logits(ort_session(out), data)
     assert parity(ref, got, labels)["top1_agreement"] >= 0.9
+
+
+def _ort_optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+    """The node types onnxruntime's CPU provider actually runs after its graph fusions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3  # the file is only read back here, not shipped
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_int8_for_onnxruntime_runs_every_conv_in_integer_kernels(exported, tmp_path: Path) -> None:
+    """uint8 activations let onnxruntime fuse each Q/DQ-wrapped conv into QLinearConv; int8
+    activations left about half of them in float between Q/DQ nodes, 2x slower than FP32."""
+    _, path, data = exported
+    pre = tmp_path / "pre.onnx"
+    preprocess(path, pre)
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(pre)).graph.node)
+    out = tmp_path / "ort.int8.onnx"
+    settings = quantize_int8(pre, out, ImageBatches(data, samples=64, seed=0))
+    assert settings["target"] == "onnxruntime" and settings["activations"] == "uint8"
+    ops = _ort_optimized_ops(out, tmp_path)
+    assert ops.count("QLinearConv") == convs == 20 and "Conv" not in ops
+    # The S8S8 form this replaced really does fall back to float convs on this provider.
+    s8 = tmp_path / "s8.int8.onnx"
+    quantize_int8(pre, s8, ImageBatches(data, samples=64, seed=0), target="tensorrt")
+    assert "Conv" in _ort_optimized_ops(s8, tmp_path)
+
+
+def test_int8_for_tensorrt_is_symmetric_int8(exported, tmp_path: Path) -> None:
+    """TensorRT accepts Q/DQ only with int8 and zero point 0, activations included."""
+    model, path, data = exported
+    pre, out = tmp_path / "pre.onnx", tmp_path / "trt.int8.onnx"
+    preprocess(path, pre)
+    settings = quantize_int8(pre, out, ImageBatches(data, samples=64, seed=0), target="tensorrt")
+    assert settings["activations"] == "int8 symmetric"
+    graph = onnx.load(str(out)).graph
+    points = [t for t in graph.initializer if t.name.endswith("zero_point")]
+    assert len(points) >= 40  # an activation and a weight zero point per conv at least
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert not any("bias" in name for name in dequantized)  # float biases
+    for t in points:
+        assert t.data_type == onnx.TensorProto.INT8
+        assert not onnx.numpy_helper.to_array(t).any(), t.name
+    ref, labels = predict_logits(model, data)
+    got, _ = ort_logits(ort_session(out), data)
+    assert parity(ref, got, labels)["top1_agreement"] >= 0.9
+
+
+def test_reduce_range_only_where_asked_or_x86_without_vnni(monkeypatch) -> None:
+    from kdpipe.export import quantize
+
+    assert int8_scheme("onnxruntime", reduce_range=True)["reduce_range"] is True
+    assert int8_scheme("tensorrt", reduce_range=True)["reduce_range"] is False
+    monkeypatch.setattr(quantize.platform, "machine", lambda: "aarch64")
+    assert int8_scheme("onnxruntime")["reduce_range"] is False
+    monkeypatch.setattr(quantize.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(quantize.torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    assert int8_scheme("onnxruntime")["reduce_range"] is True
+    monkeypatch.setattr(quantize.torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    assert int8_scheme("onnxruntime")["reduce_range"] is False
