@@ -5,7 +5,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from kdpipe.report import plots
-from kdpipe.report.markdown import memory_text
+from kdpipe.report.markdown import export_rows, memory_text
 
 
 def render_html(report: dict, samples: dict[str, list[float]]) -> str:
@@ -22,4 +22,6 @@ def render_html(report: dict, samples: dict[str, list[float]]) -> str:
         ("Distillation training curves", plots.training_curves(report)),
     ]
     env.filters["memory"] = memory_text
-    return env.get_template("report.html.j2").render(r=report, s=report["summary"], plots=figures)
+    return env.get_template("report.html.j2").render(
+        r=report, s=report["summary"], plots=figures, export_rows=export_rows(report["export"])
+    )

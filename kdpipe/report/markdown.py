@@ -20,6 +20,19 @@ def memory_text(m: dict) -> str:
     return text + (f", {_mb(mem['device_bytes'])} GPU" if "device_bytes" in mem else "")
 
 
+def export_rows(export: dict) -> list[tuple[str, dict, float]]:
+    """(label, file entry, accuracy drop vs FP32) for every exported ONNX file, the TensorRT
+    form of INT8 included."""
+    fp32 = export["fp32"]["parity"]["accuracy"]
+    rows = []
+    for precision, x in export.items():
+        rows.append((precision, x, x["accuracy_drop_vs_fp32"]))
+        if "tensorrt_onnx" in x:
+            trt = x["tensorrt_onnx"]
+            rows.append((f"{precision} (for TensorRT)", trt, fp32 - trt["parity"]["accuracy"]))
+    return rows
+
+
 def render_markdown(r: dict) -> str:
     s, t, st = r["summary"], r["teacher"], r["student"]
     basis = s["speedup_basis"]
@@ -69,11 +82,11 @@ def render_markdown(r: dict) -> str:
         "| precision | file | max abs Δlogit | top-1 agreement | top-1 | drop vs FP32 |",
         "|---|---|---|---|---|---|",
     ]
-    for precision, x in r["export"].items():
+    for label, x, drop in export_rows(r["export"]):
         p = x["parity"]
         lines.append(
-            f"| {precision} | {x['file']} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
-            f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} | {100 * x['accuracy_drop_vs_fp32']:+.2f} pt |"
+            f"| {label} | {x['file']} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
+            f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} | {100 * drop:+.2f} pt |"
         )
     guard = r["export"].get("int8", {}).get("quantization", {}).get("guard")
     if guard:

@@ -41,6 +41,32 @@ def test_export_from_weights_file(first_run, tmp_path: Path) -> None:
     assert "fp16" in proc.stdout and "bundle:" in proc.stdout
 
 
+def test_export_for_tensorrt_writes_the_symmetric_int8_form(first_run, tmp_path: Path) -> None:
+    """Without TensorRT the engine is skipped with its reason, but the file TensorRT needs
+    (symmetric int8 Q/DQ) is still written, checked against PyTorch and reported."""
+    import onnx
+
+    out, _, env = first_run
+    dest = tmp_path / "exp"
+    args = ["--arch", "mobilenet_v3_small", "--weights", str(out / "distill" / "student.pt")]
+    proc = kdpipe(
+        "export", *args, "--precision", "int8", "--backend", "onnx,tensorrt", "--out", str(dest),
+        env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    int8 = json.loads((dest / "export.json").read_text())["int8"]
+    assert int8["quantization"]["activations"] == "uint8"
+    trt = int8["tensorrt_onnx"]
+    assert trt["file"] == "student.int8.tensorrt.onnx"
+    assert trt["quantization"]["activations"] == "int8 symmetric"
+    assert trt["parity"]["samples"] == 360 and trt["parity"]["top1_agreement"] >= 0.9
+    graph = onnx.load(str(dest / trt["file"])).graph
+    points = [t for t in graph.initializer if t.name.endswith("zero_point")]
+    assert points and not any(onnx.numpy_helper.to_array(t).any() for t in points)
+    assert "skipped" in json.loads((dest / "tensorrt.json").read_text())
+    assert "TensorRT skipped" in proc.stderr
+
+
 def test_export_needs_a_source(tmp_path: Path) -> None:
     proc = kdpipe("export", "--quiet")
     assert proc.returncode == 2 and "either a run directory" in proc.stderr
