@@ -28,7 +28,7 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
 from kdpipe.export.stage import FILES as ONNX_FILES
-from kdpipe.export.stage import TENSORRT_INT8, run_export_stage
+from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
@@ -187,11 +187,13 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]
     if "int8" in cfg.export.precisions and "tensorrt" in cfg.export.backends:
         onnx_names.append(TENSORRT_INT8)
+    if cfg.export.teacher:
+        onnx_names += [TEACHER_ONNX, "teacher.json"]
     export = stage(
         "export",
         e_fp,
         [*onnx_names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"],
-        lambda d: run_export_stage(cfg, data, student, d),
+        lambda d: run_export_stage(cfg, data, student, d, teacher.model),
         lambda: read_json(e_dir / "export.json"),
     )
 
@@ -201,6 +203,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
     files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
     onnx_files: dict[str, Path] = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
+    teacher_onnx = e_dir / TEACHER_ONNX if cfg.export.teacher else None
     engines = read_json(e_dir / "tensorrt.json")
     plans = {
         p: e_dir / m["plan"] for p, m in engines.items() if isinstance(m, dict) and "plan" in m
@@ -209,13 +212,17 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         "profile",
         p_fp,
         ["results.json", "samples.json"],
-        lambda d: run_profile_stage(cfg, data, teacher.model, student, files, onnx_files, plans, d),
+        lambda d: run_profile_stage(
+            cfg, data, teacher.model, student, files, onnx_files, plans, d, teacher_onnx
+        ),
         lambda: read_json(rd.stage_dir("profile") / "results.json"),
     )
     if until == "profile":
         return profile
 
     report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
+    if teacher_onnx is not None:
+        report["teacher"]["onnx"] = read_json(e_dir / "teacher.json")
     report["tensorrt"] = engines
     report["metrics"] = flatten_metrics(report)
     write_reports(out, report)

@@ -99,6 +99,9 @@ class ExportConfig(_Section):
     calibration_samples: int = Field(256, ge=1, le=100_000)
     # Largest allowed INT8 top-1 drop against FP32, in percentage points (guard.py).
     max_accuracy_drop: float = Field(1.0, ge=0, le=100)
+    # The teacher as ONNX FP32 too, so the profile times both models on onnxruntime: the
+    # speedup then compares like with like instead of torch eager against onnxruntime.
+    teacher: bool = True
     # INT8 weights in 7 bits for onnxruntime (quantize.py); None = where this CPU is x86
     # without VNNI. Set it when the file will run on another kind of CPU than the exporting one.
     int8_reduce_range: bool | None = None

@@ -26,14 +26,25 @@ FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.i
 # The INT8 engine's source when TensorRT is asked for: symmetric Q/DQ, the only form TensorRT
 # accepts; student.int8.onnx is quantized for onnxruntime's CPU kernels (quantize.py).
 TENSORRT_INT8 = "student.int8.tensorrt.onnx"
+TEACHER_ONNX = "teacher.onnx"
 # FP32 ONNX must match PyTorch: the design's bar for a correct export.
 FP32_MIN_AGREEMENT = 0.999
 
 
-def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage_dir: Path) -> dict:
-    """Write the ONNX files, bundle.json and export.json (parity and accuracy of each)."""
+def run_export_stage(
+    cfg: RunConfig,
+    data: DataSplits,
+    student: nn.Module,
+    stage_dir: Path,
+    teacher: nn.Module | None = None,
+) -> dict:
+    """Write the ONNX files, bundle.json and export.json (parity and accuracy of each), and
+    with a `teacher` (and `export.teacher`) teacher.onnx with its parity in teacher.json."""
     e = cfg.export
     check_set = parity_subset(data.test, e.parity_samples)
+    if teacher is not None and e.teacher:
+        facts = export_teacher(teacher, data, check_set, stage_dir, e.opset)
+        write_json(stage_dir / "teacher.json", facts)
     reference, labels = predict_logits(student, check_set)
     fp32_path = stage_dir / FILES["fp32"]
     ui.info(f"export: ONNX FP32 -> {fp32_path}")
@@ -76,6 +87,23 @@ def run_export_stage(cfg: RunConfig, data: DataSplits, student: nn.Module, stage
     write_json(stage_dir / "export.json", results)
     ui.info(f"export: bundle {stage_dir / 'bundle.json'} ({len(bundle['models'])} models)")
     return results
+
+
+def export_teacher(
+    teacher: nn.Module, data: DataSplits, check_set: Dataset, stage_dir: Path, opset: int | None
+) -> dict:
+    """teacher.onnx (FP32), checked against the teacher in PyTorch like the student's files."""
+    path = stage_dir / TEACHER_ONNX
+    ui.info(f"export: teacher ONNX FP32 (to time it on onnxruntime too) -> {path}")
+    how = export_onnx(teacher.eval(), data.info, path, opset)
+    reference, labels = predict_logits(teacher, check_set)
+    checked = _checked(path, check_set, reference, labels)
+    if checked["parity"]["top1_agreement"] < FP32_MIN_AGREEMENT:
+        ui.warn(
+            "teacher ONNX FP32 agrees with PyTorch on only "
+            f"{checked['parity']['top1_agreement']:.2%} of test images"
+        )
+    return {**checked, **how}
 
 
 def _checked(path: Path, check_set: Dataset, reference: Tensor, labels: Tensor) -> dict:

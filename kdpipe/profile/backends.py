@@ -133,9 +133,12 @@ def build_runners(
     threads: int,
     archs: dict[str, str] | None = None,
     num_classes: int = 0,
+    teacher_onnx: Path | None = None,
 ) -> tuple[list[Runner], list[dict]]:
     """Runners for every backend available here, and the skipped ones with their reasons.
-    `archs` (teacher/student architecture names) lets memory be measured for torch runners."""
+    `archs` (teacher/student architecture names) lets memory be measured for torch runners;
+    `teacher_onnx` puts the teacher on each onnxruntime backend too (FP32). The teacher in
+    torch-cpu comes first: agreement with the teacher is measured against it."""
     nets = {"teacher": teacher, "student": student}
 
     def torch_runner(who: str, device: str) -> Runner:
@@ -182,11 +185,14 @@ def build_runners(
                 }
             )
             continue
-        for precision, path in onnx_files.items():
+        ort_files = [("student", precision, path) for precision, path in onnx_files.items()]
+        if teacher_onnx is not None:
+            ort_files.insert(0, ("teacher", "fp32", teacher_onnx))
+        for who, precision, path in ort_files:
             spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
             runners.append(
                 Runner(
-                    Target("student", backend, precision),
+                    Target(who, backend, precision),
                     ort_predict(path, threads, provider),
                     path.stat().st_size,
                     spec,

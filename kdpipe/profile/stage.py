@@ -1,6 +1,6 @@
 """The profile stage: teacher and student side by side on every available backend.
 
-For each batch size, all runners (teacher and student in torch, the student's ONNX files in
+For each batch size, all runners (teacher and student in torch, both models' ONNX files in
 onnxruntime, TensorRT engines, on CPU and GPU where present) are timed interleaved on the
 same input batch; accuracy, agreement with the teacher, parameters, FLOPs and file sizes
 come alongside. Backends that cannot run here are listed with the reason.
@@ -38,8 +38,10 @@ def run_profile_stage(
     onnx_files: dict[str, Path],
     plans: dict[str, Path],
     stage_dir: Path,
+    teacher_onnx: Path | None = None,
 ) -> dict:
-    """Measure every target; write results.json; return it."""
+    """Measure every target; write results.json; return it. With `teacher_onnx` the teacher
+    is timed on onnxruntime too, beside the student."""
     p = cfg.profile
     threads = p.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -47,7 +49,15 @@ def run_profile_stage(
     student.eval()
     archs = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
     runners, skipped = build_runners(
-        teacher, student, files, onnx_files, plans, threads, archs, data.info.num_classes
+        teacher,
+        student,
+        files,
+        onnx_files,
+        plans,
+        threads,
+        archs,
+        data.info.num_classes,
+        teacher_onnx,
     )
     for s in skipped:
         ui.info(f"profile: {s['backend']} skipped: {s['reason']}")

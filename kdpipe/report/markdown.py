@@ -20,6 +20,12 @@ def memory_text(m: dict) -> str:
     return text + (f", {_mb(mem['device_bytes'])} GPU" if "device_bytes" in mem else "")
 
 
+def basis_text(basis: dict) -> str:
+    """What the headline speedup compares: 'student ort-cpu int8 vs teacher ort-cpu fp32'."""
+    st, t = basis["student"], basis["teacher"]
+    return f"student {st['backend']} {st['precision']} vs teacher {t['backend']} {t['precision']}"
+
+
 def export_rows(export: dict) -> list[tuple[str, dict, float]]:
     """(label, file entry, accuracy drop vs FP32) for every exported ONNX file, the TensorRT
     form of INT8 included."""
@@ -41,7 +47,7 @@ def render_markdown(r: dict) -> str:
         "",
         f"Student keeps **{_pct(s['accuracy_retention'])}** of the teacher's accuracy and runs "
         f"**{s['speedup_vs_teacher']:.2f}x** faster at batch {basis['batch_size']} "
-        f"({basis['student']['backend']} {basis['student']['precision']} vs teacher torch-cpu fp32, p50); "
+        f"({basis_text(basis)}, p50); "
         f"**{s['param_compression']:.1f}x** fewer parameters, **{s['size_compression']:.1f}x** smaller file.",
         "",
         "| | teacher | student |",

@@ -28,6 +28,7 @@ SUMMARY = (
     "accuracy_drop",
     "speedup_vs_teacher",
     "torch_speedup_vs_teacher",
+    "ort_speedup_vs_teacher",
     "param_compression",
     "flops_compression",
     "size_compression",

@@ -30,18 +30,33 @@ def _p50(profile: dict, model: str, backend: str, precision: str, bs: int) -> fl
     return None
 
 
+def _fastest(profile: dict, model: str, bs: int) -> tuple[float, str, str]:
+    """(p50, backend, precision) of `model`'s fastest measured form at batch `bs`."""
+    return min(
+        (e["p50_ms"], e["backend"], e["precision"])
+        for e in profile["latency"]
+        if e["model"] == model and e["batch_size"] == bs
+    )
+
+
+def _same_backend(profile: dict, backend: str, bs: int) -> float | None:
+    """Teacher p50 / student p50 with both in `backend` FP32: the architecture's gain alone."""
+    t = _p50(profile, "teacher", backend, "fp32", bs)
+    s = _p50(profile, "student", backend, "fp32", bs)
+    return t / s if t and s else None
+
+
 def summarize(profile: dict) -> dict:
-    """Headline ratios: accuracy retention, speedup at the smallest batch, size/FLOPs compression."""
+    """Headline ratios: accuracy retention, speedup at the smallest batch, size/FLOPs compression.
+    The speedup sets the student's fastest form against the teacher's fastest form (each on
+    whichever backend and precision measured quickest), so a runtime change alone (torch
+    eager -> onnxruntime) is not counted as the student's gain when the teacher was timed on
+    that runtime too."""
     teacher = _model_row(profile, "teacher", "torch-cpu", "fp32")
     student = _model_row(profile, "student", "torch-cpu", "fp32")
     bs = min(e["batch_size"] for e in profile["latency"])
-    t_p50 = _p50(profile, "teacher", "torch-cpu", "fp32", bs)
-    candidates = [
-        (e["p50_ms"], e["backend"], e["precision"])
-        for e in profile["latency"]
-        if e["model"] == "student" and e["batch_size"] == bs
-    ]
-    best_ms, best_backend, best_precision = min(candidates)
+    t_p50, t_backend, t_precision = _fastest(profile, "teacher", bs)
+    best_ms, best_backend, best_precision = _fastest(profile, "student", bs)
     smallest = min(r["size_bytes"] for r in profile["models"] if r["model"] == "student")
     return {
         "accuracy_retention": student["accuracy"] / teacher["accuracy"]
@@ -51,15 +66,12 @@ def summarize(profile: dict) -> dict:
         "speedup_vs_teacher": (t_p50 / best_ms) if t_p50 and best_ms else None,
         "speedup_basis": {
             "batch_size": bs,
-            "teacher": {"backend": "torch-cpu", "precision": "fp32", "p50_ms": t_p50},
+            "teacher": {"backend": t_backend, "precision": t_precision, "p50_ms": t_p50},
             "student": {"backend": best_backend, "precision": best_precision, "p50_ms": best_ms},
             "measured": "interleaved in one run",
         },
-        "torch_speedup_vs_teacher": (
-            t_p50 / s
-            if t_p50 and (s := _p50(profile, "student", "torch-cpu", "fp32", bs))
-            else None
-        ),
+        "torch_speedup_vs_teacher": _same_backend(profile, "torch-cpu", bs),
+        "ort_speedup_vs_teacher": _same_backend(profile, "ort-cpu", bs),
         "param_compression": teacher["params"] / student["params"],
         "flops_compression": teacher["flops"] / student["flops"] if student["flops"] else None,
         "size_compression": teacher["size_bytes"] / smallest,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from kdpipe.report.markdown import basis_text
+
 
 def print_summary(r: dict, console: Console) -> None:
     s = r["summary"]
@@ -41,8 +43,7 @@ def print_summary(r: dict, console: Console) -> None:
     console.print(
         f"accuracy retention [bold]{100 * s['accuracy_retention']:.2f}%[/bold]   "
         f"speedup vs teacher [bold]{s['speedup_vs_teacher']:.2f}x[/bold] "
-        f"(batch {s['speedup_basis']['batch_size']}, {s['speedup_basis']['student']['backend']} "
-        f"{s['speedup_basis']['student']['precision']})   "
+        f"(batch {s['speedup_basis']['batch_size']}, {basis_text(s['speedup_basis'])})   "
         f"params [bold]{s['param_compression']:.1f}x[/bold] fewer   "
         f"file [bold]{s['size_compression']:.1f}x[/bold] smaller"
     )

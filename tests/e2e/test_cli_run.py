@@ -22,6 +22,7 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
         "distill/log.jsonl",
         "export/student.onnx",
         "export/student.int8.onnx",
+        "export/teacher.onnx",
         "profile/results.json",
         "report.json",
         "report.md",
@@ -43,7 +44,28 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
             ("student", "torch-cpu", "fp32", bs),
             ("student", "ort-cpu", "fp32", bs),
             ("student", "ort-cpu", "int8", bs),
+            ("teacher", "ort-cpu", "fp32", bs),
         } <= combos
+    # The headline speedup sets the fastest student against the fastest teacher, both measured
+    # in this run: with the teacher on onnxruntime too, a runtime change is not a student gain.
+    basis = r["summary"]["speedup_basis"]
+    fastest = {
+        who: min(
+            (e["p50_ms"], e["backend"], e["precision"])
+            for e in r["latency"]
+            if e["model"] == who and e["batch_size"] == 1
+        )
+        for who in ("teacher", "student")
+    }
+    for who in ("teacher", "student"):
+        assert (basis[who]["p50_ms"], basis[who]["backend"], basis[who]["precision"]) == fastest[
+            who
+        ]
+    assert r["summary"]["speedup_vs_teacher"] == pytest.approx(
+        fastest["teacher"][0] / fastest["student"][0]
+    )
+    assert r["summary"]["ort_speedup_vs_teacher"] > 0
+    assert r["teacher"]["onnx"]["parity"]["top1_agreement"] >= 0.999
     for e in r["latency"]:
         assert e["iters"] >= 10 and e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"]
         assert set(e) >= {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput"}
