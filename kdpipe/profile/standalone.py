@@ -50,13 +50,29 @@ def onnx_input_chw(path: Path) -> list[int] | None:
     return chw if len(chw) == 3 and all(v > 0 for v in chw) else None
 
 
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
+INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+def onnx_precision(path: Path) -> str:
+    """int8 for Q/DQ or integer-op graphs, fp16 where the weights are half, else fp32: read
+    from the graph, since a user's file name need not say (`model_quant.onnx`)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    if ops & (QUANTIZED_OPS | INTEGER_OPS):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def _onnx_runners(path: Path, name: str, threads: int, alone: bool = False) -> list[Runner]:
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
-    precision = "int8" if ".int8" in path.name else "fp16" if ".fp16" in path.name else "fp32"
+    precision = onnx_precision(path)
     out = []
     for backend, provider in ORT_PROVIDERS.items():
         if provider in ort.get_available_providers() and (

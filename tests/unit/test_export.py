@@ -17,6 +17,7 @@ from kdpipe.export.quantize import ImageBatches, int8_scheme, preprocess, quanti
 from kdpipe.export.verify import ort_logits, ort_session, parity
 from kdpipe.models import create
 from kdpipe.profile.accuracy import predict_logits
+from kdpipe.profile.standalone import onnx_precision
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
 
@@ -69,6 +70,8 @@ def test_int8_is_qdq_and_close_to_fp32(exported, tmp_path: Path) -> None:
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert out.stat().st_size < path.stat().st_size / 2.5  # int8 weights
+    # `kdpipe profile` labels a file by its graph, whatever it is named.
+    assert onnx_precision(out) == "int8" and onnx_precision(path) == "fp32"
     ref, labels = predict_logits(model, data)
     got, _ = ort_logits(ort_session(out), data)
     assert parity(ref, got, labels)["top1_agreement"] >= 0.9

@@ -18,6 +18,7 @@ from kdpipe.export.fp16 import convert_fp16
 from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.verify import ort_logits, ort_session
+from kdpipe.profile.standalone import onnx_precision
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 16, 16), [0.0] * 3, [1.0] * 3)
 
@@ -59,6 +60,7 @@ def test_fp16_keeps_float32_io_and_close_logits(fp32, tmp_path: Path) -> None:
     assert session.get_outputs()[0].type == "tensor(float)"
     inits = onnx.load(str(out)).graph.initializer
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in inits)
+    assert onnx_precision(out) == "fp16"
     x = torch.randn(8, 3, 16, 16)
     got = session.run(None, {"input": x.numpy()})[0]
     ref = model(x).detach().numpy()
