@@ -1,6 +1,6 @@
 """ONNX FP32 -> INT8: static QDQ quantization, per-channel weights, calibrated on real images.
 
-The scheme follows the runtime that will run the file (`INT8_TARGETS`):
+The scheme follows the runtime that will run the file (`Int8Target`):
 
 - `onnxruntime` (student.int8.onnx): uint8 activations (asymmetric), int8 weights. On x86,
   onnxruntime's CPU provider fuses this U8S8 form into QLinearConv/QLinearAdd throughout;
@@ -48,7 +48,6 @@ CALIBRATION = {
 # The node types whose weights static quantization turns to int8.
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 Int8Target = Literal["onnxruntime", "tensorrt"]
-INT8_TARGETS: tuple[Int8Target, ...] = ("onnxruntime", "tensorrt")
 
 
 def x86_without_vnni() -> bool:

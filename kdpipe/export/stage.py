@@ -67,10 +67,7 @@ def run_export_stage(
                 }
         results[precision] = {**_checked(path, check_set, reference, labels), **how, **settings}
     fp32 = results["fp32"]["parity"]
-    if fp32["top1_agreement"] < FP32_MIN_AGREEMENT:
-        ui.warn(
-            f"ONNX FP32 agrees with PyTorch on only {fp32['top1_agreement']:.2%} of test images"
-        )
+    _warn_if_disagrees("ONNX FP32", fp32)
     for name, r in results.items():
         r["accuracy_drop_vs_fp32"] = fp32["accuracy"] - r["parity"]["accuracy"]
         ui.info(
@@ -98,12 +95,13 @@ def export_teacher(
     how = export_onnx(teacher.eval(), data.info, path, opset)
     reference, labels = predict_logits(teacher, check_set)
     checked = _checked(path, check_set, reference, labels)
-    if checked["parity"]["top1_agreement"] < FP32_MIN_AGREEMENT:
-        ui.warn(
-            "teacher ONNX FP32 agrees with PyTorch on only "
-            f"{checked['parity']['top1_agreement']:.2%} of test images"
-        )
+    _warn_if_disagrees("teacher ONNX FP32", checked["parity"])
     return {**checked, **how}
+
+
+def _warn_if_disagrees(what: str, parity: dict) -> None:
+    if parity["top1_agreement"] < FP32_MIN_AGREEMENT:
+        ui.warn(f"{what} agrees with PyTorch on only {parity['top1_agreement']:.2%} of test images")
 
 
 def _checked(path: Path, check_set: Dataset, reference: Tensor, labels: Tensor) -> dict:

@@ -42,9 +42,8 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(heads[-1].shape[0])
 
 
-def onnx_input_chw(path: Path) -> list[int] | None:
-    """The (C, H, W) the file's first input declares, or None where any of them is symbolic."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+def _input_chw(graph: onnx.GraphProto) -> list[int] | None:
+    """The (C, H, W) the graph's first input declares, or None where any of them is symbolic."""
     dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
     chw = [d.dim_value if d.HasField("dim_value") else 0 for d in dims][1:]
     return chw if len(chw) == 3 and all(v > 0 for v in chw) else None
@@ -54,10 +53,10 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
 
 
-def onnx_precision(path: Path) -> str:
+def onnx_precision(model: Path | onnx.GraphProto) -> str:
     """int8 for Q/DQ or integer-op graphs, fp16 where the weights are half, else fp32: read
     from the graph, since a user's file name need not say (`model_quant.onnx`)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = model if isinstance(model, onnx.GraphProto) else _graph(model)
     ops = {n.op_type for n in graph.node}
     if ops & (QUANTIZED_OPS | INTEGER_OPS):
         return "int8"
@@ -66,13 +65,21 @@ def onnx_precision(path: Path) -> str:
     return "fp32"
 
 
-def _onnx_runners(path: Path, name: str, threads: int, alone: bool = False) -> list[Runner]:
+def _graph(path: Path) -> onnx.GraphProto:
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+def _onnx_runners(
+    path: Path, name: str, threads: int, alone: bool = False
+) -> tuple[list[Runner], list[int] | None]:
+    """The file's runner on each onnxruntime backend here, and the input (C, H, W) it declares."""
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
-    precision = onnx_precision(path)
+    graph = _graph(path)
+    precision = onnx_precision(graph)
     out = []
     for backend, provider in ORT_PROVIDERS.items():
         if provider in ort.get_available_providers() and (
@@ -87,7 +94,7 @@ def _onnx_runners(path: Path, name: str, threads: int, alone: bool = False) -> l
                     spec,
                 )
             )
-    return out
+    return out, _input_chw(graph)
 
 
 def runners_for(
@@ -99,12 +106,12 @@ def runners_for(
         bundle = json.loads((path / "bundle.json").read_text())
         runners = []
         for entry in bundle["models"].values():
-            runners += _onnx_runners(path / entry["file"], path.name or "bundle", threads)
+            runners += _onnx_runners(path / entry["file"], path.name or "bundle", threads)[0]
         return runners, bundle["input"]["shape"][1:]
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
-        return _onnx_runners(path, path.stem.split(".")[0], threads, alone), onnx_input_chw(path)
+        return _onnx_runners(path, path.stem.split(".")[0], threads, alone)
     if path.suffix == ".plan":
         reason = tensorrt.unavailable_reason()
         if reason:
