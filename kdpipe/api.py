@@ -90,6 +90,32 @@ def _forced(force: Iterable[str]) -> set[str]:
     return set(STAGES[first:])  # redoing a stage invalidates everything downstream
 
 
+def preflight(cfg: RunConfig, force: Iterable[str] = ()) -> None:
+    """The checks that need no process group: the launcher of `--nproc` runs them once, so a
+    bad name or a foreign --out fails in a second instead of after N workers have started."""
+    validate(cfg)
+    refuse_foreign_dir(cfg.out_dir(), bool(_forced(force)))
+
+
+def _prepare_out_dir(cfg: RunConfig, out: Path, forced: bool, main: bool) -> None:
+    """Rank 0 alone checks and claims the output directory while the others wait: a rank
+    that looked after rank 0 had begun writing would take the run for someone else's. Every
+    rank then learns whether it worked, so none is left waiting at the next collective."""
+    error: ConfigError | None = None
+    if main:
+        try:
+            refuse_foreign_dir(out, forced)
+            ensure_writable_dir(out)
+            config = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            write_text(out / "config.yaml", config)
+        except ConfigError as e:
+            error = e
+    if not distributed.all_agree(error is None):
+        raise error or ConfigError(
+            f"rank 0 could not use the output directory {out}", "see rank 0's message"
+        )
+
+
 def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dict:
     """Run the pipeline up to and including stage `until`; return the report (also written as
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
@@ -106,10 +132,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ui.set_quiet(True)
         set_writer(False)
     out = cfg.out_dir()
-    refuse_foreign_dir(out, bool(redo))
-    ensure_writable_dir(out)
+    _prepare_out_dir(cfg, out, bool(redo), rank.main)
     rd = RunDir(out)
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(cfg.seed)
     stages: dict[str, dict] = {}
 

@@ -272,8 +272,10 @@ def run(
         }
         cfg = build_config(load_config_file(config) if config else {}, overrides)
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from kdpipe.api import preflight
             from kdpipe.launch import relaunch
 
+            preflight(cfg, force or ())
             raise typer.Exit(relaunch(nproc, sys.argv[1:]))
         report = run_pipeline(cfg, force or (), until)
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":

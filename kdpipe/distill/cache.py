@@ -89,7 +89,7 @@ def teacher_outputs(
     n = len(dataset)  # type: ignore[arg-type]
     device = next(teacher.parameters()).device
     stored = _read(path, n, num_classes) if path is not None else None
-    if _everywhere(stored is not None, device):
+    if distributed.all_agree(stored is not None):
         assert stored is not None
         return TeacherTable(stored.to(device), "disk", time.perf_counter() - start, path)
     table = _compute(teacher, dataset, num_classes, dtype)
@@ -122,16 +122,6 @@ def _read(path: Path, n: int, k: int) -> Tensor | None:
         ui.warn(f"ignoring teacher-logit table {path}: it does not fit this data")
         return None
     return t
-
-
-def _everywhere(flag: bool, device: torch.device) -> bool:
-    """True when `flag` holds on every rank (each rank may have its own disk)."""
-    d = distributed.current()
-    if not d.active:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
 
 
 def _compute(teacher: nn.Module, dataset: Dataset, k: int, dtype: torch.dtype | None) -> Tensor:

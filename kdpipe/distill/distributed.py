@@ -7,8 +7,9 @@ gradients of all trainable parameters are averaged across ranks in one flattened
 and buffers (BatchNorm statistics) are broadcast from rank 0 at every epoch end, so every rank
 holds the same model. One flat all-reduce per step (instead of wrapping the distiller in
 DistributedDataParallel) lets methods that run their own updates (DML's peers in turn, the
-adversarial discriminator) synchronize the same way. gloo on CPU, NCCL on CUDA. Only rank 0
-writes files and draws progress.
+adversarial discriminator) synchronize the same way. gloo on CPU, NCCL on CUDA (with gloo
+beside it for the small CPU tensors of metrics and flags). Only rank 0 writes files and draws
+progress.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def setup(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # On CUDA, NCCL carries the gradients and gloo the CPU tensors (metrics, flags):
+        # NCCL alone refuses a CPU tensor.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -88,6 +91,15 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) / d.world for k, v in zip(keys, t, strict=True)}
+
+
+def all_agree(flag: bool) -> bool:
+    """True when `flag` holds on every rank (each rank may have its own disk)."""
+    if not current().active:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def barrier() -> None:

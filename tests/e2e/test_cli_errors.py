@@ -79,6 +79,9 @@ CASES = {
     "bad label fraction": (["--label-fraction", "0"], "distill.label_fraction"),
     "bad until": (["--until", "deploy"], "unknown stage 'deploy'"),
     "foreign out dir": (["--out", "{dir}/foreign"], "not a kdpipe run"),
+    # Refused by the --nproc launcher itself, before any worker starts.
+    "foreign out dir, --nproc 2": (["--nproc", "2", "--out", "{dir}/foreign"], "not a kdpipe run"),
+    "unknown teacher, --nproc 2": (["--nproc", "2", "--teacher", "resnet9"], "unknown model"),
     "empty dataset": (["--data", "imagefolder:{dir}/empty"], "no images found"),
     "single-class dataset": (["--data", "imagefolder:{dir}/single"], "single class"),
     "undecodable image, strict": (

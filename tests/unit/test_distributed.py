@@ -71,3 +71,40 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     # Files are written once: rank 0's log has one line per epoch, rank 1 wrote nothing.
     assert len((tmp_path / "rank0" / "log.jsonl").read_text().splitlines()) == CFG.epochs
     assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").rglob("*.*"))
+
+
+def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
+    from kdpipe.api import _prepare_out_dir
+    from kdpipe.config import RunConfig
+    from kdpipe.errors import ConfigError
+    from kdpipe.runs import set_writer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    set_writer(rank == 0)
+    outcomes = []
+    try:
+        for name in [f"fresh{i}" for i in range(10)] + ["foreign"]:
+            out = Path(root) / name
+            try:
+                _prepare_out_dir(RunConfig(out=out), out, False, rank == 0)
+                outcomes.append("ok")
+            except ConfigError as e:
+                outcomes.append(f"refused: {e.message}")
+        (Path(root) / f"outcomes{rank}.txt").write_text("\n".join(outcomes))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0_alone_claims_the_out_dir_and_every_rank_learns_the_verdict(tmp_path: Path) -> None:
+    # Each rank once checked --out itself; a rank that looked while rank 0 was writing
+    # config.yaml took the new run for someone else's directory (a CI failure, stop 13).
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    mp.spawn(_claim_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = ((tmp_path / f"outcomes{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert rank0[:10] == rank1[:10] == ["ok"] * 10
+    assert all((tmp_path / f"fresh{i}" / "config.yaml").is_file() for i in range(10))
+    assert "is a non-empty directory that is not a kdpipe run" in rank0[10]
+    assert rank1[10].startswith("refused: rank 0 could not use the output directory")
+    assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["notes.txt"]
