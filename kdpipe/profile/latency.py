@@ -1,7 +1,7 @@
 """Timing methodology (design.md): warm up, then time every call; interleave models.
 
 Each measured callable is warmed up (>= `warmup` calls and >= `warmup_seconds`), then all are
-timed in rounds (A B C A B C ...; each round starts with an untimed call that brings the model
+timed in rounds (A B C A B C ...; each round starts with untimed calls that bring the model
 back into the caches) with `time.perf_counter_ns` around every call, so a slow
 spell of the machine hits every model alike and ratios between them survive the noise. A
 callable leaves the rotation once it has >= `min_iters` calls and >= `min_seconds` of timings.
@@ -17,11 +17,14 @@ import numpy as np
 
 K = TypeVar("K", bound=Hashable)
 
-ROUND_CALLS = 5  # calls per model per round: short enough to interleave, long enough to stay warm
-# Untimed calls at the start of each round: the first call after switching models runs with
-# the other model's weights in the caches, which a steady-state latency (a plain loop over one
-# model, trtexec, onnxruntime_perf_test) never sees.
-REWARM_CALLS = 1
+ROUND_CALLS = 20  # timed calls per model per round
+# Untimed calls at the start of each round. After a switch from another model an onnxruntime
+# session needs several calls, not one, to reach the steady state a plain loop over one model
+# (trtexec, onnxruntime_perf_test) measures: with one re-warm call and 5 timed, the first
+# timed call of a round read +25 % (INT8 student) and the round's p95 +20 %; with 5 re-warm
+# calls the first timed call is within 1 % of the last (docs/benchmarks.md, session 8).
+# Torch eager barely cares. Untimed share: 20 % of calls (1 + 5 had 17 %).
+REWARM_CALLS = 5
 
 
 def warm_up(fn: Callable[[], object], calls: int, seconds: float) -> None:

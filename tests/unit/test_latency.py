@@ -30,7 +30,7 @@ def test_calls_are_interleaved_and_minimums_hold() -> None:
     assert len(out["a"]) >= 20 and len(out["b"]) >= 20
     assert sum(out["b"]) / 1000 >= 0.03
     timed = order[2 + 2 :]  # after each one's warm-up calls
-    per_round = REWARM_CALLS + ROUND_CALLS  # an untimed re-warm call, then the timed ones
+    per_round = REWARM_CALLS + ROUND_CALLS  # untimed re-warm calls, then the timed ones
     first_rounds = timed[: 4 * per_round]
     assert first_rounds == (["a"] * per_round + ["b"] * per_round) * 2
     assert len(out["a"]) % ROUND_CALLS == 0  # re-warm calls are not in the samples
