@@ -24,7 +24,7 @@ from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.accuracy import agreement, top1
 from kdpipe.profile.backends import Runner, Target, build_runners
-from kdpipe.profile.latency import measure_interleaved, summarize
+from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
 from kdpipe.runs import write_json
 
 HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
@@ -78,18 +78,26 @@ def run_profile_stage(
         "models": models,
         "latency": latency,
         "skipped_backends": skipped,
-        "settings": {
-            **p.model_dump(),
-            "threads": threads,
-            "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
-            # onnxruntime's workers spin inside a call, never after it (force_spinning_stop)
-            "ort_spinning": "within a call",
-        },
+        "settings": settings_record(p, threads),
         "environment": environment.describe(threads),
     }
     write_json(stage_dir / "results.json", results)
     write_json(stage_dir / "samples.json", samples)
     return results
+
+
+def settings_record(p: ProfileConfig, threads: int, alone: bool = False) -> dict:
+    """How the timings were taken, for report.json's `profile_settings`."""
+    return {
+        **p.model_dump(),
+        "threads": threads,
+        "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
+        # onnxruntime's workers spin inside a call and stop when it returns
+        # (force_spinning_stop), unless one lone ONNX file is timed: then as a plain loop
+        "ort_spinning": "within and between calls" if alone else "within a call",
+        # per model and round: untimed calls back to steady state, then the timed ones
+        "round": {"rewarm_calls": REWARM_CALLS, "timed_calls": ROUND_CALLS},
+    }
 
 
 def time_runners(

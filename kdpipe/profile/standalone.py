@@ -29,7 +29,7 @@ from kdpipe.profile.backends import (
     tensorrt_predict,
     torch_predict,
 )
-from kdpipe.profile.stage import time_runners
+from kdpipe.profile.stage import settings_record, time_runners
 
 
 def _num_classes(state: dict[str, torch.Tensor]) -> int:
@@ -166,9 +166,10 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
     torch.set_num_threads(threads)
     runners: list[Runner] = []
     declared_by: dict[str, list[int]] = {}
+    # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
+    alone = len(targets) == 1 and Path(targets[0]).suffix == ".onnx"
     for t in targets:
-        # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
-        found, declared = runners_for(t, threads, alone=len(targets) == 1)
+        found, declared = runners_for(t, threads, alone=alone)
         runners += found
         if declared:
             declared_by[t] = list(declared)
@@ -200,7 +201,7 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
             f"{r.target.model}.{r.target.backend}.{r.target.precision}": r.size_bytes
             for r in runners
         },
-        "settings": {**p.model_dump(), "threads": threads},
+        "settings": settings_record(p, threads, alone),
         "environment": environment.describe(threads),
         "samples": samples,
     }

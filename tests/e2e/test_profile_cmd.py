@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS
 from tests.e2e.helpers import kdpipe
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,10 @@ def test_profile_any_mix_of_files(first_run, tmp_path: Path) -> None:
     assert all(e["iters"] >= 10 for e in r["latency"])
     assert all(m["peak_rss_over_baseline_bytes"] > 1_000_000 for m in r["memory"].values())
     assert r["environment"]["threads"] >= 1
+    # How the timings were taken travels with them: interleaved, so no spinning between calls.
+    assert r["settings"]["round"] == {"rewarm_calls": REWARM_CALLS, "timed_calls": ROUND_CALLS}
+    assert r["settings"]["ort_spinning"] == "within a call"
+    assert all(e["iters"] % ROUND_CALLS == 0 for e in r["latency"])  # whole rounds, re-warm untimed
 
 
 def test_lone_onnx_files_are_fed_the_size_they_declare(first_run, tmp_path: Path) -> None:
@@ -60,6 +65,11 @@ def test_lone_onnx_files_are_fed_the_size_they_declare(first_run, tmp_path: Path
     proc = kdpipe("profile", onnx_files[0], str(small), *QUICK, env=env)
     assert proc.returncode == 2 and "different input sizes" in proc.stderr
     assert "3,16,16" in proc.stderr and "Traceback" not in proc.stderr
+    # One lone file is timed like a plain loop, its workers spinning between calls too.
+    alone = tmp_path / "alone.json"
+    proc = kdpipe("profile", str(small), *QUICK, "--no-memory", "--out", str(alone), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(alone.read_text())["settings"]["ort_spinning"] == "within and between calls"
 
 
 def test_profile_refuses_corrupt_onnx(tmp_path: Path) -> None:
@@ -105,3 +115,4 @@ def test_profile_run_dir_writes_out_and_refuses_input_size(first_run, tmp_path: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     copy, report = json.loads(results.read_text()), json.loads((out / "report.json").read_text())
     assert copy["latency"] == report["latency"] and copy["metrics"] == report["metrics"]
+    assert report["profile_settings"]["round"]["rewarm_calls"] == REWARM_CALLS
