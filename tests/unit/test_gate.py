@@ -219,3 +219,33 @@ def test_drift_notes_tell_a_slower_machine_from_a_slower_student() -> None:
     size = [Verdict("student.size_bytes", 9.0, None, None, None, 5.0, False, "value above")]
     assert drift_notes(before, before, size) == []
     assert drift_notes({}, {**before, key: 6.0}, broken) == []
+
+
+def test_intervals_resample_whole_rounds_so_a_slow_spell_widens_them() -> None:
+    from kdpipe.gate import confidence_interval, round_length
+
+    # 40 rounds of 20 calls; the machine's speed changes from round to round (slow spells),
+    # and calls within a round scatter a little around their round's level.
+    rng = np.random.default_rng(3)
+    levels = rng.choice([4.0, 4.0, 4.0, 5.0], size=40)
+    ms = list((levels[:, None] + rng.normal(0, 0.05, (40, 20))).ravel())
+    key = f"{STUDENT}.p50_ms"
+    rounds = {"profile_settings": {"round": {"rewarm_calls": 5, "timed_calls": 20}}}
+    assert round_length(rounds) == 20 and round_length({}) == 5  # older reports: rounds of 5
+    by_round = confidence_interval(key, rounds, {STUDENT: ms})
+    by_call = confidence_interval(
+        key, {"profile_settings": {"round": {"timed_calls": 1}}}, {STUDENT: ms}
+    )
+    assert by_round and by_call
+    # Resampling single calls treats 800 correlated calls as independent: too narrow.
+    assert by_round[1] - by_round[0] > 1.5 * (by_call[1] - by_call[0])
+    assert by_round[0] <= float(np.median(ms)) <= by_round[1]
+    # Independent calls: both read about the same.
+    flat = list(rng.normal(4.0, 0.3, 800))
+    w_round = np.subtract(*confidence_interval(key, rounds, {STUDENT: flat})[::-1])
+    w_call = np.subtract(
+        *confidence_interval(
+            key, {"profile_settings": {"round": {"timed_calls": 1}}}, {STUDENT: flat}
+        )[::-1]
+    )
+    assert 0.6 < w_round / w_call < 1.6
