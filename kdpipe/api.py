@@ -97,10 +97,11 @@ def preflight(cfg: RunConfig, force: Iterable[str] = ()) -> None:
     refuse_foreign_dir(cfg.out_dir(), bool(_forced(force)))
 
 
-def _prepare_out_dir(cfg: RunConfig, out: Path, forced: bool, main: bool) -> None:
+def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:
     """Rank 0 alone checks and claims the output directory while the others wait: a rank
     that looked after rank 0 had begun writing would take the run for someone else's. Every
     rank then learns whether it worked, so none is left waiting at the next collective."""
+    out = cfg.out_dir()
     error: ConfigError | None = None
     if main:
         try:
@@ -114,6 +115,7 @@ def _prepare_out_dir(cfg: RunConfig, out: Path, forced: bool, main: bool) -> Non
         raise error or ConfigError(
             f"rank 0 could not use the output directory {out}", "see rank 0's message"
         )
+    return out
 
 
 def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dict:
@@ -131,8 +133,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     if not rank.main:
         ui.set_quiet(True)
         set_writer(False)
-    out = cfg.out_dir()
-    _prepare_out_dir(cfg, out, bool(redo), rank.main)
+    out = _prepare_out_dir(cfg, bool(redo), rank.main)
     rd = RunDir(out)
     torch.manual_seed(cfg.seed)
     stages: dict[str, dict] = {}

@@ -103,9 +103,7 @@ def round_length(report: dict) -> int:
     return int(rounds.get("timed_calls", OLD_ROUND_CALLS))
 
 
-def _bootstrap(
-    samples: list[float], stat: str, rng: np.random.Generator, block: int = 1
-) -> np.ndarray:
+def _bootstrap(samples: list[float], stat: str, rng: np.random.Generator, block: int) -> np.ndarray:
     """Bootstrap distribution of `stat`, resampling whole rounds (`block` consecutive calls),
     not single calls: calls of one round share the machine's state (a slow spell spans many
     of them), so resampling single calls treats them as independent and gives intervals

@@ -87,7 +87,7 @@ def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
         for name in [f"fresh{i}" for i in range(10)] + ["foreign"]:
             out = Path(root) / name
             try:
-                _prepare_out_dir(RunConfig(out=out), out, False, rank == 0)
+                _prepare_out_dir(RunConfig(out=out), False, rank == 0)
                 outcomes.append("ok")
             except ConfigError as e:
                 outcomes.append(f"refused: {e.message}")

@@ -231,11 +231,10 @@ def test_intervals_resample_whole_rounds_so_a_slow_spell_widens_them() -> None:
     ms = list((levels[:, None] + rng.normal(0, 0.05, (40, 20))).ravel())
     key = f"{STUDENT}.p50_ms"
     rounds = {"profile_settings": {"round": {"rewarm_calls": 5, "timed_calls": 20}}}
+    calls = {"profile_settings": {"round": {"timed_calls": 1}}}  # as if calls were independent
     assert round_length(rounds) == 20 and round_length({}) == 5  # older reports: rounds of 5
     by_round = confidence_interval(key, rounds, {STUDENT: ms})
-    by_call = confidence_interval(
-        key, {"profile_settings": {"round": {"timed_calls": 1}}}, {STUDENT: ms}
-    )
+    by_call = confidence_interval(key, calls, {STUDENT: ms})
     assert by_round and by_call
     # Resampling single calls treats 800 correlated calls as independent: too narrow.
     assert by_round[1] - by_round[0] > 1.5 * (by_call[1] - by_call[0])
@@ -243,9 +242,5 @@ def test_intervals_resample_whole_rounds_so_a_slow_spell_widens_them() -> None:
     # Independent calls: both read about the same.
     flat = list(rng.normal(4.0, 0.3, 800))
     w_round = np.subtract(*confidence_interval(key, rounds, {STUDENT: flat})[::-1])
-    w_call = np.subtract(
-        *confidence_interval(
-            key, {"profile_settings": {"round": {"timed_calls": 1}}}, {STUDENT: flat}
-        )[::-1]
-    )
+    w_call = np.subtract(*confidence_interval(key, calls, {STUDENT: flat})[::-1])
     assert 0.6 < w_round / w_call < 1.6
