@@ -88,11 +88,13 @@ def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
     budgets = tmp_path / "b.yaml"
     key = "student.ort-cpu.fp32.bs1.p50_ms"
     budgets.write_text(f"export.fp32.top1_agreement: {{min: 0.999}}\n{key}: {{max: 0.000001}}\n")
-    # The report as given claims a teacher twice as fast as this machine will measure it, so
-    # the gate's note must blame the machine for the (impossible) latency budget it breaks.
+    # The report as given claims a teacher four times as fast as this machine will measure it,
+    # so the gate's note must blame the machine for the (impossible) latency budget it breaks.
+    # (Twice as fast was within the noise of the tiny run's one-round teacher timing: a clean
+    # clone's CI re-measured the teacher 2x faster than its first profile had.)
     given = json.loads((out / "report.json").read_text())
     for k in [k for k in given["metrics"] if k.startswith("teacher.") and k.endswith(".p50_ms")]:
-        given["metrics"][k] *= 0.5
+        given["metrics"][k] *= 0.25
     (out / "report.json").write_text(json.dumps(given))
     proc = kdpipe(
         "gate", str(out / "report.json"), "--budgets", str(budgets), "--measure", "--confirm",
