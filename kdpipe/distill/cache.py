@@ -99,6 +99,9 @@ def teacher_outputs(
                 torch.save({"logits": table.cpu()}, tmp)
         except OSError as e:  # a full or read-only cache costs the reuse, not the run
             ui.warn(f"teacher-logit table not stored in {path.parent}: {e.strerror or e}")
+        # Others wait for rank 0's write: a rank that looked for the table again before it
+        # was renamed into place would recompute it (a CI failure of session 8's stop).
+        distributed.barrier()
     return TeacherTable(table, "computed", time.perf_counter() - start, path)
 
 

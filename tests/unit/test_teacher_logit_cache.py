@@ -4,9 +4,12 @@ the file is damaged or planted; computed in shares under torchrun."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +162,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     set_writer(rank == 0)
+    if rank == 0:  # a slow disk: rank 1 must still find the table when it looks again
+        import kdpipe.distill.cache as cache
+
+        real = cache.atomic_path
+
+        @contextlib.contextmanager
+        def slow(path: Path) -> Iterator[Path]:
+            with real(path) as tmp:
+                yield tmp
+                time.sleep(1.0)
+
+        cache.atomic_path = slow  # type: ignore[assignment]
     try:
         data = _images(n=41)  # 41 rows over 2 ranks: unequal shares
         first = teacher_outputs(_teacher(), data, num_classes=4)
