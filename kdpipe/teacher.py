@@ -17,6 +17,7 @@ from torch import nn
 from kdpipe import models, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
+from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
@@ -61,7 +62,9 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     if t.weights is not None:
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
-    elif (cached / "model.pt").is_file() and (cached / "metrics.json").is_file():
+    elif distributed.all_agree(  # all ranks reuse or all train, even if another run writes now
+        (cached / "model.pt").is_file() and (cached / "metrics.json").is_file()
+    ):
         model = models.create(t.arch, k, cached / "model.pt")
         metrics = {
             **read_json(cached / "metrics.json"),
