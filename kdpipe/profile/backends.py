@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,12 @@ class Runner:
     memory_spec: dict = field(default_factory=dict)
     # GPU runners append each call's device time (CUDA events, ms) here.
     device_ms: list[float] | None = None
+    # The call the profiler times for one input, where it can be leaner than `predict`
+    # (None: `predict` itself).
+    timed: Callable[[Tensor], Callable[[], object]] | None = None
+
+    def timed_call(self, x: Tensor) -> Callable[[], object]:
+        return self.timed(x) if self.timed is not None else partial(self.predict, x)
 
 
 def _device_timed(fn: Callable[[Tensor], Tensor], clock: list[float]) -> Callable[[Tensor], Tensor]:
@@ -84,34 +91,47 @@ def torch_predict(
     return run
 
 
-def ort_predict(
-    path: Path, threads: int, provider: str, spin: bool = False
-) -> Callable[[Tensor], Tensor]:
-    """`spin=False` unless this session is timed alone: workers left spinning after a call
-    steal the cores of whatever is timed next (teacher p95 doubled), so they stop when a call
-    returns (see ort_session)."""
-    session = ort_session(path, threads, spin=spin, provider=provider)
-    if provider == "CPUExecutionProvider":
+class OrtPredict:
+    """One onnxruntime session as a torch-in, torch-out call. `spin=False` unless this session
+    is timed alone: workers left spinning after a call steal the cores of whatever is timed
+    next (teacher p95 doubled), so they stop when a call returns (see ort_session)."""
 
-        def run(x: Tensor) -> Tensor:
-            feed = {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
-            return torch.from_numpy(session.run(None, feed)[0])
+    def __init__(self, path: Path, threads: int, provider: str, spin: bool = False) -> None:
+        self.session = ort_session(path, threads, spin=spin, provider=provider)
+        self.on_cpu = provider == "CPUExecutionProvider"
 
-        return run
-
-    def run_bound(x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.on_cpu:
+            return torch.from_numpy(self.session.run(None, self._feed(x))[0])
         # IO binding: input copied to the GPU once per call, output kept on the GPU until
         # the copy back, so onnxruntime does no hidden host round trips of its own.
-        binding = session.io_binding()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(
-            x.numpy().astype(np.float32, copy=False), "cuda", 0
-        )
+        binding = self.session.io_binding()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(self._feed(x)[INPUT_NAME], "cuda", 0)
         binding.bind_ortvalue_input(INPUT_NAME, x_dev)
         binding.bind_output(OUTPUT_NAME, "cuda")
-        session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
 
-    return run_bound
+    def timed(self, x: Tensor) -> Callable[[], object]:
+        """What an application's call costs: on the CPU, `session.run` on a ready numpy feed,
+        its output left as onnxruntime returns it. Wrapping each output in a torch tensor
+        read ~5 % over a plain loop on a busy 2-vCPU VM (docs/benchmarks.md, session 9).
+        On a GPU the whole bound call, copies included (end-to-end time)."""
+        if not self.on_cpu:
+            return partial(self, x)
+        return partial(self.session.run, None, self._feed(x))
+
+    @staticmethod
+    def _feed(x: Tensor) -> dict[str, np.ndarray]:
+        return {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
+
+
+def ort_runner(
+    target: Target, path: Path, threads: int, provider: str, spin: bool = False
+) -> Runner:
+    predict = OrtPredict(path, threads, provider, spin)
+    spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
+    return Runner(target, predict, path.stat().st_size, spec, timed=predict.timed)
 
 
 def tensorrt_predict(plan: Path, clock: list[float] | None = None) -> Callable[[Tensor], Tensor]:
@@ -189,15 +209,7 @@ def build_runners(
         if teacher_onnx is not None:
             ort_files.insert(0, ("teacher", "fp32", teacher_onnx))
         for who, precision, path in ort_files:
-            spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
-            runners.append(
-                Runner(
-                    Target(who, backend, precision),
-                    ort_predict(path, threads, provider),
-                    path.stat().st_size,
-                    spec,
-                )
-            )
+            runners.append(ort_runner(Target(who, backend, precision), path, threads, provider))
     reason = tensorrt.unavailable_reason()
     if reason:
         skipped.append({"backend": "tensorrt", "reason": reason})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -113,7 +112,7 @@ def time_runners(
         for i, bs in enumerate(p.batch_sizes):
             batch = _batch_of(sample, bs)
             calls: dict[Target, Callable[[], object]] = {
-                r.target: partial(r.predict, batch) for r in runners
+                r.target: r.timed_call(batch) for r in runners
             }
             for r in runners:  # device clocks hold only this batch size's calls
                 if r.device_ms is not None:

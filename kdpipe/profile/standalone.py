@@ -25,7 +25,7 @@ from kdpipe.profile.backends import (
     ORT_PROVIDERS,
     Runner,
     Target,
-    ort_predict,
+    ort_runner,
     tensorrt_predict,
     torch_predict,
 )
@@ -85,15 +85,7 @@ def _onnx_runners(
         if provider in ort.get_available_providers() and (
             backend == "ort-cpu" or torch.cuda.is_available()
         ):
-            spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
-            out.append(
-                Runner(
-                    Target(name, backend, precision),
-                    ort_predict(path, threads, provider, spin=alone),
-                    path.stat().st_size,
-                    spec,
-                )
-            )
+            out.append(ort_runner(Target(name, backend, precision), path, threads, provider, alone))
     return out, _input_chw(graph)
 
 
