@@ -34,6 +34,7 @@ from kdpipe.config import RunConfig
 from kdpipe.data import load_data
 from kdpipe.distill.methods.kd import kd_loss
 from kdpipe.profile.accuracy import predict_logits, top1
+from kdpipe.runs import cache_root
 
 
 def naive_loop(cfg: RunConfig, teacher_path: Path, device: str) -> tuple[float, float]:
@@ -89,7 +90,7 @@ def main() -> None:
     api.run(cfg, until="teacher")
     teacher = cfg.out_dir() / "teacher" / "model.pt"
     # kdpipe and naive alternate, so a slow spell of the machine hits both; medians reported.
-    tables = work / "cache" / "teacher-logits"
+    tables = cache_root() / "teacher-logits"  # $KDPIPE_CACHE when set, not always work/cache
     rates: dict[str, list[float]] = {k: [] for k in ("cold", "cold e2e", "warm", "warm e2e")}
     naive, accs, same = [], [], []
     for _ in range(args.repeats):
