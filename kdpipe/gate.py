@@ -8,13 +8,13 @@ Budgets file (YAML or TOML), one entry per metric key of report.json's `metrics`
       summary.accuracy_retention: {min: 0.98}
 
 Latency metrics (and the speedup) are judged on a 95 % bootstrap confidence interval over
-the timed rounds (whole rounds of consecutive calls are resampled): a budget fails only when the whole interval lies on the wrong side, so a
-noisy machine does not flip the verdict; `strict` judges the point estimate instead. With
-`--measure`, a timing budget that fails is measured again (`--confirm`, default 2 more times)
-and breaks only if it failed every time: a slow spell of a shared runner passes on the next
-measurement, a real regression fails each one. When a student latency budget breaks there, a
-note says whether the teacher, re-measured alongside, moved too (the machine changed speed) or
-held steady (the student did).
+the timed rounds (whole rounds of consecutive calls are resampled): a budget fails only when
+the whole interval lies on the wrong side, so a noisy machine does not flip the verdict;
+`strict` judges the point estimate instead. With `--measure`, a timing budget that fails is
+measured again (`--confirm`, default 2 more times) and breaks only if it failed every time:
+a slow spell of a shared runner passes on the next measurement, a real regression fails
+each one. When a student latency budget breaks there, a note says whether the teacher,
+re-measured alongside, moved too (the machine changed speed) or held steady (the student did).
 """
 
 from __future__ import annotations

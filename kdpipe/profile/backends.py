@@ -102,11 +102,11 @@ class OrtPredict:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.on_cpu:
-            return torch.from_numpy(self.session.run(None, self._feed(x))[0])
+            return torch.from_numpy(self.session.run(None, {INPUT_NAME: self._array(x)})[0])
         # IO binding: input copied to the GPU once per call, output kept on the GPU until
         # the copy back, so onnxruntime does no hidden host round trips of its own.
         binding = self.session.io_binding()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(self._feed(x)[INPUT_NAME], "cuda", 0)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(self._array(x), "cuda", 0)
         binding.bind_ortvalue_input(INPUT_NAME, x_dev)
         binding.bind_output(OUTPUT_NAME, "cuda")
         self.session.run_with_iobinding(binding)
@@ -119,11 +119,11 @@ class OrtPredict:
         On a GPU the whole bound call, copies included (end-to-end time)."""
         if not self.on_cpu:
             return partial(self, x)
-        return partial(self.session.run, None, self._feed(x))
+        return partial(self.session.run, None, {INPUT_NAME: self._array(x)})
 
     @staticmethod
-    def _feed(x: Tensor) -> dict[str, np.ndarray]:
-        return {INPUT_NAME: x.numpy().astype(np.float32, copy=False)}
+    def _array(x: Tensor) -> np.ndarray:
+        return x.numpy().astype(np.float32, copy=False)
 
 
 def ort_runner(
