@@ -5,6 +5,8 @@ never ship, and a binary student's ONNX weights really are +-alpha per output ch
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +57,10 @@ TERMS: dict[str, set[str]] = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("methods")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("methods")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)  # CI shares its disk: ~0.5 GB of runs go now
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -7,7 +7,9 @@ checkpoint. The student must equal the uninterrupted run's, tensor for tensor.""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,10 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "KDPIPE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    path = tmp_path_factory.mktemp("cache")
+    yield {**os.environ, "KDPIPE_CACHE": str(path)}
+    shutil.rmtree(path, ignore_errors=True)  # CI shares its disk
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache: dict[str, str
     proc = kdpipe(*ARGS, "--out", str(out), env=cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list((out / "distill" / "checkpoints").glob("*")), "checkpoints outlive the stage"
-    return torch.load(out / "distill" / "student.pt", weights_only=True)
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    shutil.rmtree(out.parent, ignore_errors=True)  # CI shares its disk
+    return student
 
 
 @pytest.mark.parametrize(
