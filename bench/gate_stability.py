@@ -4,10 +4,10 @@
 
 1. Measures the run `--reference` times (`kdpipe profile RUN`), `--reference-gap` seconds
    apart, takes the median of the student's p95 at batch 1 on its fastest backend, and writes
-   two budgets: 20 % above it and 20 % below it. The VM's slow spells last a minute or two;
-   three back-to-back profiles (sessions 7 and 9) all fell in one, which put the "tight"
-   budget above what the machine measured minutes later — spreading them out is what keeps
-   the median a typical figure.
+   two budgets: 20 % above it and 20 % below it. Spread out so that one slow spell cannot
+   set the reference alone (three back-to-back profiles all fell in one in sessions 7 and 9);
+   where the machine's speed drifts by more than 20 % over the bench's 20 minutes, no
+   reference taken beforehand can keep both budgets on their sides (session 10 measured it).
 2. Gates the run `--rounds` times against each budget with `kdpipe gate --measure` (the gate
    re-profiles the run itself, and re-measures a failing timing budget up to `--confirm`
    times). A stable gate passes the loose budget every time and fails the tight one every time.
