@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> None:
             f"tight fail {fails}/{i + 1}  re-measurements so far {retries}",
             flush=True,
         )
+    shutil.rmtree(work, ignore_errors=True)
     print(
         f"\nloose budget passed {passes}/{args.rounds}; tight budget failed {fails}/{args.rounds}; "
         f"p95 ranged {min(seen):.3f}-{max(seen):.3f} ms (last measurement of each gate); "
