@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,15 +84,27 @@ def main() -> None:
     key = f"student.{basis['backend']}.{basis['precision']}.bs1.p95_ms"
     p95 = float(np.median([r["metrics"][key] for r in refs]))
     print(f"reference p95s: {sorted(round(r['metrics'][key], 3) for r in refs)}")
-    work = Path(tempfile.mkdtemp(prefix="kdpipe-gate-"))
-    loose, tight = work / "loose.yaml", work / "tight.yaml"
-    loose.write_text(f"{key}: {{max: {p95 * 1.2:.4f}}}\n")
-    tight.write_text(f"{key}: {{max: {p95 * 0.8:.4f}}}\n")
     print(
         f"metric {key}: measured p95 {p95:.3f} ms; budgets {p95 * 1.2:.3f} (loose) and {p95 * 0.8:.3f} (tight)"
     )
+    with tempfile.TemporaryDirectory(prefix="kdpipe-gate-") as work:
+        passes, fails, retries, seen = gate_rounds(args, key, p95, Path(work))
+    print(
+        f"\nloose budget passed {passes}/{args.rounds}; tight budget failed {fails}/{args.rounds}; "
+        f"p95 ranged {min(seen):.3f}-{max(seen):.3f} ms (last measurement of each gate); "
+        f"{retries} confirming re-measurements"
+    )
+
+    fidelity(args.run, report, args.alternations)
+
+
+def gate_rounds(args: argparse.Namespace, key: str, p95: float, work: Path):
+    """Gate the run `args.rounds` times against a budget 20 % above `p95` and one 20 % below."""
+    loose, tight = work / "loose.yaml", work / "tight.yaml"
+    loose.write_text(f"{key}: {{max: {p95 * 1.2:.4f}}}\n")
+    tight.write_text(f"{key}: {{max: {p95 * 0.8:.4f}}}\n")
     passes = fails = retries = 0
-    seen = []
+    seen: list[float] = []
     for i in range(args.rounds):
         for budget in (loose, tight):
             proc = kdpipe("gate", str(args.run / "report.json"), "--budgets", str(budget),
@@ -111,14 +122,7 @@ def main() -> None:
             f"tight fail {fails}/{i + 1}  re-measurements so far {retries}",
             flush=True,
         )
-    shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"\nloose budget passed {passes}/{args.rounds}; tight budget failed {fails}/{args.rounds}; "
-        f"p95 ranged {min(seen):.3f}-{max(seen):.3f} ms (last measurement of each gate); "
-        f"{retries} confirming re-measurements"
-    )
-
-    fidelity(args.run, report, args.alternations)
+    return passes, fails, retries, seen
 
 
 def fidelity(run: Path, report: dict, alternations: int) -> None:

@@ -1,9 +1,16 @@
-"""Helpers shared by the end-to-end tests: the tiny CLI settings and a subprocess runner."""
+"""Helpers shared by the end-to-end tests: the tiny CLI settings, a subprocess runner and a
+module-wide directory that goes at teardown."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 TINY = [
     "--teacher",
@@ -34,3 +41,14 @@ def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         env=env,
         timeout=900,
     )
+
+
+@contextmanager
+def module_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A directory for a module-scoped fixture, deleted when the fixture ends rather than at
+    the end of the session: CI shares its machine's disk (docs/benchmarks.md, session 10)."""
+    path = factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,6 @@ never ship, and a binary student's ONNX weights really are +-alpha per output ch
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from kdpipe.cli import app
 from kdpipe.distill.methods import all_methods
+from tests.e2e.helpers import module_dir
 
 TINY = [
     *("--teacher", "resnet18", "--student", "mobilenet_v3_small", "--image-size", "16"),
@@ -58,9 +58,8 @@ TERMS: dict[str, set[str]] = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("methods")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)  # CI shares its disk: ~0.5 GB of runs go now
+    with module_dir(tmp_path_factory, "methods") as path:  # its runs peak at ~1.4 GB
+        yield path
 
 
 def cli(*args: str) -> tuple[int, str]:

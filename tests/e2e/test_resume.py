@@ -7,7 +7,6 @@ checkpoint. The student must equal the uninterrupted run's, tensor for tensor.""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe, module_dir
 
 ARGS = [
     *("run", "--teacher", "resnet18", "--student", "mobilenet_v3_small", "--image-size", "16"),
@@ -26,20 +25,19 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    path = tmp_path_factory.mktemp("cache")
-    yield {**os.environ, "KDPIPE_CACHE": str(path)}
-    shutil.rmtree(path, ignore_errors=True)  # CI shares its disk
+    with module_dir(tmp_path_factory, "cache") as path:
+        yield {**os.environ, "KDPIPE_CACHE": str(path)}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache: dict[str, str]) -> dict:
-    out = tmp_path_factory.mktemp("whole") / "run"
-    proc = kdpipe(*ARGS, "--out", str(out), env=cache)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert not list((out / "distill" / "checkpoints").glob("*")), "checkpoints outlive the stage"
-    student = torch.load(out / "distill" / "student.pt", weights_only=True)
-    shutil.rmtree(out.parent, ignore_errors=True)  # CI shares its disk
-    return student
+    with module_dir(tmp_path_factory, "whole") as whole:
+        out = whole / "run"
+        proc = kdpipe(*ARGS, "--out", str(out), env=cache)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        checkpoints = out / "distill" / "checkpoints"
+        assert not list(checkpoints.glob("*")), "checkpoints outlive the stage"
+        return torch.load(out / "distill" / "student.pt", weights_only=True)
 
 
 @pytest.mark.parametrize(
