@@ -34,12 +34,13 @@ from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
 from kdpipe.report.write import write_reports
 from kdpipe.runs import (
-    STAGES,
     RunDir,
     cache_root,
+    check_until,
     ensure_writable_dir,
     file_sha256,
     fingerprint,
+    forced_stages,
     read_json,
     refuse_foreign_dir,
     set_writer,
@@ -76,25 +77,11 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{label} file {path} does not exist", "check the path")
 
 
-def _forced(force: Iterable[str]) -> set[str]:
-    force = set(force)
-    unknown = force - set(STAGES) - {"all"}
-    if unknown:
-        raise ConfigError(
-            f"unknown stage '{sorted(unknown)[0]}' for --force",
-            f"use one of: {', '.join(STAGES)}, all",
-        )
-    if "all" in force:
-        return set(STAGES)
-    first = min((STAGES.index(s) for s in force), default=len(STAGES))
-    return set(STAGES[first:])  # redoing a stage invalidates everything downstream
-
-
 def preflight(cfg: RunConfig, force: Iterable[str] = ()) -> None:
     """The checks that need no process group: the launcher of `--nproc` runs them once, so a
     bad name or a foreign --out fails in a second instead of after N workers have started."""
     validate(cfg)
-    refuse_foreign_dir(cfg.out_dir(), bool(_forced(force)))
+    refuse_foreign_dir(cfg.out_dir(), bool(forced_stages(force)))
 
 
 def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:
@@ -121,12 +108,9 @@ def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:
 def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dict:
     """Run the pipeline up to and including stage `until`; return the report (also written as
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
-    if until not in STAGES:
-        raise ConfigError(
-            f"unknown stage '{until}' for --until", f"use one of: {', '.join(STAGES)}"
-        )
+    check_until(until)
     validate(cfg)
-    redo = _forced(force)
+    redo = forced_stages(force)
     # Under torchrun every rank runs this function; they train together, rank 0 writes.
     cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
     rank = distributed.setup(torch.device("cuda" if cuda else "cpu"))

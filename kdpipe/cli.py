@@ -226,9 +226,8 @@ def run(
     """Train or load the teacher, distill the student, export, profile both and report."""
     ui.set_quiet(quiet)
     with errors_reported(debug):
-        from kdpipe.api import run as run_pipeline
         from kdpipe.config import build_config, load_config_file
-        from kdpipe.report.terminal import print_summary
+        from kdpipe.runs import check_until, forced_stages, refuse_foreign_dir
 
         overrides: dict[str, Any] = {
             "teacher.arch": teacher,
@@ -271,6 +270,14 @@ def run(
             "name": name,
         }
         cfg = build_config(load_config_file(config) if config else {}, overrides)
+        # What needs no torch is checked before importing it (~5 s): a typo fails at once.
+        check_until(until)
+        forced = bool(forced_stages(force or ()))
+        if "WORLD_SIZE" not in os.environ:  # under torchrun rank 0 checks, while the others wait
+            refuse_foreign_dir(cfg.out_dir(), forced)
+        from kdpipe.api import run as run_pipeline
+        from kdpipe.report.terminal import print_summary
+
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
             from kdpipe.api import preflight
             from kdpipe.launch import relaunch

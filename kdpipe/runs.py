@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,28 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able inputs (config sections, upstream hashes, version)."""
     blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def forced_stages(force: Iterable[str]) -> set[str]:
+    """The stages `--force` redoes: those named and every stage after the first of them."""
+    force = set(force)
+    unknown = force - set(STAGES) - {"all"}
+    if unknown:
+        raise ConfigError(
+            f"unknown stage '{sorted(unknown)[0]}' for --force",
+            f"use one of: {', '.join(STAGES)}, all",
+        )
+    if "all" in force:
+        return set(STAGES)
+    first = min((STAGES.index(s) for s in force), default=len(STAGES))
+    return set(STAGES[first:])  # redoing a stage invalidates everything downstream
+
+
+def check_until(until: str) -> None:
+    if until not in STAGES:
+        raise ConfigError(
+            f"unknown stage '{until}' for --until", f"use one of: {', '.join(STAGES)}"
+        )
 
 
 def refuse_foreign_dir(path: Path, forced: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +138,30 @@ def test_malicious_pickle_is_refused_by_every_entry_point(
     assert proc.returncode == 2, proc.stderr
     assert "refused" in proc.stderr and "Traceback" not in proc.stderr
     assert not (files["dir"] / "pwned").exists()
+
+
+# Prints, as the process ends, whether torch was ever imported.
+NO_TORCH_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("torch imported" if "torch" in sys.modules else "torch never imported"))
+from kdpipe.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "case", ["zero epochs", "bad force", "bad until", "config typo", "foreign out dir"]
+)
+def test_config_errors_fail_before_torch_is_imported(case: str, files: dict[str, Path]) -> None:
+    """Importing torch and torchvision takes seconds; a typo should not wait for it."""
+    args, expected = CASES[case]
+    args = [a.format(**files) for a in args]
+    extra = [] if "--out" in args else ["--out", str(files["dir"] / "fresh")]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_PROBE, "run", *args, *extra, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "torch never imported"
