@@ -355,7 +355,7 @@ def export(
                 "e.g. kdpipe export runs/my-run",
             )
         if run_dir is not None:
-            cfg = build_config(api.load_run_config(run_dir), overrides)
+            cfg = build_config(api.load_run_config(run_dir), overrides, "export")
             results = api.run(cfg, until="export")
             where = run_dir / "export"
         else:
@@ -364,7 +364,9 @@ def export(
                     "--weights needs --arch", "e.g. --arch resnet18 --weights student.pt"
                 )
             where = out or Path("export")
-            cfg = build_config({}, {**overrides, "data.spec": data, "data.image_size": image_size})
+            cfg = build_config(
+                {}, {**overrides, "data.spec": data, "data.image_size": image_size}, "export"
+            )
             results = api.export_weights(arch, weights, cfg, where)
         for name, r in results.items():
             p = r["parity"]
@@ -462,7 +464,7 @@ def profile(
                 )
             from kdpipe.report.terminal import print_summary
 
-            cfg = build_config(api.load_run_config(Path(run_dirs[0])), overrides)
+            cfg = build_config(api.load_run_config(Path(run_dirs[0])), overrides, "profile")
             report = api.run(cfg, force=["profile"])
             print_summary(report, stdout)
             if out is not None:  # besides the run's own report.json
@@ -470,7 +472,7 @@ def profile(
             return
         from kdpipe.profile.standalone import profile_targets
 
-        cfg = build_config({}, overrides)
+        cfg = build_config({}, overrides, "profile")
         chw = _csv(input_size, int, "--input-size")
         if chw is not None and len(chw) != 3:
             raise ConfigError(

@@ -203,8 +203,11 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
-    """Merge CLI overrides (dotted keys, None = not given) into a file's dict and validate."""
+def build_config(
+    base: dict[str, Any], overrides: dict[str, Any], command: str = "run"
+) -> RunConfig:
+    """Merge CLI overrides (dotted keys, None = not given) into a file's dict and validate;
+    `command` is the kdpipe command whose --help a bad value's hint points to."""
     tree: dict[str, Any] = dict(base)
     for dotted, value in overrides.items():
         if value is not None:
@@ -212,10 +215,10 @@ def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
-        raise _config_error(e) from None
+        raise _config_error(e, command) from None
 
 
-def _config_error(e: ValidationError) -> ConfigError:
+def _config_error(e: ValidationError, command: str) -> ConfigError:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
@@ -232,5 +235,5 @@ def _config_error(e: ValidationError) -> ConfigError:
     value = err.get("input")
     return ConfigError(
         f"invalid value for {where}: {err['msg']} (got {value!r})",
-        "see `kdpipe run --help` for the allowed values",
+        f"see `kdpipe {command} --help` for the allowed values",
     )

@@ -165,3 +165,19 @@ def test_config_errors_fail_before_torch_is_imported(case: str, files: dict[str,
     )
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "torch never imported"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["profile", "resnet18", "--threads", "0"],
+        ["export", "--arch", "resnet18", "--weights", "{wrong}", "--precision", "fp8"],
+    ],
+    ids=["profile", "export"],
+)
+def test_a_bad_value_points_to_its_own_commands_help(
+    args: list[str], files: dict[str, Path]
+) -> None:
+    proc = kdpipe(*[a.format(**files) for a in args], "--quiet")
+    assert proc.returncode == 2 and "invalid value for" in proc.stderr, proc.stderr
+    assert f"hint: see `kdpipe {args[0]} --help`" in proc.stderr
