@@ -543,8 +543,8 @@ def gate(
         Opt(
             min=0,
             max=10,
-            help="With --measure: while a timing budget fails, measure again up to N times; "
-            "it breaks only if it failed every time (0: judge one measurement).",
+            help="With --measure: a timing budget that is not a clear pass is measured again, "
+            "up to N more times, and breaks when most measurements failed (0: judge one).",
         ),
     ] = 2,
     quiet: QuietOpt = False,
@@ -570,8 +570,11 @@ def gate(
             latest["report"] = g.load_report(report)
             return latest["report"], load_samples(report.parent)
 
-        def retrying(failing: list[str], n: int) -> None:
-            ui.warn(f"{', '.join(failing)} failed; measuring again to confirm ({n} of {confirm})")
+        def retrying(unsettled: list[str], n: int) -> None:
+            ui.warn(
+                f"{', '.join(unsettled)}: not settled by {n} measurement{'s' * (n > 1)}; "
+                f"measuring again ({n} of {confirm})"
+            )
 
         verdicts = g.judge_confirmed(measured, limits, strict, confirm if measure else 0, retrying)
         table = Table(
