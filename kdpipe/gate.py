@@ -256,8 +256,9 @@ def drift_notes(
 ) -> list[str]:
     """Why a latency budget broke on a re-measurement, told by the teacher measured alongside:
     `before` is the report's metrics as they were given, `after` the re-measured ones. A
-    teacher that got slower too says the machine did; a teacher as fast as before says the
-    student itself did."""
+    student no slower than before (within DRIFT) says the budget is simply below it; else a
+    teacher that got slower too says the machine did, and a teacher as fast as before says
+    the student itself did."""
     notes = []
     for v in verdicts:
         model, _, rest = v.metric.partition(".")
@@ -278,7 +279,14 @@ def drift_notes(
         teacher = after[ref] / before[ref] - 1
         student = after[v.metric] / before[v.metric] - 1
         moved = f"{ref} {before[ref]:.4g} -> {after[ref]:.4g} ms ({teacher:+.0%})"
-        if teacher > DRIFT:
+        if student <= DRIFT:
+            notes.append(
+                f"{v.metric} measured {before[v.metric]:.4g} -> {after[v.metric]:.4g} ms "
+                f"({student:+.0%}) since the report, the teacher alongside it {moved}: the "
+                "student did not get slower; the budget lies below what it measures on this "
+                "machine."
+            )
+        elif teacher > DRIFT:
             notes.append(
                 f"{v.metric} moved {student:+.0%} since the report, and the teacher measured "
                 f"alongside it moved too: {moved}. This machine is slower now than when the "
