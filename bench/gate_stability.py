@@ -10,7 +10,8 @@
    reference taken beforehand can keep both budgets on their sides (session 10 measured it).
 2. Gates the run `--rounds` times against each budget with `kdpipe gate --measure` (the gate
    re-profiles the run itself; a timing budget that is not a clear pass is measured up to
-   `--confirm` more times and the majority decides). A stable gate passes the loose budget every time and fails the tight one every time.
+   `--confirm` more times and the majority decides). A stable gate passes the loose budget
+   every time and fails the tight one every time.
 3. Compares kdpipe's p50 for the student's ONNX FP32 file with a plain, independent timing
    loop (onnxruntime defaults, time.perf_counter) over the same file and input, and the plain
    loop with itself (a null control: the noise floor of the comparison).

@@ -50,7 +50,8 @@ from kdpipe.teacher import load_teacher, run_teacher_stage, teacher_fingerprint
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check names and files before any work starts, so bad input fails in a second."""
+    """Check names and files before any work starts, so bad input fails in a second (the
+    launcher of `--nproc` runs it once, before any worker starts)."""
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
     d = cfg.distill
@@ -75,13 +76,6 @@ def validate(cfg: RunConfig) -> None:
     ):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{label} file {path} does not exist", "check the path")
-
-
-def preflight(cfg: RunConfig, force: Iterable[str] = ()) -> None:
-    """The checks that need no process group: the launcher of `--nproc` runs them once, so a
-    bad name or a foreign --out fails in a second instead of after N workers have started."""
-    validate(cfg)
-    refuse_foreign_dir(cfg.out_dir(), bool(forced_stages(force)))
 
 
 def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:

@@ -279,10 +279,10 @@ def run(
         from kdpipe.report.terminal import print_summary
 
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-            from kdpipe.api import preflight
+            from kdpipe.api import validate
             from kdpipe.launch import relaunch
 
-            preflight(cfg, force or ())
+            validate(cfg)  # --until, --force and --out were checked above
             raise typer.Exit(relaunch(nproc, sys.argv[1:]))
         report = run_pipeline(cfg, force or (), until)
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":
