@@ -256,9 +256,9 @@ def drift_notes(
 ) -> list[str]:
     """Why a latency budget broke on a re-measurement, told by the teacher measured alongside:
     `before` is the report's metrics as they were given, `after` the re-measured ones. A
-    student no slower than before (within DRIFT) says the budget is simply below it; else a
-    teacher that got slower too says the machine did, and a teacher as fast as before says
-    the student itself did."""
+    teacher that got slower too says the machine did; with a teacher as fast as before, a
+    student slower than before says the student did, and one no slower (within DRIFT) says
+    the budget is simply below it."""
     notes = []
     for v in verdicts:
         model, _, rest = v.metric.partition(".")
@@ -279,14 +279,7 @@ def drift_notes(
         teacher = after[ref] / before[ref] - 1
         student = after[v.metric] / before[v.metric] - 1
         moved = f"{ref} {before[ref]:.4g} -> {after[ref]:.4g} ms ({teacher:+.0%})"
-        if student <= DRIFT:
-            notes.append(
-                f"{v.metric} measured {before[v.metric]:.4g} -> {after[v.metric]:.4g} ms "
-                f"({student:+.0%}) since the report, the teacher alongside it {moved}: the "
-                "student did not get slower; the budget lies below what it measures on this "
-                "machine."
-            )
-        elif teacher > DRIFT:
+        if teacher > DRIFT:
             notes.append(
                 f"{v.metric} moved {student:+.0%} since the report, and the teacher measured "
                 f"alongside it moved too: {moved}. This machine is slower now than when the "
@@ -294,10 +287,18 @@ def drift_notes(
                 "does not move with the machine."
             )
         elif abs(teacher) <= DRIFT:
-            notes.append(
-                f"{v.metric} moved {student:+.0%} since the report while the teacher measured "
-                f"alongside it held steady ({moved}): the student itself is slower."
-            )
+            if student <= DRIFT:
+                notes.append(
+                    f"{v.metric} measured {before[v.metric]:.4g} -> {after[v.metric]:.4g} ms "
+                    f"({student:+.0%}) since the report, the teacher alongside it {moved}: the "
+                    "student did not get slower; the budget lies below what it measures on this "
+                    "machine."
+                )
+            else:
+                notes.append(
+                    f"{v.metric} moved {student:+.0%} since the report while the teacher measured "
+                    f"alongside it held steady ({moved}): the student itself is slower."
+                )
     return notes
 
 
