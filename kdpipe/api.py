@@ -29,13 +29,13 @@ from kdpipe.distill.stage import run_distill_stage
 from kdpipe.errors import ConfigError
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
+from kdpipe.models.custom import sources
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
 from kdpipe.report.write import write_reports
 from kdpipe.runs import (
     RunDir,
-    cache_root,
     check_until,
     ensure_writable_dir,
     file_sha256,
@@ -46,7 +46,12 @@ from kdpipe.runs import (
     set_writer,
     write_text,
 )
-from kdpipe.teacher import load_teacher, run_teacher_stage, teacher_fingerprint
+from kdpipe.teacher import (
+    cached_teacher_dir,
+    load_teacher,
+    run_teacher_stage,
+    teacher_fingerprint,
+)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -141,7 +146,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
 
     t_fp = teacher_fingerprint(cfg)
     if "teacher" in redo and cfg.teacher.weights is None and rank.main:
-        for f in (cache_root() / "teachers" / f"{cfg.teacher.arch}-{t_fp}").glob("*"):
+        for f in cached_teacher_dir(cfg, t_fp).glob("*"):
             f.unlink()
     teacher = stage(
         "teacher",
@@ -163,6 +168,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         cfg.distill.model_dump(),
         cfg.data.model_dump(),
         cfg.seed,
+        *sources(cfg.student.arch, *cfg.distill.peers, *cfg.distill.assistants),
     )
     d_dir = rd.stage_dir("distill")
     student, distill_metrics = stage(

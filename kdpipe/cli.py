@@ -119,9 +119,13 @@ DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
 @app.command()
 def run(
     teacher: Annotated[
-        str | None, Opt(help="Teacher architecture (any torchvision classifier).")
+        str | None,
+        Opt(
+            help="Teacher architecture: any torchvision classifier, or your own "
+            "path/to/file.py:Name (an nn.Module class or a function returning one)."
+        ),
     ] = None,
-    student: Annotated[str | None, Opt(help="Student architecture.")] = None,
+    student: Annotated[str | None, Opt(help="Student architecture (as --teacher).")] = None,
     data: Annotated[
         str | None,
         Opt(
@@ -653,7 +657,7 @@ def compare(
 
 @app.command("models")
 def list_models(debug: Annotated[bool, Opt(help="Show tracebacks.")] = False) -> None:
-    """List every model name `--teacher`/`--student` accept."""
+    """List the torchvision names `--teacher`/`--student` accept (besides path/to/file.py:Name)."""
     with errors_reported(debug):
         from kdpipe.models import available
 

@@ -6,12 +6,13 @@ chosen so the whole pipeline finishes in minutes on a 2-core CPU (see docs/bench
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdpipe.errors import ConfigError, did_you_mean
 
@@ -19,6 +20,33 @@ Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
 Backend = Literal["onnx", "tensorrt"]
 BACKENDS: tuple[Backend, ...] = ("onnx",)  # TensorRT on request, where a GPU exists
+
+
+# A model is a torchvision builder name ("resnet18") or a user's own file and class or
+# function in it ("models/tiny.py:TinyNet"); models/custom.py builds the second kind.
+_FILE_MODEL = re.compile(r"(?P<path>.+\.py):(?P<attr>[A-Za-z_]\w*)")
+
+
+def file_model(arch: str) -> tuple[Path, str] | None:
+    """(file, attribute) of a `path/to/file.py:Name` model, None for a torchvision name."""
+    m = _FILE_MODEL.fullmatch(arch)
+    return (Path(m["path"]), m["attr"]) if m else None
+
+
+def model_label(arch: str) -> str:
+    """A model's name in directory and run names: the attribute of a file model."""
+    found = file_model(arch)
+    return found[1] if found else arch
+
+
+def _model_file_exists(arch: str) -> str:
+    found = file_model(arch)
+    if found and not found[0].is_file():
+        raise ValueError(f"model file {found[0]} does not exist")
+    return arch
+
+
+ModelName = Annotated[str, AfterValidator(_model_file_exists)]
 
 
 class _Section(BaseModel):
@@ -46,7 +74,7 @@ class DataConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    arch: str = "resnet50"
+    arch: ModelName = "resnet50"
     weights: Path | None = None
     # From-scratch recipe measured on digits (docs/benchmarks.md): zero-init residuals, AdamW at
     # 3e-3 and label smoothing 0.1 take resnet50 to ~98.6 % test top-1 in 8 epochs (2 seeds).
@@ -55,7 +83,7 @@ class TeacherConfig(_Section):
 
 
 class StudentConfig(_Section):
-    arch: str = "resnet18"
+    arch: ModelName = "resnet18"
     weights: Path | None = None
 
 
@@ -71,8 +99,8 @@ class DistillConfig(_Section):
     # Stage layers to tap instead of the detected ones (same count for teacher and student).
     teacher_layers: list[str] | None = None
     student_layers: list[str] | None = None
-    assistants: list[str] = Field(default_factory=list)  # TAKD chain, in order
-    peers: list[str] = Field(default_factory=list)  # DML peers besides the student
+    assistants: list[ModelName] = Field(default_factory=list)  # TAKD chain, in order
+    peers: list[ModelName] = Field(default_factory=list)  # DML peers besides the student
     # Extra teacher-labelled training images: "mix" (mixup/cutmix of the training images)
     # or imagefolder:PATH (unlabeled images; subfolders are ignored).
     transfer: str | None = None
@@ -169,7 +197,8 @@ class RunConfig(_Section):
 
     def run_name(self) -> str:
         data = self.data.spec.split(":", 1)[0]
-        return self.name or f"{self.teacher.arch}-to-{self.student.arch}-{data}"
+        t, s = model_label(self.teacher.arch), model_label(self.student.arch)
+        return self.name or f"{t}-to-{s}-{data}"
 
     def out_dir(self) -> Path:
         return self.out or Path("runs") / self.run_name()
@@ -233,7 +262,8 @@ def _config_error(e: ValidationError, command: str) -> ConfigError:
         )
         return ConfigError(f"unknown config key '{where}'", hint)
     value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
     return ConfigError(
-        f"invalid value for {where}: {err['msg']} (got {value!r})",
+        f"invalid value for {where}: {msg} (got {value!r})",
         f"see `kdpipe {command} --help` for the allowed values",
     )

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from kdpipe import models, ui
-from kdpipe.config import RunConfig
+from kdpipe.config import RunConfig, model_label
 from kdpipe.data import DataSplits
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
+from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import predict_logits, top1
 from kdpipe.runs import (
     atomic_path,
@@ -46,7 +47,12 @@ def teacher_fingerprint(cfg: RunConfig) -> str:
         if t.weights
         else {"train": t.train.model_dump(), "label_smoothing": t.label_smoothing}
     )
-    return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed)
+    return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed, *sources(t.arch))
+
+
+def cached_teacher_dir(cfg: RunConfig, fp: str) -> Path:
+    """Where a teacher trained with fingerprint `fp` is kept for later runs."""
+    return cache_root() / "teachers" / f"{model_label(cfg.teacher.arch)}-{fp}"
 
 
 def save_state(model: nn.Module, path: Path) -> None:
@@ -58,7 +64,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     """Produce stage_dir/model.pt and metrics.json; return the model in eval mode."""
     k = data.info.num_classes
     t = cfg.teacher
-    cached = cache_root() / "teachers" / f"{t.arch}-{fp}"
+    cached = cached_teacher_dir(cfg, fp)
     if t.weights is not None:
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdpipe import models, ui
-from kdpipe.config import RunConfig
+from kdpipe.config import RunConfig, model_label
 from kdpipe.data import DataSplits
 from kdpipe.data.transfer import student_training_set
 from kdpipe.distill.base import Distiller, Layers
@@ -23,6 +23,7 @@ from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
+from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import agreement, predict_logits, top1
 from kdpipe.runs import fingerprint, write_json
 from kdpipe.teacher import save_state
@@ -117,13 +118,19 @@ def _assistant_chain(
     k = data.info.num_classes
     method = get_method("takd")
     links = []
-    upstream = fingerprint("takd", cfg.teacher.model_dump(mode="json"), cfg.seed)
+    upstream = fingerprint(
+        "takd", cfg.teacher.model_dump(mode="json"), cfg.seed, *sources(cfg.teacher.arch)
+    )
     for arch in cfg.distill.assistants:
         models.check_name(arch)
         upstream = fingerprint(
-            upstream, arch, cfg.distill.model_dump(mode="json"), cfg.data.model_dump()
+            upstream,
+            arch,
+            cfg.distill.model_dump(mode="json"),
+            cfg.data.model_dump(),
+            *sources(arch),
         )
-        path = stage_dir / "assistants" / f"{arch}-{upstream}.pt"
+        path = stage_dir / "assistants" / f"{model_label(arch)}-{upstream}.pt"
         assistant = models.create(arch, k, path if path.is_file() else None)
         if path.is_file():
             ui.info(f"distill: assistant {arch} reused from {path}")

@@ -1,7 +1,8 @@
 """One resolver for every model: `create(name, num_classes, weights)`.
 
-Names are torchvision's classification builders (`resnet50`, `mobilenet_v3_small`, ...).
-The classifier head is sized to `num_classes`. Nothing is ever downloaded: `weights` is a
+Names are torchvision's classification builders (`resnet50`, `mobilenet_v3_small`, ...) or a
+user's own model, `path/to/file.py:Name` (custom.py). The classifier head is sized to
+`num_classes`. Nothing is ever downloaded: `weights` is a
 local file, or `torchvision` for ImageNet weights already in torchvision's cache.
 """
 
@@ -14,6 +15,7 @@ import torchvision
 from torch import nn
 
 from kdpipe.errors import ModelError, closest
+from kdpipe.models import custom
 from kdpipe.models.weights import load_into, load_state_dict_file
 
 # Residual families whose last BN per block can start at zero, which lets deep nets train
@@ -27,6 +29,11 @@ def available() -> list[str]:
 
 
 def check_name(name: str) -> None:
+    if custom.is_file_model(name):
+        custom.builder(name)
+        return
+    if name.endswith(".py"):
+        raise ModelError(f"model file '{name}' names no class", f"write it as {name}:ClassName")
     names = available()
     if name not in names:
         near = closest(name, names) or [n for n in names if n.startswith(name[:3])][:5]
@@ -41,20 +48,27 @@ def check_name(name: str) -> None:
 def create(name: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
     """Build `name` with a `num_classes` head; load `weights` (a file, or 'torchvision')."""
     check_name(name)
+    file_model = custom.is_file_model(name)
     if weights == "torchvision":
+        if file_model:
+            raise ModelError(f"torchvision has no weights for {name}", "pass a weights file")
         model = _from_torchvision_cache(name)
         replace_head(model, num_classes)
         return model
+    model = custom.build(name, num_classes) if file_model else _torchvision_model(name, num_classes)
+    if weights is not None:
+        load_into(model, load_state_dict_file(Path(weights)), source=str(weights))
+    return model
+
+
+def _torchvision_model(name: str, num_classes: int) -> nn.Module:
     kwargs: dict = {"num_classes": num_classes}
     if name.startswith(_ZERO_INIT):
         kwargs["zero_init_residual"] = True
     if name.startswith(("inception", "googlenet")):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
-    if weights is not None:
-        load_into(model, load_state_dict_file(Path(weights)), source=str(weights))
-    return model
+    return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
 def _from_torchvision_cache(name: str) -> nn.Module:

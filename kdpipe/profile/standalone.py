@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from kdpipe import models, ui
-from kdpipe.config import ProfileConfig
+from kdpipe.config import ProfileConfig, file_model, model_label
 from kdpipe.errors import ConfigError, ExportError
 from kdpipe.export import tensorrt
 from kdpipe.profile import environment, memory
@@ -117,8 +117,11 @@ def runners_for(
                 {"kind": "tensorrt", "path": str(path)},
             )
         ], None
-    arch, sep, weights = target.partition(":")
-    if sep and weights:
+    if file_model(target):
+        raise ConfigError(f"cannot profile '{target}' without weights", f"pass {target}:WEIGHTS.pt")
+    # ARCH:WEIGHTS, where ARCH may itself be path/to/file.py:Name
+    arch, sep, weights = target.rpartition(":")
+    if sep and arch and weights:
         state = models.load_state_dict_file(Path(weights))
         k = _num_classes(state)
         net = models.create(arch, k, weights).eval()
@@ -131,7 +134,7 @@ def runners_for(
         }
         out = [
             Runner(
-                Target(arch, "torch-cpu", "fp32"),
+                Target(model_label(arch), "torch-cpu", "fp32"),
                 torch_predict(net, "cpu"),
                 Path(weights).stat().st_size,
                 {**spec, "device": "cpu"},
@@ -140,7 +143,7 @@ def runners_for(
         if torch.cuda.is_available():
             out.append(
                 Runner(
-                    Target(arch, "torch-cuda", "fp32"),
+                    Target(model_label(arch), "torch-cuda", "fp32"),
                     torch_predict(net, "cuda"),
                     Path(weights).stat().st_size,
                     {**spec, "device": "cuda"},
@@ -149,7 +152,8 @@ def runners_for(
         return out, None
     raise ConfigError(
         f"cannot profile '{target}'",
-        "pass a run directory, a bundle folder, a .onnx or .plan file, or ARCH:WEIGHTS.pt",
+        "pass a run directory, a bundle folder, a .onnx or .plan file, or ARCH:WEIGHTS.pt "
+        "(ARCH: a torchvision name or path/to/file.py:Name)",
     )
 
 
