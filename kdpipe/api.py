@@ -25,11 +25,10 @@ from kdpipe.data.transfer import check_transfer
 from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stage import run_distill_stage
+from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
 from kdpipe.errors import ConfigError
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
-from kdpipe.models.custom import sources
 from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
@@ -38,7 +37,6 @@ from kdpipe.runs import (
     RunDir,
     check_until,
     ensure_writable_dir,
-    file_sha256,
     fingerprint,
     forced_stages,
     read_json,
@@ -159,17 +157,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     if until == "teacher":
         return teacher.metrics
 
-    s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
-    d_fp = fingerprint(
-        "distill",
-        t_fp,
-        cfg.student.arch,
-        s_weights,
-        cfg.distill.model_dump(),
-        cfg.data.model_dump(),
-        cfg.seed,
-        *sources(cfg.student.arch, *cfg.distill.peers, *cfg.distill.assistants),
-    )
+    d_fp = distill_fingerprint(cfg, t_fp)
     d_dir = rd.stage_dir("distill")
     student, distill_metrics = stage(
         "distill",

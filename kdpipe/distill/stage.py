@@ -25,8 +25,25 @@ from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import agreement, predict_logits, top1
-from kdpipe.runs import fingerprint, write_json
+from kdpipe.runs import file_sha256, fingerprint, write_json
 from kdpipe.teacher import save_state
+
+
+def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
+    """Everything that shapes the student: the teacher, the student's own start, the method,
+    the data, the seed, and the content of any model file involved."""
+    d = cfg.distill
+    s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
+    return fingerprint(
+        "distill",
+        teacher_fp,
+        cfg.student.arch,
+        s_weights,
+        d.model_dump(),
+        cfg.data.model_dump(),
+        cfg.seed,
+        *sources(cfg.student.arch, *d.peers, *d.assistants),
+    )
 
 
 def build_student(cfg: RunConfig, num_classes: int) -> nn.Module:

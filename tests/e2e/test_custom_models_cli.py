@@ -1,6 +1,6 @@
 """`kdpipe run` with the user's own model files instead of torchvision names: trained,
-distilled, exported, profiled (memory in a fresh subprocess, which must import the file
-again), and retrained when the file changes."""
+distilled, exported and profiled (memory in a fresh subprocess, which must import the file
+again). Retraining after an edit is tested on the fingerprints (tests/unit)."""
 
 from __future__ import annotations
 
@@ -72,22 +72,3 @@ def test_own_model_files_go_through_the_whole_pipeline(tmp_path: Path) -> None:
     results = json.loads((out / "profile" / "results.json").read_text())
     torch_rows = [m for m in results["models"] if m["backend"] == "torch-cpu"]
     assert torch_rows and all(m["memory"]["peak_rss_over_baseline_bytes"] >= 0 for m in torch_rows)
-
-    # The same command again reuses everything; after an edit of the file, what it built is
-    # built again (teacher and student both live in it).
-    def fingerprints() -> list[str]:
-        return [json.loads((out / s / "stage.json").read_text())["fingerprint"] for s in stages]
-
-    stages = ("teacher", "distill")
-    first = fingerprints()
-    again = kdpipe(*args, "--out", str(out), env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    reused = json.loads((out / "report.json").read_text())["stages"]
-    assert reused["teacher"]["reused"] and reused["distill"]["reused"]
-    nets.write_text(
-        NETS.replace("block(32, 32))", "block(32, 24))").replace("(32, 1000)", "(24, 1000)")
-    )
-    edited = kdpipe(*args, "--until", "distill", "--out", str(out), env=env)
-    assert edited.returncode == 0, edited.stderr[-3000:]
-    assert all(a != b for a, b in zip(first, fingerprints(), strict=True))
-    assert json.loads((out / "teacher" / "metrics.json").read_text())["source"] == "trained"

@@ -11,8 +11,10 @@ import torch
 
 from kdpipe import models
 from kdpipe.config import build_config
+from kdpipe.distill.stage import distill_fingerprint
 from kdpipe.errors import ConfigError, ModelError
 from kdpipe.models.custom import sources
+from kdpipe.teacher import teacher_fingerprint
 
 NET = """
 import torch
@@ -172,3 +174,14 @@ def test_kdpipe_profile_takes_file_name_and_weights(nets: Path, tmp_path: Path) 
     with pytest.raises(ConfigError) as e:
         runners_for(f"{nets}:TinyNet", threads=1)
     assert "without weights" in e.value.message and ":TinyNet:WEIGHTS.pt" in e.value.hint
+
+
+def test_editing_a_model_file_changes_what_was_built_from_it(nets: Path) -> None:
+    own = build_config({}, {"teacher.arch": f"{nets}:TinyNet", "student.arch": f"{nets}:make_tiny"})
+    zoo = build_config({}, {})
+    t0, z0 = teacher_fingerprint(own), teacher_fingerprint(zoo)
+    d0, dz0 = distill_fingerprint(own, t0), distill_fingerprint(zoo, z0)
+    nets.write_text(nets.read_text() + "\n# tuned\n")
+    assert teacher_fingerprint(own) != t0  # the teacher is retrained...
+    assert distill_fingerprint(own, t0) != d0  # ... and the student, even beside the same teacher
+    assert teacher_fingerprint(zoo) == z0 and distill_fingerprint(zoo, z0) == dz0
