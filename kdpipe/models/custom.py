@@ -54,13 +54,13 @@ def build(arch: str, num_classes: int) -> nn.Module:
     """Construct the model `arch` names with a `num_classes` output."""
     make = builder(arch)
     takes_k = "num_classes" in _parameters(make)
+    call = f"{arch.rpartition(':')[2]}({f'num_classes={num_classes}' if takes_k else ''})"
     try:
         model = make(num_classes=num_classes) if takes_k else make()
     except Exception as e:  # the user's constructor: any error is theirs to fix
         raise ModelError(
             f"building {arch} failed: {type(e).__name__}: {str(e)[:160]}",
-            "fix the model file; it is called as "
-            + (f"{arch.rpartition(':')[2]}(num_classes={num_classes})" if takes_k else "Name()"),
+            f"fix the model file; kdpipe calls {call}",
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -101,8 +101,11 @@ def _import(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's file: report where it broke, not our traceback
         del sys.modules[name]
-        line = getattr(e, "lineno", None) or _error_line(e, path)
-        where = f"{path}:{line}" if line else str(path)
+        if isinstance(e, SyntaxError) and e.filename:  # in this file or one it imports
+            where = f"{e.filename}:{e.lineno}"
+        else:
+            line = _error_line(e, path)
+            where = f"{path}:{line}" if line else str(path)
         raise ModelError(
             f"importing model file {where} failed: {type(e).__name__}: {str(e)[:160]}",
             "fix the file; `python FILE` shows the same error",
@@ -131,4 +134,4 @@ def _parameters(obj: Callable[..., object]) -> set[str]:
 
 
 def _is_model_builder(v: object) -> bool:
-    return inspect.isclass(v) and issubclass(v, nn.Module) or inspect.isfunction(v)
+    return (inspect.isclass(v) and issubclass(v, nn.Module)) or inspect.isfunction(v)

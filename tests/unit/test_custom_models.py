@@ -116,6 +116,7 @@ def test_a_wrong_name_or_builder_is_named(nets: Path, attr: str, message: str, h
     assert message in e.value.message and hint in e.value.hint
     if attr == "broken":
         assert "RuntimeError: width must be even" in e.value.message
+        assert e.value.hint == "fix the model file; kdpipe calls broken()"
 
 
 def test_a_file_that_fails_to_import_names_its_line(tmp_path: Path) -> None:
@@ -127,6 +128,12 @@ def test_a_file_that_fails_to_import_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as e:
         models.check_name(f"{raising}:Net")
     assert f"{raising}:4" in e.value.message and "no timm here" in e.value.message
+    # a syntax error in a module the file imports is located in that module
+    write(tmp_path, "def f(:\n", name="helper_with_a_typo.py")
+    importer = write(tmp_path, "import helper_with_a_typo\n", name="importer.py")
+    with pytest.raises(ModelError) as e:
+        models.check_name(f"{importer}:Net")
+    assert f"{tmp_path / 'helper_with_a_typo.py'}:1" in e.value.message
 
 
 def test_a_file_without_a_class_name_says_how_to_write_it(nets: Path) -> None:
