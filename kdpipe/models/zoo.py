@@ -2,8 +2,8 @@
 
 Names are torchvision's classification builders (`resnet50`, `mobilenet_v3_small`, ...) or a
 user's own model, `path/to/file.py:Name` (custom.py). The classifier head is sized to
-`num_classes`. Nothing is ever downloaded: `weights` is a
-local file, or `torchvision` for ImageNet weights already in torchvision's cache.
+`num_classes`. Nothing is ever downloaded: `weights` is a local file, or `torchvision` for
+ImageNet weights already in torchvision's cache.
 """
 
 from __future__ import annotations
