@@ -14,7 +14,7 @@ def render_html(report: dict, samples: dict[str, list[float]]) -> str:
     )
     figures = [
         (
-            "Accuracy vs latency for every model × backend × precision (dashed: Pareto front)",
+            "Accuracy vs latency for every model × backend × precision (* and dashed: Pareto front)",
             plots.accuracy_vs_latency(report),
         ),
         ("Latency distributions (every timed call)", plots.latency_distributions(report, samples)),

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 
 def _png(fig: plt.Figure) -> str:
@@ -16,6 +17,17 @@ def _png(fig: plt.Figure) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plain_log_ticks(axis) -> None:  # noqa: ANN001 (a matplotlib Axis)
+    """'2' and '0.5' rather than '2x10^0' on a log axis; call once the data is plotted.
+
+    Minor ticks get labels only while the axis spans under a decade: above that they crowd.
+    """
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    axis.set_major_formatter(plain)
+    lo, hi = sorted(axis.get_view_interval())
+    axis.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else NullFormatter())
 
 
 def _label(row: dict) -> str:
@@ -36,30 +48,48 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def accuracy_vs_latency(report: dict) -> str:
+def accuracy_vs_latency_figure(report: dict) -> plt.Figure:
     bs = min(e["batch_size"] for e in report["latency"])
     p50 = {_label(e): e["p50_ms"] for e in report["latency"] if e["batch_size"] == bs}
     rows = [r for r in report["models"] if _label(r) in p50]
     points = [(p50[_label(r)], 100 * r["accuracy"]) for r in rows]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r, (lat, acc) in zip(rows, points, strict=True):
-        ax.scatter(lat, acc, s=60, marker="o" if r["model"] == "student" else "s")
-        ax.annotate(_label(r), (lat, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.plot(
-        [points[i][0] for i in front],
-        [points[i][1] for i in front],
-        "k--",
-        lw=1,
-        label="Pareto front",
-    )
+    # Names go in a legend beside the axes, one colour per point: the student's backends sit
+    # within a fraction of a percent and a millisecond of each other, and text beside the
+    # points would overprint.
+    colours = plt.get_cmap("tab10")
+    for i, (r, (lat, acc)) in enumerate(zip(rows, points, strict=True)):
+        ax.scatter(
+            lat,
+            acc,
+            s=60,
+            color=colours(i % 10),
+            marker="o" if r["model"] == "student" else "s",
+            label=_label(r) + (" *" if i in front else ""),
+            zorder=3,
+        )
+    if len(front) > 1:  # a single point is no front: no line, no legend entry
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "k--",
+            lw=1,
+            label="Pareto front (*)",
+            zorder=2,
+        )
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"p50 latency at batch {bs} (ms, log scale)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Accuracy vs latency")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0.0)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
+
+
+def accuracy_vs_latency(report: dict) -> str:
+    return _png(accuracy_vs_latency_figure(report))
 
 
 def latency_distributions(report: dict, samples: dict[str, list[float]]) -> str:
@@ -72,6 +102,7 @@ def latency_distributions(report: dict, samples: dict[str, list[float]]) -> str:
             range(1, len(keys) + 1), [k.rsplit(".", 1)[0].replace(".", " ") for k in keys]
         )
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"latency per call at batch {bs} (ms, log scale); whiskers p1-p99")
     ax.set_title("Latency distributions")
     ax.grid(alpha=0.3, axis="x")
@@ -88,6 +119,8 @@ def latency_vs_batch(report: dict) -> str:
         ax.plot([b for b, _ in pts], [ms for _, ms in pts], marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("batch size")
     ax.set_ylabel("p50 latency per batch (ms)")
     ax.set_title("Latency vs batch size")
