@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,35 @@ def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         env=env,
         timeout=900,
     )
+
+
+@dataclass
+class Ran:
+    """What `kdpipe_here` saw: the fields of a finished `subprocess.run` the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def kdpipe_here(capsys: pytest.CaptureFixture[str], *args: str, env: dict | None = None) -> Ran:
+    """`kdpipe ARGS` in this process, through the entry point `python -m kdpipe` calls.
+
+    A new interpreter spends 7-11 s importing torch, torchvision, scikit-learn and onnxruntime
+    on the slower CI CPUs; calls that need no process of their own (the kill and DDP tests
+    do) run here. An exception that escapes instead of becoming one `error:` line fails the
+    test, as a traceback would. Of `env`, the teacher cache is what commands read.
+    """
+    from kdpipe.cli import main
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        if env and "KDPIPE_CACHE" in env:
+            mp.setenv("KDPIPE_CACHE", env["KDPIPE_CACHE"])
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+    out, err = capsys.readouterr()
+    return Ran(e.value.code if isinstance(e.value.code, int) else 0, out, err)
 
 
 @contextmanager

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kdpipe.cli import main
 from kdpipe.models import create
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe, kdpipe_here
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +102,8 @@ IN_A_PROCESS = {"unknown teacher", "malicious weights", *(c for c in CASES if "-
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], process: bool) -> tuple[int, str]:
     """Exit code and stderr of `kdpipe ARGS`."""
-    if process:
-        proc = kdpipe(*args)
-        return proc.returncode, proc.stderr
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return int(e.value.code or 0), capsys.readouterr().err
+    ran = kdpipe(*args) if process else kdpipe_here(capsys, *args)
+    return ran.returncode, ran.stderr
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -152,9 +146,10 @@ def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
     ids=["export", "profile"],
 )
 def test_malicious_pickle_is_refused_by_every_entry_point(
-    args: list[str], files: dict[str, Path]
+    args: list[str], files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    proc = kdpipe(*[a.format(**files) for a in args], "--quiet")
+    # In this process: a payload that ran would write its file from here just the same.
+    proc = kdpipe_here(capsys, *[a.format(**files) for a in args], "--quiet")
     assert proc.returncode == 2, proc.stderr
     assert "refused" in proc.stderr and "Traceback" not in proc.stderr
     assert not (files["dir"] / "pwned").exists()

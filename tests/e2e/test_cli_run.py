@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import TINY, kdpipe
+from tests.e2e.helpers import TINY, kdpipe_here
 
 pytestmark = pytest.mark.slow
 
@@ -78,32 +78,37 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     assert "mobilenet_v3_small" in md and "| student | ort-cpu | int8 |" in md
 
 
-def test_second_run_reuses_everything(first_run) -> None:
+def test_second_run_reuses_everything(first_run, capsys: pytest.CaptureFixture[str]) -> None:
     out, first_seconds, env = first_run
     start = time.perf_counter()
-    proc = kdpipe("run", *TINY, "--out", str(out), env=env)
+    proc = kdpipe_here(capsys, "run", *TINY, "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "report.json").read_text())
     assert all(r["stages"][s]["reused"] for s in ("teacher", "distill", "export", "profile"))
     assert time.perf_counter() - start < first_seconds / 2
 
 
-def test_new_run_dir_reuses_the_cached_teacher(first_run, tmp_path: Path) -> None:
+def test_new_run_dir_reuses_the_cached_teacher(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
-    proc = kdpipe(
-        "run", *TINY, "--epochs", "1", "--precision", "fp32", "--out", str(tmp_path / "b"), env=env
+    b = tmp_path / "b"
+    proc = kdpipe_here(
+        capsys, "run", *TINY, "--epochs", "1", "--out", str(b), "--until", "distill", env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert r["teacher"]["source"] == "cache"
+    teacher = json.loads((b / "teacher" / "metrics.json").read_text())
+    assert teacher["source"] == "cache"
+    first = json.loads((out / "teacher" / "metrics.json").read_text())
+    assert first["source"] == "trained" and teacher["test_accuracy"] == first["test_accuracy"]
     # Same teacher weights, same images: the teacher-logit table is read, not recomputed.
-    assert r["student"]["teacher_cache_source"] == "disk"
-    first = json.loads((out / "report.json").read_text())
-    assert r["teacher"]["accuracy"] == first["teacher"]["accuracy"]
-    assert "int8" not in r["export"]
+    assert (
+        json.loads((b / "distill" / "metrics.json").read_text())["teacher_cache_source"] == "disk"
+    )
+    assert not (b / "export").exists()  # --until distill stops there
 
 
-def test_gate_on_a_real_run(first_run, tmp_path: Path) -> None:
+def test_gate_on_a_real_run(first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, _, env = first_run
     r = json.loads((out / "report.json").read_text())
     key = "student.ort-cpu.fp32.bs1.p95_ms"
@@ -112,9 +117,9 @@ def test_gate_on_a_real_run(first_run, tmp_path: Path) -> None:
     loose.write_text(
         f"{key}: {{max: {r['metrics'][key] * 1.5}}}\nexport.fp32.top1_agreement: {{min: 0.999}}\n"
     )
-    proc = kdpipe("gate", str(out / "report.json"), "--budgets", str(loose), env=env)
+    proc = kdpipe_here(capsys, "gate", str(out / "report.json"), "--budgets", str(loose), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tight = tmp_path / "tight.yaml"
     tight.write_text(f"{key}: {{max: {r['metrics'][key] * 0.2}}}\n")
-    proc = kdpipe("gate", str(out / "report.json"), "--budgets", str(tight), env=env)
+    proc = kdpipe_here(capsys, "gate", str(out / "report.json"), "--budgets", str(tight), env=env)
     assert proc.returncode == 1 and "FAIL" in proc.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe_here
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,16 @@ TINY = ["--teacher-epochs", "10", "--epochs", "10", "--lr", "0.01", "--batch-siz
 TINY += ["--min-iters", "10", "--min-seconds", "0.05", "--quiet"]
 
 
-def test_own_model_files_go_through_the_whole_pipeline(tmp_path: Path) -> None:
+def test_own_model_files_go_through_the_whole_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     nets = tmp_path / "my models" / "nets.py"  # a space in the path, as users' folders have
     nets.parent.mkdir()
     nets.write_text(NETS)
     out = tmp_path / "run"
     env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache")}
     args = ["run", "--teacher", f"{nets}:Teacher", "--student", f"{nets}:Student", *TINY]
-    proc = kdpipe(*args, "--out", str(out), env=env)
+    proc = kdpipe_here(capsys, *args, "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     r = json.loads((out / "report.json").read_text())

@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 
 from kdpipe.runs import file_sha256
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe_here
 
 pytestmark = pytest.mark.slow
 
 
-def test_export_from_weights_file(first_run, tmp_path: Path) -> None:
+def test_export_from_weights_file(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
     dest = tmp_path / "exp"
-    proc = kdpipe(
+    proc = kdpipe_here(
+        capsys,
         "export",
         "--arch",
         "mobilenet_v3_small",
@@ -41,7 +44,9 @@ def test_export_from_weights_file(first_run, tmp_path: Path) -> None:
     assert "fp16" in proc.stdout and "bundle:" in proc.stdout
 
 
-def test_export_for_tensorrt_writes_the_symmetric_int8_form(first_run, tmp_path: Path) -> None:
+def test_export_for_tensorrt_writes_the_symmetric_int8_form(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Without TensorRT the engine is skipped with its reason, but the file TensorRT needs
     (symmetric int8 Q/DQ) is still written, checked against PyTorch and reported."""
     import onnx
@@ -49,7 +54,8 @@ def test_export_for_tensorrt_writes_the_symmetric_int8_form(first_run, tmp_path:
     out, _, env = first_run
     dest = tmp_path / "exp"
     args = ["--arch", "mobilenet_v3_small", "--weights", str(out / "distill" / "student.pt")]
-    proc = kdpipe(
+    proc = kdpipe_here(
+        capsys,
         "export", *args, "--precision", "int8", "--backend", "onnx,tensorrt", "--out", str(dest),
         env=env,
     )  # fmt: skip
@@ -67,8 +73,8 @@ def test_export_for_tensorrt_writes_the_symmetric_int8_form(first_run, tmp_path:
     assert "TensorRT skipped" in proc.stderr
 
 
-def test_export_needs_a_source(tmp_path: Path) -> None:
-    proc = kdpipe("export", "--quiet")
+def test_export_needs_a_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = kdpipe_here(capsys, "export", "--quiet")
     assert proc.returncode == 2 and "either a run directory" in proc.stderr
-    proc = kdpipe("export", str(tmp_path), "--quiet")
+    proc = kdpipe_here(capsys, "export", str(tmp_path), "--quiet")
     assert proc.returncode == 2 and "not a kdpipe run directory" in proc.stderr

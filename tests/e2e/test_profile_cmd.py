@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe_here
 
 pytestmark = pytest.mark.slow
 QUICK = ["--batch-sizes", "1,2", "--min-iters", "10", "--min-seconds", "0.05", "--quiet"]
 
 
-def test_profile_any_mix_of_files(first_run, tmp_path: Path) -> None:
+def test_profile_any_mix_of_files(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
     results = tmp_path / "p.json"
-    proc = kdpipe(
+    proc = kdpipe_here(
+        capsys,
         "profile",
         str(out / "export"),
         f"resnet18:{out / 'teacher' / 'model.pt'}",
@@ -42,13 +45,17 @@ def test_profile_any_mix_of_files(first_run, tmp_path: Path) -> None:
     assert all(e["iters"] % ROUND_CALLS == 0 for e in r["latency"])  # whole rounds, re-warm untimed
 
 
-def test_lone_onnx_files_are_fed_the_size_they_declare(first_run, tmp_path: Path) -> None:
+def test_lone_onnx_files_are_fed_the_size_they_declare(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No --input-size: each ONNX file's own (C, H, W) is used, not 3x224x224; files that
     declare different sizes are refused with exit 2 rather than crashing mid-measurement."""
     out, _, env = first_run
     results = tmp_path / "p.json"
     onnx_files = [str(out / "export" / n) for n in ("student.onnx", "student.int8.onnx")]
-    proc = kdpipe("profile", *onnx_files, *QUICK, "--no-memory", "--out", str(results), env=env)
+    proc = kdpipe_here(
+        capsys, "profile", *onnx_files, *QUICK, "--no-memory", "--out", str(results), env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(results.read_text())
     assert r["input_size"] == [3, 32, 32]
@@ -62,27 +69,31 @@ def test_lone_onnx_files_are_fed_the_size_they_declare(first_run, tmp_path: Path
     small = tmp_path / "small.onnx"
     info = DataInfo("tiny", ["a", "b"], (3, 16, 16), [0.0] * 3, [1.0] * 3)
     export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, 2)), info, small)
-    proc = kdpipe("profile", onnx_files[0], str(small), *QUICK, env=env)
+    proc = kdpipe_here(capsys, "profile", onnx_files[0], str(small), *QUICK, env=env)
     assert proc.returncode == 2 and "different input sizes" in proc.stderr
     assert "3,16,16" in proc.stderr and "Traceback" not in proc.stderr
     # One lone file is timed like a plain loop, its workers spinning between calls too.
     alone = tmp_path / "alone.json"
-    proc = kdpipe("profile", str(small), *QUICK, "--no-memory", "--out", str(alone), env=env)
+    proc = kdpipe_here(
+        capsys, "profile", str(small), *QUICK, "--no-memory", "--out", str(alone), env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(alone.read_text())["settings"]["ort_spinning"] == "within and between calls"
 
 
-def test_profile_refuses_corrupt_onnx(tmp_path: Path) -> None:
+def test_profile_refuses_corrupt_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(b"\x08\x07\x12\x04torch" + b"\x00" * 50)
-    proc = kdpipe("profile", str(bad), "--quiet")
+    proc = kdpipe_here(capsys, "profile", str(bad), "--quiet")
     assert proc.returncode == 2 and "not a valid ONNX model" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = kdpipe("profile", "resnet18", "--quiet")
+    proc = kdpipe_here(capsys, "profile", "resnet18", "--quiet")
     assert proc.returncode == 2 and "cannot profile 'resnet18'" in proc.stderr
 
 
-def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
+def test_gate_measure_re_profiles_the_run(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
     before = json.loads((out / "profile" / "results.json").read_text())
     budgets = tmp_path / "b.yaml"
@@ -96,7 +107,8 @@ def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
     for k in [k for k in given["metrics"] if k.startswith("teacher.") and k.endswith(".p50_ms")]:
         given["metrics"][k] *= 0.25
     (out / "report.json").write_text(json.dumps(given))
-    proc = kdpipe(
+    proc = kdpipe_here(
+        capsys,
         "gate", str(out / "report.json"), "--budgets", str(budgets), "--measure", "--confirm",
         "0", "--quiet", env=env,
     )  # fmt: skip
@@ -108,12 +120,16 @@ def test_gate_measure_re_profiles_the_run(first_run, tmp_path: Path) -> None:
     assert report["stages"]["profile"]["reused"] is False
 
 
-def test_profile_run_dir_writes_out_and_refuses_input_size(first_run, tmp_path: Path) -> None:
+def test_profile_run_dir_writes_out_and_refuses_input_size(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
-    proc = kdpipe("profile", str(out), "--input-size", "3,64,64", "--quiet", env=env)
+    proc = kdpipe_here(capsys, "profile", str(out), "--input-size", "3,64,64", "--quiet", env=env)
     assert proc.returncode == 2 and "does not apply to a run directory" in proc.stderr
     results = tmp_path / "again.json"
-    proc = kdpipe("profile", str(out), *QUICK, "--no-memory", "--out", str(results), env=env)
+    proc = kdpipe_here(
+        capsys, "profile", str(out), *QUICK, "--no-memory", "--out", str(results), env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     copy, report = json.loads(results.read_text()), json.loads((out / "report.json").read_text())
     assert copy["latency"] == report["latency"] and copy["metrics"] == report["metrics"]
