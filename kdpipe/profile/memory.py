@@ -10,9 +10,11 @@ reports `torch.cuda.max_memory_allocated`, for TensorRT the engine's device memo
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     shape = tuple(spec["shape"])
     result: dict[str, Any] = {}
-    if spec["kind"] == "ort":
+    if spec.get("kind") == "ort":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -88,6 +90,28 @@ def measure(spec: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": tail[:200]}
     return json.loads(lines[-1])
+
+
+def _on_gpu(spec: dict[str, Any]) -> bool:
+    if spec.get("kind") == "ort":
+        return spec.get("provider", "CPUExecutionProvider") != "CPUExecutionProvider"
+    return spec.get("kind") == "tensorrt" or spec.get("device") == "cuda"
+
+
+def measure_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`measure` each spec, in order. CPU children run side by side, up to one per core (at
+    most 4): each one's peak RSS is its own, and a child that imports torch spends seconds
+    on it. GPU children run one at a time so each has the card to itself."""
+    cpu = [i for i, s in enumerate(specs) if not _on_gpu(s)]
+    results: list[dict[str, Any]] = [{} for _ in specs]
+    workers = max(1, min(len(cpu), os.cpu_count() or 1, 4))
+    with ThreadPoolExecutor(workers) as pool:
+        for i, result in zip(cpu, pool.map(measure, [specs[i] for i in cpu]), strict=True):
+            results[i] = result
+    for i, spec in enumerate(specs):
+        if i not in cpu:
+            results[i] = measure(spec)
+    return results
 
 
 if __name__ == "__main__":

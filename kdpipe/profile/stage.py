@@ -64,12 +64,10 @@ def run_profile_stage(
     models = _accuracy_and_size(data, teacher, student, runners)
     if p.memory:
         shape = [max(p.batch_sizes), *data.info.input_size]
-        for row, runner in zip(models, runners, strict=True):
-            if runner.memory_spec:
-                row["memory"] = {
-                    "batch_size": shape[0],
-                    **memory.measure({**runner.memory_spec, "shape": shape}),
-                }
+        rows = [(row, r) for row, r in zip(models, runners, strict=True) if r.memory_spec]
+        measured = memory.measure_all([{**r.memory_spec, "shape": shape} for _, r in rows])
+        for (row, _), mem in zip(rows, measured, strict=True):
+            row["memory"] = {"batch_size": shape[0], **mem}
 
     sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
     latency, samples = time_runners(runners, sample, p)

@@ -186,9 +186,10 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
     latency, samples = time_runners(runners, sample, p)
     mem = {}
     if p.memory:
-        for r in runners:
-            key = f"{r.target.model}.{r.target.backend}.{r.target.precision}"
-            mem[key] = memory.measure({**r.memory_spec, "shape": [max(p.batch_sizes), *chw]})
+        shape = [max(p.batch_sizes), *chw]
+        measured = memory.measure_all([{**r.memory_spec, "shape": shape} for r in runners])
+        for r, m in zip(runners, measured, strict=True):
+            mem[f"{r.target.model}.{r.target.backend}.{r.target.precision}"] = m
     return {
         "input_size": chw,
         "latency": latency,
