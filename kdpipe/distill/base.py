@@ -284,6 +284,10 @@ class Distiller(nn.Module, abc.ABC):
     def student(self) -> nn.Module:
         return self.student_model
 
+    def students(self) -> list[nn.Module]:
+        """Every model the method may export (DML: each peer)."""
+        return [self.student()]
+
     def finish(self, val: torch.utils.data.Dataset) -> dict:
         """Called once after training (DML picks its best peer here); returns notes."""
         return {}

@@ -8,6 +8,8 @@ epoch in `log.jsonl`, a progress bar with images/s and ETA (rank 0 only). Around
   - checkpoints every epoch and every `checkpoint_every` steps (checkpoint.py); a rerun resumes
     from the last one and, on CPU with a fixed seed, ends bit-identical to an uninterrupted run;
   - a NaN/Inf guard that stops with the step and the loss term, before the bad update;
+  - precise BatchNorm statistics after each epoch for models whose running averages lag
+    (precise_bn.py: MobileNetV3 would otherwise evaluate at chance after a short schedule);
   - CUDA when present: autocast (bf16, else fp16 with a grad scaler), pinned memory and
     non-blocking copies; on several ranks, gradients averaged by distributed.py.
 """
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from kdpipe import faults, ui
 from kdpipe.config import TrainConfig
 from kdpipe.distill import checkpoint as ckpt
-from kdpipe.distill import distributed
+from kdpipe.distill import distributed, precise_bn
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
@@ -246,6 +248,10 @@ def fit(
                     ):
                         save({"stage": stage_index, "epoch": epoch, "batch": batches}, log.flush())
                 sums = log.flush()  # every step read (and guarded) before anything is saved
+                # Slow-tracking BatchNorm (MobileNetV3) gets statistics that match its weights.
+                recalibrated = precise_bn.recalibrate(
+                    distiller.students(), train, cfg.batch_size, rt.device, seed
+                )
                 distributed.broadcast_buffers(distiller)
                 val_logits, val_labels = predict_logits(distiller.student(), val)
                 val_acc = top1(val_logits, val_labels)
@@ -257,6 +263,7 @@ def fit(
                     "epoch": epoch,
                     **{f"loss_{k}": v for k, v in means.items()},
                     "val_accuracy": val_acc,
+                    **({"bn_recalibrated_images": recalibrated} if recalibrated else {}),
                     "lr": sched.get_last_lr()[0],
                     "images_per_s": seen / (time.perf_counter() - start),
                     "seconds": time.perf_counter() - start,

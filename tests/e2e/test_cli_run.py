@@ -72,6 +72,10 @@ def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     # The student log has one line per epoch; the teacher logits were cached.
     log = (out / "distill" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2 and "loss_kd" in json.loads(log[0])
+    # MobileNetV3's BatchNorm averages too slowly for two short epochs: its statistics are
+    # recomputed each epoch, or the student would predict one digit (10 %) in eval mode.
+    assert json.loads(log[-1])["bn_recalibrated_images"] > 1000
+    assert r["student"]["accuracy"] > 0.3
     assert r["student"]["teacher_cache"] is True
     assert r["student"]["teacher_cache_source"] == "computed"
     md = (out / "report.md").read_text()

@@ -129,3 +129,6 @@ class DeepMutualLearning(Distiller):
 
     def student(self) -> nn.Module:
         return self.peers[self.chosen]
+
+    def students(self) -> list[nn.Module]:
+        return list(self.peers)
