@@ -38,7 +38,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     shape = tuple(spec["shape"])
     result: dict[str, Any] = {}
-    if spec.get("kind") == "ort":
+    if spec["kind"] == "ort":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
