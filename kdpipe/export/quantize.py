@@ -123,8 +123,10 @@ def quantize_int8(
     exclude: list[str] | None = None,
     target: Int8Target = "onnxruntime",
     reduce_range: bool | None = None,
+    weight_layers_only: bool = False,
 ) -> dict:
-    """Write the QDQ INT8 model of the preprocessed `pre` at `out`; return the settings used."""
+    """Write the QDQ INT8 model of the preprocessed `pre` at `out`; return the settings used.
+    Every op onnxruntime can quantize is, unless `weight_layers_only` (QUANTIZABLE alone)."""
     reader.rewind()
     scheme = int8_scheme(target, reduce_range)
     extra = dict(scheme["extra_options"])
@@ -142,6 +144,7 @@ def quantize_int8(
             reduce_range=scheme["reduce_range"],
             calibrate_method=CALIBRATION[method],
             nodes_to_exclude=list(exclude or []),
+            op_types_to_quantize=list(QUANTIZABLE) if weight_layers_only else None,
             extra_options=extra,
         )
     symmetric = extra.get("ActivationSymmetric", False)
@@ -154,5 +157,6 @@ def quantize_int8(
         "weights": "int8 symmetric" + (", 7-bit range" if scheme["reduce_range"] else ""),
         "calibration": method,
         "calibration_samples": reader.samples,
+        "quantized_ops": "weight layers" if weight_layers_only else "all supported",
         "kept_fp32": list(exclude or []),
     }
