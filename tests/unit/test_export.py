@@ -77,6 +77,28 @@ def test_int8_is_qdq_and_close_to_fp32(exported, tmp_path: Path) -> None:
     assert parity(ref, got, labels)["top1_agreement"] >= 0.9
 
 
+def test_weight_layers_only_leaves_the_weightless_ops_in_fp32(exported, tmp_path: Path) -> None:
+    """The guard's second try: Conv/Gemm in INT8, the weightless ops in FP32 (Q/DQ is per
+    tensor: an Add still reads the DQ'd tensor a conv reads, but resnet18's stem MaxPool,
+    the only reader of its input, now reads FP32)."""
+    _, path, data = exported
+    pre = tmp_path / "pre.onnx"
+    preprocess(path, pre)
+
+    def dq_fed(out: Path, op: str) -> int:
+        graph = onnx.load(str(out)).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        nodes = [n for n in graph.node if n.op_type == op]
+        return sum(any(made_by.get(i) == "DequantizeLinear" for i in n.input) for n in nodes)
+
+    full, layers = tmp_path / "full.onnx", tmp_path / "layers.onnx"
+    assert quantize_int8(pre, full, ImageBatches(data, 64, 0))["quantized_ops"] == "all supported"
+    s = quantize_int8(pre, layers, ImageBatches(data, 64, 0), weight_layers_only=True)
+    assert s["quantized_ops"] == "weight layers"
+    assert dq_fed(full, "MaxPool") == 1 and dq_fed(layers, "MaxPool") == 0
+    assert dq_fed(layers, "Conv") == dq_fed(full, "Conv") > 0  # every conv still INT8
+
+
 def _ort_optimized_ops(path: Path, tmp_path: Path) -> list[str]:
     """The node types onnxruntime's CPU provider actually runs after its graph fusions."""
     import onnxruntime as ort
