@@ -81,6 +81,15 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{label} file {path} does not exist", "check the path")
 
 
+def check_models_take(cfg: RunConfig, num_classes: int, input_size: tuple[int, ...]) -> None:
+    """Refuse, before the teacher trains, a model that cannot take the data's image size."""
+    d = cfg.distill
+    roles = [("teacher", cfg.teacher.arch), ("student", cfg.student.arch)]
+    roles += [("teacher assistant", a) for a in d.assistants] + [("peer", p) for p in d.peers]
+    for role, arch in dict.fromkeys(roles):
+        models.check_input_size(role, arch, num_classes, input_size)
+
+
 def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:
     """Rank 0 alone checks and claims the output directory while the others wait: a rank
     that looked after rank 0 had begun writing would take the run for someone else's. Every
@@ -114,10 +123,20 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     if not rank.main:
         ui.set_quiet(True)
         set_writer(False)
-    out = _prepare_out_dir(cfg, bool(redo), rank.main)
-    rd = RunDir(out)
     torch.manual_seed(cfg.seed)
     stages: dict[str, dict] = {}
+    # Data and model shapes are checked before the output directory is touched.
+    start = time.perf_counter()
+    data = load_data(cfg.data, cfg.seed)
+    ui.info(
+        f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
+        f"train/val/test {data.info.sizes['train']}/{data.info.sizes['val']}/{data.info.sizes['test']}"
+    )
+    stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
+    k = data.info.num_classes
+    check_models_take(cfg, k, data.info.input_size)
+    out = _prepare_out_dir(cfg, bool(redo), rank.main)
+    rd = RunDir(out)
 
     def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
         distributed.barrier()  # every rank decides reuse from the same files
@@ -132,15 +151,6 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         rd.mark_done(name, fp, outputs, seconds)
         stages[name] = {"seconds": seconds, "reused": False}
         return result
-
-    start = time.perf_counter()
-    data = load_data(cfg.data, cfg.seed)
-    ui.info(
-        f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
-        f"train/val/test {data.info.sizes['train']}/{data.info.sizes['val']}/{data.info.sizes['test']}"
-    )
-    stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
-    k = data.info.num_classes
 
     t_fp = teacher_fingerprint(cfg)
     if "teacher" in redo and cfg.teacher.weights is None and rank.main:
@@ -232,6 +242,7 @@ def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
     models.check_name(arch)
     ensure_writable_dir(out)
     data = load_data(cfg.data, cfg.seed)
+    models.check_input_size("model", arch, data.info.num_classes, data.info.input_size)
     student = models.create(arch, data.info.num_classes, weights).eval()
     return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -56,7 +57,20 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
             "save it with torch.save(model.state_dict(), path)",
         )
     # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    state = OrderedDict(
+        (k.removeprefix("module."), v) for k, v in obj.items() if isinstance(v, torch.Tensor)
+    )
+    # state_dict()'s per-module versions: some modules read them when loading (MNASNet
+    # refuses a state without them), so they travel with the unwrapped keys.
+    meta = getattr(obj, "_metadata", None)
+    if isinstance(meta, dict):
+        wrapped = "module" in meta  # the wrapper's own "" entry gives way to its module's
+        state._metadata = {  # type: ignore[attr-defined]
+            ("" if k == "module" else k.removeprefix("module.")): v
+            for k, v in meta.items()
+            if not (wrapped and k == "")
+        }
+    return state
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -81,4 +95,16 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
             f"weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)}",
             "check the architecture name and the number of classes the weights were trained for",
         )
-    model.load_state_dict(state, strict=True)
+    if getattr(state, "_metadata", None) is None:
+        # A file without module versions (a plain dict, or written by other tools): its keys
+        # and shapes match this model's layout exactly, so take this model's versions.
+        state = OrderedDict(state)
+        state._metadata = getattr(own, "_metadata", {})  # type: ignore[attr-defined]
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ModelError(
+            f"weights in {source} do not load into {type(model).__name__}: {first}",
+            "save them with torch.save(model.state_dict(), path) from the same architecture",
+        ) from None

@@ -91,6 +91,9 @@ CASES = {
         "cannot be decoded",
     ),
     "malicious weights": (["--teacher", "resnet18", "--teacher-weights", "{evil}"], "refused"),
+    # Models that cannot take the data's 32x32 images are refused before the teacher trains.
+    "student too small for input": (["--student", "alexnet"], "--image-size 64"),
+    "fixed-size student": (["--student", "vit_b_16"], "Expected 224 but got 32"),
 }
 
 

@@ -84,3 +84,21 @@ def test_replace_head_swaps_last_linear() -> None:
     m = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 1000))
     replace_head(m, 5)
     assert m(torch.zeros(2, 3, 2, 2)).shape == (2, 5)
+
+
+def test_module_versions_survive_loading(tmp_path: Path) -> None:
+    """MNASNet reads its state_dict version when loading: kdpipe's unwrapping keeps it, and a
+    file without versions (a plain dict) takes the model's own."""
+    src = create("mnasnet0_5", 3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ref = src(x)
+    plain, ddp, bare = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    torch.save(src.state_dict(), plain)
+    wrapped = nn.Sequential()
+    wrapped.add_module("module", src)  # DDP's key layout: module.<key>
+    torch.save(wrapped.state_dict(), ddp)
+    torch.save(dict(src.state_dict()), bare)
+    assert getattr(torch.load(bare, weights_only=True), "_metadata", None) is None
+    for f in (plain, ddp, bare):
+        assert torch.equal(create("mnasnet0_5", 3, f).eval()(x), ref)
+    assert load_state_dict_file(ddp)._metadata[""] == {"version": 2}  # type: ignore[attr-defined]
