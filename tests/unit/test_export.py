@@ -160,3 +160,32 @@ def test_reduce_range_only_where_asked_or_x86_without_vnni(monkeypatch) -> None:
     assert int8_scheme("onnxruntime")["reduce_range"] is True
     monkeypatch.setattr(quantize.torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
     assert int8_scheme("onnxruntime")["reduce_range"] is False
+
+
+def test_fp16_of_a_constant_of_shape_graph_loads_and_matches(tmp_path: Path) -> None:
+    """x + ConstantOfShape(Shape(x)) + 1: the converter alone retypes the constant's output
+    to float16 but keeps a float32 value, which onnxruntime refuses (torchvision's swin_t),
+    and casts the input x, read by two nodes, twice under one name."""
+    from onnx import TensorProto, helper
+
+    from kdpipe.export.fp16 import convert_fp16
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("ConstantOfShape", ["shape"], ["zeros"]),
+            helper.make_node("Add", ["x", "zeros"], ["sum"]),
+            helper.make_node("Add", ["sum", "one"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+    )
+    fp32 = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+    settings = convert_fp16(fp32, tmp_path / "m16.onnx")
+    assert settings["kept_fp32_ops"] == ["ConstantOfShape"]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (y,) = ort_session(tmp_path / "m16.onnx").run(None, {"x": x})
+    assert y.dtype == np.float32 and np.allclose(y, x + 1)
