@@ -248,7 +248,8 @@ def fit(
                     ):
                         save({"stage": stage_index, "epoch": epoch, "batch": batches}, log.flush())
                 sums = log.flush()  # every step read (and guarded) before anything is saved
-                # Slow-tracking BatchNorm (MobileNetV3) gets statistics that match its weights.
+                # BatchNorm that tracks slowly (MobileNetV3) or after depthwise convolutions
+                # (MobileNetV2, EfficientNet) gets statistics that match its weights.
                 recalibrated = precise_bn.recalibrate(
                     distiller.students(), train, cfg.batch_size, rt.device, seed
                 )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdpipe.distill.precise_bn import lagging, recalibrate
+from kdpipe.distill.precise_bn import lagging, needs_recalibration, recalibrate
 from kdpipe.models import create
 
 CPU = torch.device("cpu")
@@ -18,6 +18,28 @@ def test_torchvision_families_that_lag() -> None:
     assert lagging(nn.Sequential(nn.BatchNorm1d(4, momentum=None)))  # cumulative average
     assert not lagging(nn.Sequential(nn.Linear(4, 4)))
     assert not lagging(nn.Sequential(nn.BatchNorm1d(4, momentum=0.01, track_running_stats=False)))
+
+
+def test_depthwise_families_are_recalibrated_dense_ones_not() -> None:
+    for name in ("mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5", "mobilenet_v3_small"):
+        assert needs_recalibration(create(name, 10)), name
+    for name in ("resnet18", "googlenet", "regnet_x_400mf"):  # grouped, not depthwise
+        assert not needs_recalibration(create(name, 10)), name
+    # depthwise without BatchNorm (ConvNeXt: LayerNorm) has nothing to recalibrate
+    assert not needs_recalibration(create("convnext_tiny", 10))
+    depthwise = nn.Conv2d(4, 4, 3, groups=4)
+    assert needs_recalibration(nn.Sequential(depthwise, nn.BatchNorm2d(4)))
+    assert not needs_recalibration(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.BatchNorm2d(4)))
+
+
+def test_depthwise_model_with_default_momentum_is_recalibrated() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 3, 1, groups=3), nn.BatchNorm2d(3), nn.Flatten()).train()
+    g = torch.Generator().manual_seed(2)
+    data = TensorDataset(3 + torch.randn(32, 3, 1, 1, generator=g), torch.zeros(32).long())
+    assert recalibrate([model], data, 16, CPU, 0) == 32
+    with torch.no_grad():
+        conv_out = model[0](data.tensors[0])
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)))
 
 
 def _features(n: int) -> TensorDataset:
