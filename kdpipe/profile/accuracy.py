@@ -30,3 +30,9 @@ def top1(logits: Tensor, labels: Tensor) -> float:
 def agreement(a: Tensor, b: Tensor) -> float:
     """Share of samples on which two logit sets predict the same class."""
     return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Within a tenth of the way from chance (1/k) to perfect: the model learned ~nothing."""
+    chance = 1.0 / num_classes
+    return accuracy < chance + 0.1 * (1.0 - chance)
