@@ -232,12 +232,26 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, section by section (a value that is no section replaces)."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def build_config(
     base: dict[str, Any], overrides: dict[str, Any], command: str = "run"
 ) -> RunConfig:
     """Merge CLI overrides (dotted keys, None = not given) into a file's dict and validate;
     `command` is the kdpipe command whose --help a bad value's hint points to."""
-    tree: dict[str, Any] = dict(base)
+    # Start from the defaults, so that a section given in part keeps its other defaults:
+    # `--teacher-epochs 3` alone would otherwise rebuild teacher.train from TrainConfig's
+    # class defaults and drop the teacher recipe's lr 3e-3 (and `--lr` the distill epochs).
+    tree = _merged(RunConfig().model_dump(mode="json"), base)
     for dotted, value in overrides.items():
         if value is not None:
             set_path(tree, dotted, value)

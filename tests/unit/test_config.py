@@ -64,3 +64,16 @@ def test_broken_file(tmp_path: Path) -> None:
     f.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid"):
         load_config_file(f)
+
+
+def test_a_section_given_in_part_keeps_its_other_defaults() -> None:
+    # --teacher-epochs alone used to rebuild teacher.train from TrainConfig's class defaults,
+    # dropping the teacher recipe's lr 3e-3; --lr alone turned the 8 distill epochs into 10.
+    default = build_config({}, {})
+    cfg = build_config({}, {"teacher.train.epochs": 3, "distill.train.lr": 5e-4})
+    assert cfg.teacher.train.epochs == 3
+    assert cfg.teacher.train.lr == default.teacher.train.lr == 3e-3
+    assert cfg.distill.train.lr == 5e-4
+    assert cfg.distill.train.epochs == default.distill.train.epochs == 8
+    from_file = build_config({"teacher": {"train": {"batch_size": 64}}}, {})
+    assert from_file.teacher.train.batch_size == 64 and from_file.teacher.train.epochs == 8
