@@ -23,7 +23,7 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import near_chance, predict_logits, top1
+from kdpipe.profile.accuracy import predict_logits, top1, warn_near_chance
 from kdpipe.runs import (
     atomic_path,
     cache_root,
@@ -106,12 +106,9 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         write_json(cached / "metrics.json", metrics)
     logits, labels = predict_logits(model, data.test)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
-    if distributed.current().main and near_chance(metrics["test_accuracy"], k):
+    if distributed.current().main:
         fix = "check --teacher-weights" if t.weights else "raise --teacher-epochs"
-        ui.warn(
-            f"teacher {t.arch} scores {100 * metrics['test_accuracy']:.1f} % test top-1, near "
-            f"chance ({100 / k:.1f} %): {fix}, or choose another teacher"
-        )
+        warn_near_chance("teacher", t.arch, metrics["test_accuracy"], k, fix)
     save_state(model, stage_dir / "model.pt")
     write_json(stage_dir / "metrics.json", metrics)
     return TeacherResult(model.eval(), metrics)

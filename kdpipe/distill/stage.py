@@ -25,7 +25,7 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import agreement, near_chance, predict_logits, top1
+from kdpipe.profile.accuracy import agreement, predict_logits, top1, warn_near_chance
 from kdpipe.runs import file_sha256, fingerprint, write_json
 from kdpipe.teacher import save_state
 
@@ -230,10 +230,7 @@ def run_distill_stage(
         "history": result.history,
     }
     write_json(stage_dir / "metrics.json", metrics)
-    if distributed.current().main and near_chance(metrics["test_accuracy"], data.info.num_classes):
-        ui.warn(
-            f"student {arch} scores {100 * metrics['test_accuracy']:.1f} % test top-1, near "
-            f"chance ({100 / data.info.num_classes:.1f} %): it did not learn; try more "
-            "--epochs, a lower --lr, or another student"
-        )
+    if distributed.current().main:
+        fix = "it did not learn; try more --epochs, a lower --lr"
+        warn_near_chance("student", arch, metrics["test_accuracy"], data.info.num_classes, fix)
     return student, metrics

@@ -8,8 +8,9 @@ epoch in `log.jsonl`, a progress bar with images/s and ETA (rank 0 only). Around
   - checkpoints every epoch and every `checkpoint_every` steps (checkpoint.py); a rerun resumes
     from the last one and, on CPU with a fixed seed, ends bit-identical to an uninterrupted run;
   - a NaN/Inf guard that stops with the step and the loss term, before the bad update;
-  - precise BatchNorm statistics after each epoch for models whose running averages lag
-    (precise_bn.py: MobileNetV3 would otherwise evaluate at chance after a short schedule);
+  - precise BatchNorm statistics after each epoch for models whose running averages lag or
+    follow depthwise convolutions (precise_bn.py: MobileNetV3 and MobileNetV2 would otherwise
+    evaluate near chance after a short schedule);
   - CUDA when present: autocast (bf16, else fp16 with a grad scaler), pinned memory and
     non-blocking copies; on several ranks, gradients averaged by distributed.py.
 """

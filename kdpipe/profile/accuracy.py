@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdpipe import ui
+
 
 @torch.inference_mode()
 def predict_logits(
@@ -36,3 +38,12 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
     """Within a tenth of the way from chance (1/k) to perfect: the model learned ~nothing."""
     chance = 1.0 / num_classes
     return accuracy < chance + 0.1 * (1.0 - chance)
+
+
+def warn_near_chance(role: str, arch: str, accuracy: float, num_classes: int, fix: str) -> None:
+    """Name a model that learned ~nothing, with what to try (`fix`)."""
+    if near_chance(accuracy, num_classes):
+        ui.warn(
+            f"{role} {arch} scores {100 * accuracy:.1f} % test top-1, near chance "
+            f"({100 / num_classes:.1f} %): {fix}, or choose another {role}"
+        )
