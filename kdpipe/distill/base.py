@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdpipe.distill.stepper import Stepper
-from kdpipe.distill.taps import FeatureTaps, check_layers, default_layers
+from kdpipe.distill.taps import (
+    FeatureTaps,
+    as_channels_first,
+    check_layers,
+    default_layers,
+    flat_embedding,
+)
 from kdpipe.errors import ConfigError, did_you_mean
 
 
@@ -224,8 +230,10 @@ class Distiller(nn.Module, abc.ABC):
         with FeatureTaps(model, specs) as taps:
             z = model(x)
         feats = {kind: [taps[n] for n in kind_names] for kind, kind_names in names.items()}
+        if x.shape[-1] == x.shape[-2]:  # Swin's stages are (N, H, W, C); methods read NCHW
+            feats = {k: [as_channels_first(f) for f in v] for k, v in feats.items()}
         if "embedding" in feats:
-            feats["embedding"] = [f.flatten(1) for f in feats["embedding"]]
+            feats["embedding"] = [flat_embedding(f) for f in feats["embedding"]]
         return z, feats
 
     # ---- the shared step ---------------------------------------------------------------

@@ -13,7 +13,9 @@ on exit.
              the MobileNet/EfficientNet/VGG/DenseNet/RegNet/ConvNeXt block that ends each
              resolution), at most the deepest four;
   pre        the same stages before their final activation (AB needs pre-ReLU values);
-  embedding  the input of the last Linear layer: the penultimate embedding.
+  embedding  the input of the last Linear layer: the penultimate embedding (for a model
+             whose classifier is a convolution, SqueezeNet, the input of its last conv;
+             methods average such maps over space).
 It runs the model once on a 224x224 probe and reads the shapes, so it needs no table of
 architectures and works for any model built from torchvision-style blocks.
 """
@@ -152,6 +154,17 @@ def _probe(model: nn.Module, in_channels: int) -> tuple[dict[str, tuple], list[s
     return shapes, order
 
 
+def is_channels_last(shape: tuple) -> bool:
+    """A 4-D feature of a square input laid out (N, H, W, C), as Swin's stages are, not
+    (N, C, H, W): H == W tells the layouts apart (ambiguous only when C == H == W)."""
+    return len(shape) == 4 and shape[1] == shape[2] != shape[3]
+
+
+def as_channels_first(feature: Tensor) -> Tensor:
+    """(N, C, H, W) whichever layout the model computed a square input's feature in."""
+    return feature.permute(0, 3, 1, 2) if is_channels_last(tuple(feature.shape)) else feature
+
+
 def stage_layers(model: nn.Module, in_channels: int = 3) -> list[str]:
     shapes, order = _call_order(model, in_channels)
     prefix, trunk = _trunk(model)
@@ -161,7 +174,8 @@ def stage_layers(model: nn.Module, in_channels: int = 3) -> list[str]:
         shape = shapes.get(name)
         if shape is None or len(shape) != 4 or isinstance(module, POOLS):
             continue
-        last_at[shape[2:]] = name  # later children at the same resolution replace earlier ones
+        spatial = shape[1:3] if is_channels_last(shape) else shape[2:]
+        last_at[spatial] = name  # later children at the same resolution replace earlier ones
     return list(last_at.values())[-MAX_STAGES:]
 
 
@@ -177,12 +191,22 @@ def pre_activation(model: nn.Module, stage: str, order: list[str]) -> str:
 
 def embedding_layer(model: nn.Module) -> str:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    if linears:
+        return linears[-1] + ":in"
+    # A convolutional classifier (SqueezeNet's 1x1 conv to the classes): its input map.
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
         raise ConfigError(
-            f"{type(model).__name__} has no Linear classifier to take an embedding from",
+            f"{type(model).__name__} has no Linear or Conv2d classifier to take an embedding from",
             "use a method on stage features, or a model with a Linear head",
         )
-    return linears[-1] + ":in"
+    return convs[-1] + ":in"
+
+
+def flat_embedding(feature: Tensor) -> Tensor:
+    """One vector per sample: a conv classifier's input map is averaged over space (what a
+    Linear head's global pool does), anything else is flattened."""
+    return feature.mean((2, 3)) if feature.dim() == 4 else feature.flatten(1)
 
 
 def default_layers(model: nn.Module, kind: str, stages: Sequence[str] | None = None) -> list[str]:

@@ -86,12 +86,30 @@ def _from_torchvision_cache(name: str) -> nn.Module:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the last Linear layer for a fresh one with `num_classes` outputs."""
-    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise ModelError(f"{type(model).__name__} has no Linear classifier to resize", "")
-    path, linear = last[-1]
-    if linear.out_features == num_classes:
-        return
+    """Swap the classifier for a fresh one with `num_classes` outputs: the last Linear layer,
+    or, in a model without one, the last 1x1 Conv2d (SqueezeNet classifies with one)."""
+    head: list[tuple[str, nn.Module]] = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    ]
+    if not head:
+        head = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)
+        ]
+    if not head:
+        raise ModelError(
+            f"{type(model).__name__} has no Linear or 1x1-conv classifier to resize",
+            "give the model a num_classes argument, or end it in a Linear layer",
+        )
+    path, layer = head[-1]
+    if isinstance(layer, nn.Linear):
+        if layer.out_features == num_classes:
+            return
+        fresh: nn.Module = nn.Linear(layer.in_features, num_classes)
+    elif isinstance(layer, nn.Conv2d):
+        if layer.out_channels == num_classes:
+            return
+        fresh = nn.Conv2d(layer.in_channels, num_classes, kernel_size=1)
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    setattr(parent, path.rpartition(".")[2], nn.Linear(linear.in_features, num_classes))
+    setattr(parent, path.rpartition(".")[2], fresh)

@@ -86,6 +86,18 @@ def test_replace_head_swaps_last_linear() -> None:
     assert m(torch.zeros(2, 3, 2, 2)).shape == (2, 5)
 
 
+def test_replace_head_swaps_squeezenets_classifier_conv() -> None:
+    m = create("squeezenet1_1", 1000)  # as torchvision's ImageNet weights build it
+    features = m.features[0].weight.detach().clone()
+    replace_head(m, 5)
+    conv = m.classifier[1]
+    assert isinstance(conv, nn.Conv2d) and (conv.in_channels, conv.out_channels) == (512, 5)
+    assert torch.equal(m.features[0].weight, features)  # the trunk is kept
+    assert m.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
+    with pytest.raises(ModelError, match="no Linear or 1x1-conv classifier"):
+        replace_head(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), 5)
+
+
 def test_module_versions_survive_loading(tmp_path: Path) -> None:
     """MNASNet reads its state_dict version when loading: kdpipe's unwrapping keeps it, and a
     file without versions (a plain dict) takes the model's own."""

@@ -87,3 +87,53 @@ def test_pre_activation_taps_see_negative_values_the_stage_output_does_not() -> 
     assert torch.equal(taps[pre[2]].clamp_min(0), taps["layer3"])
     # MobileNetV2 blocks end without an activation: the stage output is already pre-activation.
     assert default_layers(create("mobilenet_v2", 10), "pre")[0] == "features.3"
+
+
+def test_conv_classifier_embedding_is_its_input_map_averaged_over_space() -> None:
+    # SqueezeNet classifies with a 1x1 conv: RKD/PKT/CC/CRD take the map that conv reads,
+    # averaged over space like a Linear head's global pool.
+    from kdpipe.distill.methods import get
+
+    torch.manual_seed(0)
+    student = create("squeezenet1_1", 10)
+    assert default_layers(student, "embedding") == ["classifier.1:in"]
+    d = get("rkd")(student, create("resnet18", 10), input_shape=(3, 32, 32))
+    d.eval()
+    x = torch.randn(3, 3, 32, 32)
+    _, feats = d._tapped(student, "s", x)
+    with torch.no_grad():
+        expected = student.features(x).mean((2, 3))  # dropout is off in eval mode
+    assert feats["embedding"][0].shape == (3, 512)
+    torch.testing.assert_close(feats["embedding"][0], expected)
+    with pytest.raises(ConfigError, match="no Linear or Conv2d classifier"):
+        default_layers(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Tanh()), "embedding")
+
+
+def test_swin_stages_reach_methods_channels_first() -> None:
+    # torchvision's Swin computes its stages (N, H, W, C); every method reads (N, C, H, W).
+    # FitNets' 1x1 connector failed on them and AT averaged over the wrong axis.
+    from kdpipe.distill.methods import get
+
+    torch.manual_seed(0)
+    student = create("swin_t", 10)
+    assert default_layers(student, "stages") == [f"features.{i}" for i in (1, 3, 5, 7)]
+    d = get("fitnet")(student, create("resnet18", 10), input_shape=(3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    student.eval()  # stochastic depth off: two forwards agree
+    _, feats = d._tapped(student, "s", x)
+    assert [tuple(f.shape) for f in feats["stages"]] == [
+        (2, 96, 8, 8),
+        (2, 192, 4, 4),
+        (2, 384, 2, 2),
+        (2, 768, 1, 1),
+    ]
+    with FeatureTaps(student, ["features.3"]) as taps:
+        student(x)
+    assert torch.equal(feats["stages"][1], taps["features.3"].permute(0, 3, 1, 2))
+    d.train()
+    for stage in d.stages:
+        d.stage = stage.name
+        terms = d.train_step(
+            x, torch.tensor([1, 2]), None, torch.optim.SGD(d.trainable_parameters(), lr=0.01)
+        )
+        assert all(torch.isfinite(v) for v in terms.values())
