@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import (
     FeatureTaps,
-    as_channels_first,
+    as_feature_map,
     check_layers,
     default_layers,
     flat_embedding,
@@ -194,6 +194,12 @@ class Distiller(nn.Module, abc.ABC):
             return
         for kind, names in self.layer_names["s"].items():
             t_names = self.layer_names["t"].get(kind, [])
+            if not (self.user_layers.student or self.user_layers.teacher) and names and t_names:
+                # Detected stages of different depths (AlexNet's 3 against a ResNet's 4):
+                # pair the deepest ones.
+                k = min(len(names), len(t_names))
+                names = self.layer_names["s"][kind] = names[-k:]
+                t_names = self.layer_names["t"][kind] = t_names[-k:]
             if len(names) != len(t_names):
                 raise ConfigError(
                     f"{len(t_names)} teacher layers but {len(names)} student layers for '{kind}'",
@@ -230,10 +236,13 @@ class Distiller(nn.Module, abc.ABC):
         with FeatureTaps(model, specs) as taps:
             z = model(x)
         feats = {kind: [taps[n] for n in kind_names] for kind, kind_names in names.items()}
-        if x.shape[-1] == x.shape[-2]:  # Swin's stages are (N, H, W, C); methods read NCHW
-            feats = {k: [as_channels_first(f) for f in v] for k, v in feats.items()}
         if "embedding" in feats:
             feats["embedding"] = [flat_embedding(f) for f in feats["embedding"]]
+        if x.shape[-1] == x.shape[-2]:  # Swin's (N, H, W, C), ViT's tokens: methods read NCHW
+            feats = {
+                k: v if k == "embedding" else [as_feature_map(f) for f in v]
+                for k, v in feats.items()
+            }
         return z, feats
 
     # ---- the shared step ---------------------------------------------------------------

@@ -22,6 +22,7 @@ architectures and works for any model built from torchvision-style blocks.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
@@ -105,10 +106,14 @@ class FeatureTaps:
 
 
 def _trunk(model: nn.Module) -> tuple[str, nn.Module]:
-    """The container whose children are the network's stages."""
-    for name in ("features", "trunk_output", "layers"):
-        child = getattr(model, name, None)
-        if isinstance(child, nn.Sequential):
+    """The container whose children are the network's stages (MaxViT's `blocks`, a ViT's
+    `encoder.layers` of transformer blocks)."""
+    for name in ("features", "trunk_output", "layers", "blocks", "encoder.layers"):
+        try:
+            child = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(child, nn.Sequential | nn.ModuleList):
             return name, child
     return "", model
 
@@ -160,22 +165,47 @@ def is_channels_last(shape: tuple) -> bool:
     return len(shape) == 4 and shape[1] == shape[2] != shape[3]
 
 
-def as_channels_first(feature: Tensor) -> Tensor:
-    """(N, C, H, W) whichever layout the model computed a square input's feature in."""
+def as_feature_map(feature: Tensor) -> Tensor:
+    """(N, C, H, W) from a square input's feature, whichever layout the model computed it in:
+    Swin's (N, H, W, C), or a ViT's tokens (N, 1 + H*W, C) without the class token."""
+    if feature.dim() == 3 and (side := token_grid(feature.shape[1])):
+        patches = feature[:, -side * side :, :]  # the class token, if any, comes first
+        return patches.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], side, side)
     return feature.permute(0, 3, 1, 2) if is_channels_last(tuple(feature.shape)) else feature
+
+
+def token_grid(tokens: int) -> int:
+    """The side of the square patch grid behind a ViT's `tokens` (one class token or none),
+    or 0 when the tokens do not form one."""
+    for patches in (tokens - 1, tokens):
+        side = math.isqrt(max(patches, 0))
+        if side > 1 and side * side == patches:
+            return side
+    return 0
 
 
 def stage_layers(model: nn.Module, in_channels: int = 3) -> list[str]:
     shapes, order = _call_order(model, in_channels)
     prefix, trunk = _trunk(model)
     last_at: dict[tuple, str] = {}
+    blocks: list[str] = []  # transformer blocks: tokens, one resolution throughout
     for child, module in trunk.named_children():
         name = f"{prefix}.{child}" if prefix else child
         shape = shapes.get(name)
-        if shape is None or len(shape) != 4 or isinstance(module, POOLS):
+        if shape is not None and len(shape) == 3 and token_grid(shape[1]):
+            blocks.append(name)
+        if shape is None or len(shape) != 4 or isinstance(module, (*POOLS, nn.Dropout)):
             continue
         spatial = shape[1:3] if is_channels_last(shape) else shape[2:]
+        if spatial == (1, 1) and last_at:
+            break  # past the global pool (Inception's trunk ends with pool, dropout)
         last_at[spatial] = name  # later children at the same resolution replace earlier ones
+    if blocks and not last_at:
+        # One resolution: the blocks ending each quarter of the depth, as CNN stages would.
+        n = len(blocks)
+        return list(
+            dict.fromkeys(blocks[max(0, round(n * k / MAX_STAGES) - 1)] for k in (1, 2, 3, 4))
+        )
     return list(last_at.values())[-MAX_STAGES:]
 
 

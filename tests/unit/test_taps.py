@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdpipe.distill.taps import FeatureTaps, default_layers
+from kdpipe.distill.taps import FeatureTaps, as_feature_map, default_layers
 from kdpipe.errors import ConfigError
 from kdpipe.models import create
 
@@ -63,6 +63,11 @@ def test_unknown_layer_lists_valid_ones() -> None:
             ["features.1", "features.3", "features.8", "features.12"],
             "classifier.3:in",
         ),
+        # Inception's trunk ends in pool + dropout at 1x1: not a stage.
+        ("inception_v3", ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"], "fc:in"),
+        ("maxvit_t", [f"blocks.{i}" for i in range(4)], "classifier.5:in"),
+        # A ViT has one resolution: the blocks that end each quarter of its depth.
+        ("vit_b_16", [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)], "heads.head:in"),
     ],
 )
 def test_default_layers_per_family(arch: str, stages: list[str], embedding: str) -> None:
@@ -137,3 +142,29 @@ def test_swin_stages_reach_methods_channels_first() -> None:
             x, torch.tensor([1, 2]), None, torch.optim.SGD(d.trainable_parameters(), lr=0.01)
         )
         assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_vit_tokens_become_a_map_without_the_class_token() -> None:
+    tokens = torch.arange(2 * 10 * 5, dtype=torch.float32).reshape(2, 10, 5)  # cls + 3x3
+    fmap = as_feature_map(tokens)
+    assert fmap.shape == (2, 5, 3, 3)
+    for r in range(3):
+        for c in range(3):
+            assert torch.equal(fmap[:, :, r, c], tokens[:, 1 + 3 * r + c, :])
+    assert torch.equal(as_feature_map(tokens[:, 1:]), fmap)  # no class token
+    assert as_feature_map(torch.zeros(2, 7, 5)).shape == (2, 7, 5)  # not a square grid
+    nchw = torch.randn(2, 64, 8, 8)
+    assert as_feature_map(nchw) is nchw
+
+
+def test_stages_of_different_depths_pair_the_deepest_unless_named() -> None:
+    from kdpipe.distill.base import Layers
+    from kdpipe.distill.methods import get
+
+    alexnet, resnet = create("alexnet", 10), create("resnet18", 10)  # 3 stages against 4
+    d = get("fitnet")(alexnet, resnet, input_shape=(3, 64, 64))
+    assert d.layer_names["s"]["stages"] == ["features.1", "features.4", "features.11"]
+    assert d.layer_names["t"]["stages"] == ["layer2", "layer3", "layer4"]
+    named = Layers(teacher=["layer3", "layer4"], student=["features.11"])
+    with pytest.raises(ConfigError, match="2 teacher layers but 1 student layers"):
+        get("fitnet")(alexnet, resnet, input_shape=(3, 64, 64), layers=named)
