@@ -168,6 +168,9 @@ def run(
     ] = None,
     epochs: Annotated[int | None, Opt(help="Distillation epochs.")] = None,
     teacher_epochs: Annotated[int | None, Opt(help="Epochs when training the teacher.")] = None,
+    teacher_lr: Annotated[
+        float | None, Opt(help="Peak learning rate when training the teacher (default 3e-3).")
+    ] = None,
     batch_size: Annotated[
         int | None, Opt(help="Training batch size (teacher and student).")
     ] = None,
@@ -250,6 +253,7 @@ def run(
             "distill.label_fraction": label_fraction,
             "distill.train.epochs": epochs,
             "teacher.train.epochs": teacher_epochs,
+            "teacher.train.lr": teacher_lr,
             "distill.train.batch_size": batch_size,
             "teacher.train.batch_size": batch_size,
             "distill.train.lr": lr,

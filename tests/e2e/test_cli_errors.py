@@ -61,6 +61,7 @@ CASES = {
     "missing weights": (["--student-weights", "/nonexistent.pt"], "does not exist"),
     "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
     "zero epochs": (["--epochs", "0"], "distill.train.epochs"),
+    "zero teacher lr": (["--teacher-lr", "0"], "teacher.train.lr"),
     "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
     "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
     "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
