@@ -9,26 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from kdpipe import ui
+from kdpipe.data.image_files import decodes, is_image_file, load_rgb
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
 from kdpipe.errors import DataError
 
 
 def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
-    """Check every file decodes (PIL verify: headers and checksums, no full decode); skip the
-    bad ones with a count and a warning, or fail when `strict`."""
-    bad = []
-    for file, _ in ds.samples:
-        try:
-            with Image.open(file) as img:
-                img.verify()
-        except (OSError, SyntaxError, ValueError):
-            bad.append(file)
+    """Check every file decodes (image_files.decodes: headers, checksums, whole files);
+    skip the bad ones with a count and a warning, or fail when `strict`."""
+    bad = [file for file, _ in ds.samples if not decodes(file)]
     if not bad:
         return
     if strict:
@@ -53,7 +47,12 @@ def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
             "point imagefolder:PATH at a folder with one sub-folder of images per class",
         )
     try:
-        ds = ImageFolder(str(path), transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD))
+        ds = ImageFolder(
+            str(path),
+            transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD),
+            loader=load_rgb,
+            is_valid_file=is_image_file,
+        )
     except (FileNotFoundError, OSError) as e:
         raise DataError(
             f"no images found in {path}: {str(e).splitlines()[0]}",

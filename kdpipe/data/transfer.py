@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
+from kdpipe import ui
+from kdpipe.data.image_files import decodes, is_image_file, load_rgb
 from kdpipe.data.splits import DataInfo, stratified_indices
 from kdpipe.data.transforms import eval_transform
 from kdpipe.errors import DataError
 
 UNLABELED = -1
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 def dataset_labels(ds: Dataset) -> np.ndarray:
@@ -80,9 +80,17 @@ class UnlabeledFolder(Dataset):
             raise DataError(
                 f"transfer folder {root} does not exist", "check the path after imagefolder:"
             )
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in root.rglob("*") if is_image_file(p.name))
+        self.files = [p for p in found if decodes(str(p))]
         if not self.files:
             raise DataError(f"no images found under transfer folder {root}", "add .png/.jpg files")
+        if len(self.files) < len(found):
+            kept = set(self.files)
+            bad = next(p for p in found if p not in kept)
+            ui.warn(
+                f"skipped {len(found) - len(self.files)} transfer image(s) under {root} that "
+                f"cannot be decoded (e.g. {bad})"
+            )
         _, h, _ = info.input_size
         self.transform = eval_transform(h, info.mean, info.std, grayscale=info.color == "gray")
 
@@ -90,13 +98,7 @@ class UnlabeledFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        try:
-            with Image.open(self.files[i]) as img:
-                return self.transform(img), UNLABELED
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(
-                f"cannot decode transfer image {self.files[i]}: {e}", "remove or replace the file"
-            ) from None
+        return self.transform(load_rgb(str(self.files[i]))), UNLABELED
 
 
 def check_transfer(transfer: str | None) -> Path | None:

@@ -154,3 +154,70 @@ def test_undecodable_images_are_skipped_with_a_warning_or_fail_when_strict(
     assert "skipped 2 image(s)" in capsys.readouterr().err.replace("\n", " ")
     with pytest.raises(DataError, match="2 image\\(s\\) under .* cannot be decoded"):
         load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, strict=True), seed=0)
+
+
+def test_files_cut_short_are_found_where_verify_reads_no_pixels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PIL's verify() passes a JPEG, GIF, BMP or TIFF cut in half; such a file used to stop a
+    # run with an internal error in the middle of training.
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            img.save(tmp_path / c / f"{i}.png")
+    whole = {"jpg": img, "gif": img.convert("P"), "bmp": img, "tif": img}
+    for ext, picture in whole.items():
+        picture.save(tmp_path / "a" / f"whole.{ext}")
+        data = (tmp_path / "a" / f"whole.{ext}").read_bytes()
+        (tmp_path / "b" / f"cut.{ext}").write_bytes(data[: len(data) // 2])
+    # Whole JPEGs with zero padding or data after the end marker are kept (decoded to be sure).
+    jpeg = (tmp_path / "a" / "whole.jpg").read_bytes()
+    (tmp_path / "a" / "padded.jpg").write_bytes(jpeg + b"\x00" * 100)
+    (tmp_path / "a" / "trailer.jpg").write_bytes(jpeg + b"EXTRA-METADATA")
+    splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=16), seed=0)
+    assert sum(splits.info.sizes.values()) == 12 + 4 + 2
+    assert "skipped 4 image(s)" in capsys.readouterr().err.replace("\n", " ")
+    for split in (splits.train, splits.val, splits.test):
+        for i in range(len(split)):  # every kept file really decodes
+            assert split[i][0].shape == (3, 16, 16)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_and_late_breakage_is_named(
+    tmp_path: Path,
+) -> None:
+    from kdpipe.data.folders import load_rgb
+
+    ramp = (np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16
+    rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    np.testing.assert_allclose(rgb[..., 0].astype(float), ramp / 257, atol=1)  # PIL: 255s
+    (tmp_path / "gone.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # broken after the scan
+    with pytest.raises(DataError, match="cannot decode image .*gone.png"):
+        load_rgb(str(tmp_path / "gone.png"))
+
+
+def test_transfer_folder_skips_files_cut_short_and_reads_any_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdpipe.data.transfer import UnlabeledFolder
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(np.full((12, 12), 40000, dtype=np.uint16)).save(tmp_path / "deep" / "b.png")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8)).save(tmp_path / "deep/er/c.gif")
+    jpeg = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "deep" / "er" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "notes.txt").write_text("not an image")
+    info = load_data(DataConfig(), seed=0).info
+    folder = UnlabeledFolder(tmp_path, info)
+    assert [p.name for p in folder.files] == ["a.jpg", "b.png", "c.gif"]
+    assert "skipped 1 transfer image(s)" in capsys.readouterr().err.replace("\n", " ")
+    x, label = folder[1]
+    assert label == -1 and x.shape == (3, 32, 32)
+    # 40000/65535 of full scale, not clipped to white: digits normalize by their own mean/std.
+    expected = (40000 / 257 / 255 - info.mean[0]) / info.std[0]
+    assert abs(float(x.mean()) - expected) < 0.05

@@ -1,0 +1,62 @@
+"""Image files on disk: which names are images, whether a file decodes to its end, and
+loading any mode as 8-bit RGB. Shared by `imagefolder:` data and `--transfer imagefolder:`."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from kdpipe.errors import DataError
+
+# verify() checks PNG and WebP to their last byte but reads no image data of JPEG, GIF, BMP
+# or TIFF: a download cut short passes it and fails minutes later, in training. JPEG and GIF
+# end with a fixed marker, so a file that has it is whole; any other file is decoded once.
+_VERIFIED_WHOLE = {"PNG", "WEBP"}
+_END_MARKERS = {"JPEG": b"\xff\xd9", "GIF": b"\x3b"}
+
+
+# torchvision's list, plus GIF (PIL reads it; ImageFolder alone would skip such files silently).
+EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
+
+
+def is_image_file(file: str) -> bool:
+    return file.lower().endswith(EXTENSIONS)
+
+
+def _ends_with(file: str, marker: bytes) -> bool:
+    with open(file, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 64))
+        return f.read().rstrip(b"\x00\r\n ").endswith(marker)
+
+
+def decodes(file: str) -> bool:
+    try:
+        with Image.open(file) as img:
+            fmt = img.format or ""
+            img.verify()
+        if fmt in _VERIFIED_WHOLE or (fmt in _END_MARKERS and _ends_with(file, _END_MARKERS[fmt])):
+            return True
+        with Image.open(file) as img:
+            img.load()  # raises "image file is truncated"
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
+
+
+def load_rgb(file: str) -> Image.Image:
+    """ImageFolder's loader: any image mode as 8-bit RGB (16-bit greyscale scaled, not
+    clipped); a file that stops decoding mid-run is named in a one-line DataError."""
+    try:
+        with Image.open(file) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                wide = np.asarray(img, dtype=np.float64) / 257
+                return Image.fromarray(wide.clip(0, 255).astype(np.uint8)).convert("RGB")
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(
+            f"cannot decode image {file}: {e}",
+            "remove or replace the file (kdpipe checks every image when it loads the folder)",
+        ) from None
