@@ -43,7 +43,8 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
 def warn_near_chance(role: str, arch: str, accuracy: float, num_classes: int, fix: str) -> None:
     """Name a model that learned ~nothing, with what to try (`fix`)."""
     if near_chance(accuracy, num_classes):
+        where = "below" if accuracy < 1 / num_classes else "near"
         ui.warn(
-            f"{role} {arch} scores {100 * accuracy:.1f} % test top-1, near chance "
+            f"{role} {arch} scores {100 * accuracy:.1f} % test top-1, {where} chance "
             f"({100 / num_classes:.1f} %): {fix}, or choose another {role}"
         )
