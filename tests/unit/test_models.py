@@ -98,6 +98,35 @@ def test_replace_head_swaps_squeezenets_classifier_conv() -> None:
         replace_head(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), 5)
 
 
+@pytest.mark.parametrize("arch", ["mnasnet0_5", "efficientnet_b0"])
+def test_heads_initialized_for_1000_classes_are_tamed(arch: str) -> None:
+    # torchvision scales these heads by 1/sqrt(classes): with 10 classes the first logits had
+    # a std near 10 (mnasnet0_5) and 5 (efficientnet_b0), CE 15 and 5.6 against chance 2.3,
+    # and the default run ended at 23 % and 43 %.
+    import torchvision
+
+    x = torch.randn(64, 3, 32, 32)
+    torch.manual_seed(0)
+    stock = torchvision.models.get_model(arch, weights=None, num_classes=10).train()
+    torch.manual_seed(0)
+    ours = create(arch, 10).train()  # batch statistics: fresh running ones are 0 and 1
+    with torch.no_grad():
+        assert float(stock(x).std()) > 2.0
+        assert float(ours(x).std()) < 1.0
+    # The trunk is torchvision's, unchanged.
+    first = next(p for n, p in ours.named_parameters() if "weight" in n)
+    assert torch.equal(first, next(p for n, p in stock.named_parameters() if "weight" in n))
+
+
+def test_heads_already_within_the_default_scale_are_kept() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    stock = torchvision.models.resnet18(num_classes=10, zero_init_residual=True)
+    torch.manual_seed(0)
+    assert torch.equal(create("resnet18", 10).fc.weight, stock.fc.weight)
+
+
 def test_module_versions_survive_loading(tmp_path: Path) -> None:
     """MNASNet reads its state_dict version when loading: kdpipe's unwrapping keeps it, and a
     file without versions (a plain dict) takes the model's own."""
