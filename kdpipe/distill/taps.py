@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from kdpipe.errors import ConfigError, did_you_mean
+from kdpipe.models.zoo import find_head
 
 KINDS = ("stages", "pre", "embedding")
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Mish)
@@ -220,17 +221,14 @@ def pre_activation(model: nn.Module, stage: str, order: list[str]) -> str:
 
 
 def embedding_layer(model: nn.Module) -> str:
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return linears[-1] + ":in"
-    # A convolutional classifier (SqueezeNet's 1x1 conv to the classes): its input map.
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
+    head = find_head(model)  # SqueezeNet's 1x1-conv classifier counts: its input map
+    if head is None:
         raise ConfigError(
-            f"{type(model).__name__} has no Linear or Conv2d classifier to take an embedding from",
+            f"{type(model).__name__} has no Linear or 1x1-conv classifier to take an embedding "
+            "from",
             "use a method on stage features, or a model with a Linear head",
         )
-    return convs[-1] + ":in"
+    return head[0] + ":in"
 
 
 def flat_embedding(feature: Tensor) -> Tensor:

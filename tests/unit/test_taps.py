@@ -110,7 +110,7 @@ def test_conv_classifier_embedding_is_its_input_map_averaged_over_space() -> Non
         expected = student.features(x).mean((2, 3))  # dropout is off in eval mode
     assert feats["embedding"][0].shape == (3, 512)
     torch.testing.assert_close(feats["embedding"][0], expected)
-    with pytest.raises(ConfigError, match="no Linear or Conv2d classifier"):
+    with pytest.raises(ConfigError, match="no Linear or 1x1-conv classifier"):
         default_layers(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Tanh()), "embedding")
 
 
