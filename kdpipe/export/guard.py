@@ -60,9 +60,12 @@ def quantize_with_guard(
         pre = tmp / "pre.onnx"
         preprocess(fp32, pre)
 
+        # Calibrated once per op set: exclusions change what is quantized, not the ranges.
+        ranges = {True: tmp / "ranges-weight-layers.json", False: tmp / "ranges-all.json"}
+
         def drop_with(exclude: list[str], path: Path, weights: bool = True) -> tuple[float, dict]:
             settings = quantize_int8(
-                pre, path, reader, method, exclude, target, reduce_range, weights
+                pre, path, reader, method, exclude, target, reduce_range, weights, ranges[weights]
             )
             logits, _ = ort_logits(ort_session(path), guard_set)
             return ref_acc - _top1(logits, labels), settings
@@ -99,7 +102,9 @@ def quantize_with_guard(
         probe = tmp / "probe.onnx"
         for node in nodes:
             others = [n for n in nodes if n != node]
-            quantize_int8(pre, probe, reader, method, others, target, reduce_range, True)
+            quantize_int8(
+                pre, probe, reader, method, others, target, reduce_range, True, ranges[True]
+            )
             logits, _ = ort_logits(ort_session(probe), guard_set)
             sensitivity[node] = float(((logits - ref_logits) ** 2).mean())
         ranked = sorted(nodes, key=lambda n: -sensitivity[n])

@@ -19,6 +19,7 @@ recommends; the calibration reader feeds batches of real *training* images. Node
 
 from __future__ import annotations
 
+import inspect
 import logging
 import platform
 from pathlib import Path
@@ -47,6 +48,7 @@ CALIBRATION = {
 }
 # The node types whose weights static quantization turns to int8.
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+CAN_REUSE_RANGES = "calibration_cache_path" in inspect.signature(quantize_static).parameters
 Int8Target = Literal["onnxruntime", "tensorrt"]
 
 
@@ -124,10 +126,15 @@ def quantize_int8(
     target: Int8Target = "onnxruntime",
     reduce_range: bool | None = None,
     weight_layers_only: bool = False,
+    ranges: Path | None = None,
 ) -> dict:
     """Write the QDQ INT8 model of the preprocessed `pre` at `out`; return the settings used.
-    Every op onnxruntime can quantize is, unless `weight_layers_only` (QUANTIZABLE alone)."""
+    Every op onnxruntime can quantize is, unless `weight_layers_only` (QUANTIZABLE alone).
+    `ranges`: a file that keeps the calibrated activation ranges, written by the first call
+    and read by the next ones (the guard quantizes one model dozens of times; an onnxruntime
+    without `calibration_cache_path` calibrates every time)."""
     reader.rewind()
+    cache = {"calibration_cache_path": str(ranges)} if ranges and CAN_REUSE_RANGES else {}
     scheme = int8_scheme(target, reduce_range)
     extra = dict(scheme["extra_options"])
     if method == "percentile":
@@ -146,6 +153,7 @@ def quantize_int8(
             nodes_to_exclude=list(exclude or []),
             op_types_to_quantize=list(QUANTIZABLE) if weight_layers_only else None,
             extra_options=extra,
+            **cache,
         )
     symmetric = extra.get("ActivationSymmetric", False)
     return {

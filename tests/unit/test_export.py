@@ -77,6 +77,33 @@ def test_int8_is_qdq_and_close_to_fp32(exported, tmp_path: Path) -> None:
     assert parity(ref, got, labels)["top1_agreement"] >= 0.9
 
 
+def test_calibrated_ranges_are_reused_across_exclusions(exported, tmp_path: Path) -> None:
+    """The guard quantizes one model once per layer it ranks: the activation ranges are
+    calibrated by the first call and read back by the others. A reader of blank images on the
+    second call proves the file was read: the model equals one calibrated on the real data."""
+    from kdpipe.export.quantize import CAN_REUSE_RANGES, quantizable_nodes
+
+    if not CAN_REUSE_RANGES:
+        pytest.skip("this onnxruntime has no calibration_cache_path")
+    _, path, data = exported
+    pre = tmp_path / "pre.onnx"
+    preprocess(path, pre)
+    first = quantizable_nodes(pre)[:1]
+    blank = TensorDataset(torch.zeros(64, *INFO.input_size), torch.zeros(64, dtype=torch.long))
+    ranges = tmp_path / "ranges.json"
+    direct, cached, fresh = (tmp_path / f"{n}.onnx" for n in ("direct", "cached", "fresh"))
+    quantize_int8(pre, direct, ImageBatches(data, 64, 0), exclude=first, weight_layers_only=True)
+    quantize_int8(pre, tmp_path / "w.onnx", ImageBatches(data, 64, 0), weight_layers_only=True,
+                  ranges=ranges)  # fmt: skip
+    assert ranges.is_file()
+    quantize_int8(pre, cached, ImageBatches(blank, 64, 0), exclude=first, weight_layers_only=True,
+                  ranges=ranges)  # fmt: skip
+    quantize_int8(pre, fresh, ImageBatches(blank, 64, 0), exclude=first, weight_layers_only=True)
+    want, _ = ort_logits(ort_session(direct), data)
+    assert torch.equal(ort_logits(ort_session(cached), data)[0], want)
+    assert not torch.equal(ort_logits(ort_session(fresh), data)[0], want)
+
+
 def test_weight_layers_only_leaves_the_weightless_ops_in_fp32(exported, tmp_path: Path) -> None:
     """The guard's second try: Conv/Gemm in INT8, the weightless ops in FP32 (Q/DQ is per
     tensor: an Add still reads the DQ'd tensor a conv reads, but resnet18's stem MaxPool,
