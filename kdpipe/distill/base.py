@@ -132,7 +132,7 @@ class Distiller(nn.Module, abc.ABC):
             self.layer_names["s"][kind] = self._resolve(student, kind, self.user_layers.student)
             if teacher is not None:
                 self.layer_names["t"][kind] = self._resolve(teacher, kind, self.user_layers.teacher)
-        self._check_pairs()
+        self._pair_layers()
 
     # ---- what subclasses write -------------------------------------------------------
     @abc.abstractmethod
@@ -189,14 +189,14 @@ class Distiller(nn.Module, abc.ABC):
             check_layers(model, named)
         return default_layers(model, kind, named)
 
-    def _check_pairs(self) -> None:
+    def _pair_layers(self) -> None:
+        """One teacher layer per student layer: detected stage lists of different lengths
+        keep their deepest common count; user-named lists must match."""
         if self.teacher_model is None:
             return
         for kind, names in self.layer_names["s"].items():
             t_names = self.layer_names["t"].get(kind, [])
             if not (self.user_layers.student or self.user_layers.teacher) and names and t_names:
-                # Detected stages of different depths (AlexNet's 3 against a ResNet's 4):
-                # pair the deepest ones.
                 k = min(len(names), len(t_names))
                 names = self.layer_names["s"][kind] = names[-k:]
                 t_names = self.layer_names["t"][kind] = t_names[-k:]
