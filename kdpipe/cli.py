@@ -439,7 +439,11 @@ def profile(
     batch_sizes: BatchSizesOpt = None,
     threads: ThreadsOpt = None,
     input_size: Annotated[
-        str | None, Opt(help="C,H,W of the input (default: from the target, else 3,224,224).")
+        str | None,
+        Opt(
+            help="The input's size after the batch: C,H,W for images (default: what the "
+            "files fix, else 3,224,224)."
+        ),
     ] = None,
     warmup: Annotated[int | None, Opt(help="Warm-up calls, at least.")] = None,
     min_iters: MinItersOpt = None,
@@ -482,9 +486,10 @@ def profile(
 
         cfg = build_config({}, overrides, "profile")
         chw = _csv(input_size, int, "--input-size")
-        if chw is not None and len(chw) != 3:
+        if chw is not None and (not chw or any(v < 1 for v in chw)):
             raise ConfigError(
-                f"--input-size takes C,H,W, got '{input_size}'", "e.g. --input-size 3,32,32"
+                f"--input-size takes positive sizes, got '{input_size}'",
+                "e.g. --input-size 3,32,32",
             )
         results = profile_targets(targets, cfg.profile, chw)
         table = Table(

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import BackendUnavailable, ExportError
-from kdpipe.export.onnx import INPUT_NAME, OUTPUT_NAME
+from kdpipe.errors import BackendUnavailable, ConfigError, ExportError
+from kdpipe.export.onnx import INPUT_NAME
 from kdpipe.runs import atomic_path, write_json
 
 
@@ -120,17 +120,49 @@ class TensorRTRunner:
                 f"TensorRT cannot load {plan_path}", "rebuild it on this GPU and TensorRT version"
             )
         self.context = self.engine.create_execution_context()
-        self.metadata = json.loads(plan_path.with_suffix(".json").read_text())
+        # kdpipe's own plans carry a metadata file; one built by trtexec or Polygraphy has none
+        meta = plan_path.with_suffix(".json")
+        self.metadata = json.loads(meta.read_text()) if meta.is_file() else {}
         self.device_memory_bytes = int(self.engine.device_memory_size_v2)
+        # names and types from the engine itself: a user's plan need not say input/logits
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or not outputs:
+            raise ConfigError(
+                f"{plan_path} has {len(inputs)} inputs and {len(outputs)} outputs; kdpipe runs "
+                "image models with one input",
+                "build the engine from a model with a single image input",
+            )
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = self._torch_dtype(self.input_name, plan_path)
+        self.output_dtype = self._torch_dtype(self.output_name, plan_path)
+
+    def _torch_dtype(self, name: str, plan_path: Path) -> Any:
+        import tensorrt as trt
+
+        torch = self._torch
+        dtypes = {
+            trt.DataType.FLOAT: torch.float32,
+            trt.DataType.HALF: torch.float16,
+            trt.DataType.BF16: torch.bfloat16,
+        }
+        kind = self.engine.get_tensor_dtype(name)
+        if kind not in dtypes:
+            raise ConfigError(
+                f"{plan_path}'s tensor '{name}' is {kind}; kdpipe feeds and reads float tensors",
+                "build the engine with float input and output",
+            )
+        return dtypes[kind]
 
     def __call__(self, x: Any) -> Any:
         torch = self._torch
-        x = x.contiguous().to("cuda", torch.float32, non_blocking=True)
-        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
-        out = torch.empty(out_shape, dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        x = x.contiguous().to("cuda", self.input_dtype, non_blocking=True)
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = torch.empty(out_shape, dtype=self.output_dtype, device="cuda")
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise ExportError("TensorRT execution failed", "")

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from kdpipe.export import tensorrt
-from kdpipe.export.onnx import INPUT_NAME, OUTPUT_NAME
 from kdpipe.export.verify import ort_session
+from kdpipe.profile.ort_input import read_input
 
 ORT_PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -99,16 +99,19 @@ class OrtPredict:
     def __init__(self, path: Path, threads: int, provider: str, spin: bool = False) -> None:
         self.session = ort_session(path, threads, spin=spin, provider=provider)
         self.on_cpu = provider == "CPUExecutionProvider"
+        # names and element type from the file: a user's model need not say `input`
+        self.input = read_input(self.session, str(path))
+        self.output_name = self.session.get_outputs()[0].name
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.on_cpu:
-            return torch.from_numpy(self.session.run(None, {INPUT_NAME: self._array(x)})[0])
+            return torch.from_numpy(self.session.run(None, self._feed(x))[0])
         # IO binding: input copied to the GPU once per call, output kept on the GPU until
         # the copy back, so onnxruntime does no hidden host round trips of its own.
         binding = self.session.io_binding()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(self._array(x), "cuda", 0)
-        binding.bind_ortvalue_input(INPUT_NAME, x_dev)
-        binding.bind_output(OUTPUT_NAME, "cuda")
+        x_dev = ort.OrtValue.ortvalue_from_numpy(self.input.array(x.numpy()), "cuda", 0)
+        binding.bind_ortvalue_input(self.input.name, x_dev)
+        binding.bind_output(self.output_name, "cuda")
         self.session.run_with_iobinding(binding)
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
 
@@ -119,11 +122,10 @@ class OrtPredict:
         On a GPU the whole bound call, copies included (end-to-end time)."""
         if not self.on_cpu:
             return partial(self, x)
-        return partial(self.session.run, None, {INPUT_NAME: self._array(x)})
+        return partial(self.session.run, None, self._feed(x))
 
-    @staticmethod
-    def _array(x: Tensor) -> np.ndarray:
-        return x.numpy().astype(np.float32, copy=False)
+    def _feed(self, x: Tensor) -> dict[str, np.ndarray]:
+        return {self.input.name: self.input.array(x.numpy())}
 
 
 def ort_runner(

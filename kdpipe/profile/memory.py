@@ -41,13 +41,17 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "ort":
         import onnxruntime as ort
 
+        from kdpipe.profile.ort_input import read_input
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = spec.get("threads", 1)
-        feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        images = np.random.default_rng(0).standard_normal(shape)
         baseline = _peak_rss_bytes()
         session = ort.InferenceSession(
             spec["path"], opts, providers=[spec.get("provider", "CPUExecutionProvider")]
         )
+        wants = read_input(session, spec["path"])
+        feed = {wants.name: wants.array(images)}
         for _ in range(5):
             session.run(None, feed)
     else:

@@ -191,4 +191,4 @@ def _accuracy_and_size(
 def _batch_of(sample: Tensor, size: int) -> Tensor:
     """`size` real test images (repeated if the test set is smaller), contiguous float32."""
     reps = -(-size // len(sample))
-    return sample.repeat(reps, 1, 1, 1)[:size].contiguous()
+    return sample.repeat(reps, *[1] * (sample.dim() - 1))[:size].contiguous()

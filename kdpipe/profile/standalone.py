@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -23,6 +24,7 @@ from kdpipe.export import tensorrt
 from kdpipe.profile import environment, memory
 from kdpipe.profile.backends import (
     ORT_PROVIDERS,
+    OrtPredict,
     Runner,
     Target,
     ort_runner,
@@ -42,11 +44,16 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(heads[-1].shape[0])
 
 
-def _input_chw(graph: onnx.GraphProto) -> list[int] | None:
-    """The (C, H, W) the graph's first input declares, or None where any of them is symbolic."""
-    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
-    chw = [d.dim_value if d.HasField("dim_value") else 0 for d in dims][1:]
-    return chw if len(chw) == 3 and all(v > 0 for v in chw) else None
+@dataclass(frozen=True)
+class Declared:
+    """What a target says of its input: dims after the batch (None where symbolic) and the
+    batch size it fixes (None where free)."""
+
+    dims: tuple[int | None, ...]
+    batch: int | None = None
+
+
+DEFAULT_CHW = (3, 224, 224)
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
@@ -60,7 +67,10 @@ def onnx_precision(model: Path | onnx.GraphProto) -> str:
     ops = {n.op_type for n in graph.node}
     if ops & (QUANTIZED_OPS | INTEGER_OPS):
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in graph.initializer) or any(
+        i.type.tensor_type.elem_type == half for i in graph.input
+    ):
         return "fp16"
     return "fp32"
 
@@ -71,35 +81,36 @@ def _graph(path: Path) -> onnx.GraphProto:
 
 def _onnx_runners(
     path: Path, name: str, threads: int, alone: bool = False
-) -> tuple[list[Runner], list[int] | None]:
-    """The file's runner on each onnxruntime backend here, and the input (C, H, W) it declares."""
+) -> tuple[list[Runner], Declared]:
+    """The file's runner on each onnxruntime backend here, and what its input declares."""
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
-    graph = _graph(path)
-    precision = onnx_precision(graph)
+    precision = onnx_precision(_graph(path))
     out = []
     for backend, provider in ORT_PROVIDERS.items():
         if provider in ort.get_available_providers() and (
             backend == "ort-cpu" or torch.cuda.is_available()
         ):
             out.append(ort_runner(Target(name, backend, precision), path, threads, provider, alone))
-    return out, _input_chw(graph)
+    ort_cpu = out[0].predict
+    assert isinstance(ort_cpu, OrtPredict)  # CPUExecutionProvider is in every build
+    return out, Declared(ort_cpu.input.dims, ort_cpu.input.batch)
 
 
 def runners_for(
     target: str, threads: int, alone: bool = False
-) -> tuple[list[Runner], list[int] | None]:
-    """Runners for one CLI target, and the input shape it declares (C, H, W) if it does."""
+) -> tuple[list[Runner], Declared | None]:
+    """Runners for one CLI target, and what it declares of its input, if anything."""
     path = Path(target)
     if path.is_dir() and (path / "bundle.json").is_file():
         bundle = json.loads((path / "bundle.json").read_text())
         runners = []
         for entry in bundle["models"].values():
             runners += _onnx_runners(path / entry["file"], path.name or "bundle", threads)[0]
-        return runners, bundle["input"]["shape"][1:]
+        return runners, Declared(tuple(bundle["input"]["shape"][1:]))
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
@@ -157,32 +168,102 @@ def runners_for(
     )
 
 
+def _shape(declared: dict[str, Declared], input_size: list[int] | None) -> list[int]:
+    """The input after the batch: --input-size where given (checked against what each file
+    fixes), else what the files fix, symbolic image dims filled from 3,224,224."""
+
+    def show(dims: tuple[int | None, ...]) -> str:
+        return ",".join("?" if d is None else str(d) for d in dims)
+
+    if input_size is not None:
+        for t, d in declared.items():
+            fits = len(d.dims) == len(input_size) and all(
+                want in (None, got) for want, got in zip(d.dims, input_size, strict=True)
+            )
+            if not fits:
+                raise ConfigError(
+                    f"{t} takes input {show(d.dims)}, not --input-size "
+                    f"{','.join(map(str, input_size))}",
+                    f"pass --input-size {show(d.dims).replace('?', 'N')} (N: any size)"
+                    if None in d.dims
+                    else f"pass --input-size {show(d.dims)}, or drop it",
+                )
+        return input_size
+    ranks = {len(d.dims) for d in declared.values()}
+    merged: list[int | None] = list(DEFAULT_CHW) if not declared else [None] * max(ranks, default=0)
+    for d in declared.values():
+        for i, v in enumerate(d.dims):
+            clash = v is not None and merged[i] is not None and merged[i] != v
+            if len(ranks) > 1 or clash:
+                sizes = ", ".join(f"{t} {show(e.dims)}" for t, e in declared.items())
+                raise ConfigError(
+                    f"the targets take different input sizes ({sizes})",
+                    "profile them separately, or pass --input-size for models that accept any size",
+                )
+            merged[i] = v if v is not None else merged[i]
+    if None in merged:
+        if len(merged) != len(DEFAULT_CHW):
+            raise ConfigError(
+                f"the input's size is not fixed ({show(tuple(merged))})",
+                f"pass --input-size with {len(merged)} values, e.g. "
+                f"--input-size {','.join(str(v or 16) for v in merged)}",
+            )
+        merged = [DEFAULT_CHW[i] if v is None else v for i, v in enumerate(merged)]
+    return [int(v) for v in merged if v is not None]
+
+
+def _batch_sizes(declared: dict[str, Declared], asked: list[int]) -> list[int]:
+    """The asked batch sizes every target takes: a file may fix its batch (often at 1)."""
+    fixed = {t: d.batch for t, d in declared.items() if d.batch is not None}
+    usable = [b for b in asked if all(b == f for f in fixed.values())]
+    where = ", ".join(f"{t} takes batch {b} only" for t, b in fixed.items())
+    if not usable:
+        raise ConfigError(
+            f"no batch size to profile: {where}",
+            f"pass --batch-sizes {next(iter(fixed.values()))}, or export with a dynamic batch",
+        )
+    if usable != asked:
+        dropped = ", ".join(str(b) for b in asked if b not in usable)
+        ui.info(f"profile: {where}; batch {dropped} skipped")
+    return usable
+
+
+def _check_takes(runners: list[Runner], x: torch.Tensor) -> None:
+    """One call per model before timing, so a model that cannot take this input is named in
+    one line instead of failing inside the timing loop."""
+    for r in runners:
+        try:
+            r.predict(x)
+        except Exception as e:  # onnxruntime, TensorRT and user models raise their own types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"{r.target.model} ({r.target.backend}) fails on input "
+                f"{','.join(map(str, x.shape[1:]))}: {first}",
+                "pass --input-size with the shape it takes",
+            ) from None
+
+
 def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] | None) -> dict:
     threads = p.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     runners: list[Runner] = []
-    declared_by: dict[str, list[int]] = {}
+    declared: dict[str, Declared] = {}
     # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
     alone = len(targets) == 1 and Path(targets[0]).suffix == ".onnx"
     for t in targets:
-        found, declared = runners_for(t, threads, alone=alone)
+        found, says = runners_for(t, threads, alone=alone)
         runners += found
-        if declared:
-            declared_by[t] = list(declared)
-    if input_size is None and len({tuple(v) for v in declared_by.values()}) > 1:
-        sizes = ", ".join(f"{t} {','.join(map(str, v))}" for t, v in declared_by.items())
-        raise ConfigError(
-            f"the targets take different input sizes ({sizes})",
-            "profile them separately, or pass --input-size for models that accept any size",
-        )
-    shape = input_size or next(iter(declared_by.values()), None)
+        if says is not None:
+            declared[t] = says
     if not runners:
         raise ConfigError("nothing to profile here", "see the skipped targets above")
     names = [r.target for r in runners]
     if len(set(names)) != len(names):
         raise ConfigError("two targets have the same name", "rename one of the files")
-    chw = shape or [3, 224, 224]
+    chw = _shape(declared, input_size)
+    p = p.model_copy(update={"batch_sizes": _batch_sizes(declared, p.batch_sizes)})
     sample = torch.randn(max(p.batch_sizes), *chw, generator=torch.Generator().manual_seed(0))
+    _check_takes(runners, sample[: p.batch_sizes[0]])
     latency, samples = time_runners(runners, sample, p)
     mem = {}
     if p.memory:
