@@ -1,4 +1,6 @@
-"""Safe weight files: always `weights_only=True`, checkpoint dicts unwrapped, mismatches named."""
+"""Safe weight files: PyTorch files always with `weights_only=True`, safetensors files (the
+Hugging Face hub's format, tensors only by design) through safetensors; checkpoint dicts
+unwrapped, mismatches named."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a state_dict (or a checkpoint dict holding one) without executing any pickled code."""
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist", "check the path")
+    if _is_safetensors(path):
+        return _unwrap(_load_safetensors(path), path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -36,10 +40,33 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path)
 
 
-def _unreadable(path: Path, e: Exception) -> ModelError:
+def _is_safetensors(path: Path) -> bool:
+    """By name, or by the format's opening: an 8-byte little-endian header length, then '{'."""
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as f:
+        head = f.read(9)
+    return (
+        len(head) == 9
+        and head[8:] == b"{"
+        and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+    )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(path, e, "safetensors") from None
+
+
+def _unreadable(path: Path, e: Exception, kind: str = "PyTorch") -> ModelError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     return ModelError(
-        f"weights file {path} is not a readable PyTorch file ({first})",
+        f"weights file {path} is not a readable {kind} file ({first})",
         "pass a file written by torch.save(model.state_dict(), path)",
     )
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from kdpipe.errors import ModelError
 from kdpipe.models import create, replace_head
-from kdpipe.models.weights import load_state_dict_file
+from kdpipe.models.weights import load_into, load_state_dict_file
 
 
 def test_create_sizes_the_head() -> None:
@@ -78,6 +78,24 @@ def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
     f.write_bytes(b"not a torch file at all")
     with pytest.raises(ModelError, match="not a readable PyTorch file"):
         load_state_dict_file(f)
+
+
+def test_safetensors_files_load_by_name_or_by_content(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    net = create("resnet18", 3)
+    # a DDP-style prefix, as hub checkpoints sometimes carry; the name need not say .safetensors
+    state = {f"module.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    for name in ("w.safetensors", "w.bin"):
+        save_file(state, str(tmp_path / name))
+        loaded = load_state_dict_file(tmp_path / name)
+        other = create("resnet18", 3)
+        load_into(other, loaded, name)
+        assert torch.equal(other.fc.weight, net.fc.weight)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "w.bin").read_bytes()[:100])
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
+        load_state_dict_file(cut)
 
 
 def test_replace_head_swaps_last_linear() -> None:
