@@ -15,6 +15,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from kdpipe.errors import ConfigError, DataError, ExportError
+from kdpipe.pixels import eight_bit
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
 
 
@@ -87,8 +88,8 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     """One image file -> the [3,H,W] float32 input the model was trained on."""
     h, w = pre["resize"]
     try:
-        with Image.open(path) as raw:
-            img = raw.convert("L" if pre["color"] == "gray" else "RGB")
+        with Image.open(path) as raw:  # 16-bit scaled as in training (kdpipe.pixels)
+            img = eight_bit(raw, "L" if pre["color"] == "gray" else "RGB")
         if pre["interpolation"] == "pil_bilinear":  # as torchvision's Resize on PIL images
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         x = np.asarray(img, dtype=np.float32)

@@ -3,11 +3,11 @@ loading any mode as 8-bit RGB. Shared by `imagefolder:` data and `--transfer ima
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from kdpipe.errors import DataError
+from kdpipe.pixels import eight_bit
 
 # verify() checks PNG and WebP to their last byte but reads no image data of JPEG, GIF, BMP
 # or TIFF: a download cut short passes it and fails minutes later, in training. JPEG and GIF
@@ -50,11 +50,7 @@ def load_rgb(file: str) -> Image.Image:
     clipped); a file that stops decoding mid-run is named in a one-line DataError."""
     try:
         with Image.open(file) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                wide = np.asarray(img, dtype=np.float64) / 257
-                return Image.fromarray(wide.clip(0, 255).astype(np.uint8)).convert("RGB")
-            return img.convert("RGB")
+            return eight_bit(img, "RGB")
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(
             f"cannot decode image {file}: {e}",

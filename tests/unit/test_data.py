@@ -194,6 +194,13 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_and_late_breakage_is_named(
     rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     np.testing.assert_allclose(rgb[..., 0].astype(float), ramp / 257, atol=1)  # PIL: 255s
+    # `kdpipe predict` (torch-free) reads the same pixels as training, in colour and grey
+    from kdpipe.predict import preprocess
+
+    for color in ("rgb", "gray"):
+        pre = {"resize": [8, 8], "color": color, "interpolation": "bilinear", "scale": 1.0}
+        x = preprocess(tmp_path / "deep.png", {**pre, "mean": [0.0] * 3, "std": [1.0] * 3})
+        np.testing.assert_array_equal(x, rgb.transpose(2, 0, 1).astype(np.float32))
     (tmp_path / "gone.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # broken after the scan
     with pytest.raises(DataError, match="cannot decode image .*gone.png"):
         load_rgb(str(tmp_path / "gone.png"))

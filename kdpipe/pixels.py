@@ -1,0 +1,22 @@
+"""Any image file's pixels as 8 bits per channel, the same way in training and in
+`kdpipe predict` (which runs without torch, so this module imports only numpy and Pillow).
+
+Pillow's own `convert("RGB")` clips a 16-bit greyscale image at 255 (nearly all white);
+here it is scaled to 0..255 first, so a 16-bit scan is seen as its 8-bit copy would be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def eight_bit(img: Image.Image, mode: str = "RGB") -> Image.Image:
+    """`img` (already opened) in `mode` ("RGB" or "L"), 16-bit greyscale scaled, not clipped."""
+    img.load()
+    if img.mode in WIDE_MODES:
+        wide = np.asarray(img, dtype=np.float64) / 257
+        img = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
+    return img.convert(mode)
