@@ -626,34 +626,52 @@ def compare(
     fail_on: Annotated[
         str | None, Opt(help="Regression rules, e.g. latency:+10%,accuracy:-0.5")
     ] = None,
+    strict: Annotated[
+        bool, Opt(help="Judge latency changes on point estimates, not confidence intervals.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Every shared metric of two reports with its change; exit 1 when a --fail-on rule breaks."""
+    """Every shared metric of two reports with its change; exit 1 when a --fail-on rule breaks.
+
+    Latency rules are judged on the 95 % interval of the change where both runs kept their samples (profile/samples.json beside report.json)."""  # noqa: E501
     with errors_reported(debug):
         from kdpipe.errors import BudgetError
         from kdpipe.gate import load_report
+        from kdpipe.report.compare import Side, parse_rules
         from kdpipe.report.compare import compare as diff
-        from kdpipe.report.compare import parse_rules
+        from kdpipe.runs import load_samples
 
         rules = parse_rules(fail_on or "")
-        changes = diff(load_report(base)["metrics"], load_report(new)["metrics"], rules)
+        sides = []
+        for path in (base, new):
+            samples = load_samples(path.parent)
+            if not samples and not strict and any(r.category == "latency" for r in rules):
+                ui.info(
+                    f"compare: {path} has no profile/samples.json beside it; its latencies "
+                    "are compared as point estimates"
+                )
+            sides.append(Side.of(load_report(path), samples))
+        changes = diff(sides[0], sides[1], rules, strict)
         table = Table(
             Column("metric", overflow="fold"),
             "base",
             "new",
             "change",
             "%",
+            "95 % CI of %",
             "rule",
             title="kdpipe compare",
         )
         for c in changes:
             pct = f"{c.percent:+.1f}" if c.percent is not None else "-"
+            span = c.percent_interval
             table.add_row(
                 c.metric,
                 f"{c.base:.4g}",
                 f"{c.new:.4g}",
                 f"{c.delta:+.4g}",
                 pct,
+                f"{span[0]:+.1f} .. {span[1]:+.1f}" if span else "",
                 f"[red]{c.broken_by}[/red]" if c.broken_by else "",
             )
         stdout.print(table)

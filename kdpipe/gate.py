@@ -105,7 +105,7 @@ def round_length(report: dict) -> int:
     return int(rounds.get("timed_calls", OLD_ROUND_CALLS))
 
 
-def _bootstrap(samples: list[float], stat: str, rng: np.random.Generator, block: int) -> np.ndarray:
+def bootstrap(samples: list[float], stat: str, rng: np.random.Generator, block: int) -> np.ndarray:
     """Bootstrap distribution of `stat`, resampling whole rounds (`block` consecutive calls),
     not single calls: calls of one round share the machine's state (a slow spell spans many
     of them), so resampling single calls treats them as independent and gives intervals
@@ -127,7 +127,7 @@ def confidence_interval(
     block = round_length(report)
     key, _, stat = metric.rpartition(".")
     if stat in CI_STATS and key in samples:
-        dist = _bootstrap(samples[key], stat, rng, block)
+        dist = bootstrap(samples[key], stat, rng, block)
     elif metric == "summary.speedup_vs_teacher":
         basis = report["summary"]["speedup_basis"]
         bs, t, s = basis["batch_size"], basis["teacher"], basis["student"]
@@ -135,7 +135,7 @@ def confidence_interval(
         s_key = f"student.{s['backend']}.{s['precision']}.bs{bs}"
         if t_key not in samples or s_key not in samples:
             return None
-        dist = _bootstrap(samples[t_key], "p50_ms", rng, block) / _bootstrap(
+        dist = bootstrap(samples[t_key], "p50_ms", rng, block) / bootstrap(
             samples[s_key], "p50_ms", rng, block
         )
     else:

@@ -3,13 +3,22 @@
 A rule is CATEGORY:CHANGE. `latency:+10%` fails when any latency grows by more than 10 %;
 `accuracy:-0.5` fails when any accuracy falls by more than 0.5 percentage points. A
 trailing % means relative change; without it the change is absolute (accuracies in points).
+
+Latencies are judged as the gate judges them: where both runs kept their per-call samples
+(profile/samples.json beside report.json), on the 95 % bootstrap interval of the change, so
+a latency rule breaks only when the whole interval lies past it; two runs of an unchanged
+model on a noisy runner differ by more than 10 % in p95 often enough to fail CI otherwise.
+`strict` (or a report without samples) judges the point estimates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from kdpipe.errors import ConfigError, did_you_mean
+from kdpipe.gate import CI_STATS, bootstrap, round_length
 
 CATEGORIES = {
     "latency": lambda k: k.endswith("_ms") and not k.endswith("std_ms"),
@@ -35,6 +44,9 @@ class Change:
     base: float
     new: float
     broken_by: str = ""
+    # 95 % intervals of the change, where both runs kept samples: in % and in the metric's unit
+    percent_interval: tuple[float, float] | None = None
+    delta_interval: tuple[float, float] | None = None
 
     @property
     def delta(self) -> float:
@@ -68,18 +80,53 @@ def parse_rules(text: str) -> list[Rule]:
     return rules
 
 
-def compare(base: dict[str, float], new: dict[str, float], rules: list[Rule]) -> list[Change]:
-    changes = [Change(k, base[k], new[k]) for k in sorted(base.keys() & new.keys())]
+@dataclass
+class Side:
+    """One run for `compare`: its metrics and, where kept, its raw per-call latencies."""
+
+    metrics: dict[str, float]
+    samples: dict[str, list[float]]
+    round_calls: int
+
+    @classmethod
+    def of(cls, report: dict, samples: dict[str, list[float]]) -> Side:
+        return cls(report["metrics"], samples, round_length(report))
+
+
+def _intervals(metric: str, base: Side, new: Side) -> tuple[tuple, tuple] | None:
+    """95 % bootstrap intervals of new - base (in % and absolute) for a latency statistic."""
+    key, _, stat = metric.rpartition(".")
+    if stat not in CI_STATS or key not in base.samples or key not in new.samples:
+        return None
+    rng = np.random.default_rng(0)
+    b = bootstrap(base.samples[key], stat, rng, base.round_calls)
+    n = bootstrap(new.samples[key], stat, rng, new.round_calls)
+    pct = 100 * (n / b - 1)
+    lo_hi = (2.5, 97.5)
+    return tuple(np.percentile(pct, lo_hi).tolist()), tuple(np.percentile(n - b, lo_hi).tolist())
+
+
+def compare(base: Side, new: Side, rules: list[Rule], strict: bool = False) -> list[Change]:
+    shared = sorted(base.metrics.keys() & new.metrics.keys())
+    changes = [Change(k, base.metrics[k], new.metrics[k]) for k in shared]
     for c in changes:
+        found = None if strict else _intervals(c.metric, base, new)
+        if found:
+            c.percent_interval, c.delta_interval = found
         for r in rules:
             if not CATEGORIES[r.category](c.metric):
                 continue
-            if r.relative:
-                moved = c.percent
+            scale = 100 if r.category in POINTS and not r.relative else 1
+            span = c.percent_interval if r.relative else c.delta_interval
+            if span is not None:
+                low, high = span
+            elif r.relative:
+                if c.percent is None:
+                    continue
+                low = high = c.percent
             else:
-                moved = c.delta * (100 if r.category in POINTS else 1)
-            if moved is None:
-                continue
-            if (r.change > 0 and moved > r.change) or (r.change < 0 and moved < r.change):
+                low = high = c.delta * scale
+            # broken only when the whole interval lies past the rule (a point: itself)
+            if (r.change > 0 and low > r.change) or (r.change < 0 and high < r.change):
                 c.broken_by = f"{r.category}:{r.change:+g}{'%' if r.relative else ''}"
     return changes

@@ -149,6 +149,37 @@ def test_compare_flags_regressions(tmp_path: Path) -> None:
     assert typo.returncode == 2 and "did you mean: latency" in typo.stderr
 
 
+def test_compare_judges_latency_on_the_interval_of_the_change(tmp_path: Path) -> None:
+    """p95 13.6 % slower as a point, but its 95 % interval reaches below +10 %: noise on the
+    tail, not a regression the rule can be sure of; --strict (or no samples) judges the point."""
+    from kdpipe.gate import load_report
+    from kdpipe.report.compare import Side, compare, parse_rules
+    from kdpipe.runs import load_samples
+
+    base = crafted_run(tmp_path / "base", student_ms=4.0)
+    new = crafted_run(tmp_path / "new", student_ms=4.6)
+    sides = [Side.of(load_report(p), load_samples(p.parent)) for p in (base, new)]
+    rules = parse_rules("latency:+10%")
+    rows = {c.metric: c for c in compare(sides[0], sides[1], rules)}
+    p95, p50 = rows[f"{STUDENT}.p95_ms"], rows[f"{STUDENT}.p50_ms"]
+    assert p95.percent is not None and p95.percent > 10 and p95.percent_interval is not None
+    assert p95.percent_interval[0] < 10 < p95.percent_interval[1] and not p95.broken_by
+    assert p50.percent_interval is not None and p50.percent_interval[0] > 10 and p50.broken_by
+    strict = {c.metric: c for c in compare(sides[0], sides[1], rules, strict=True)}
+    assert (
+        strict[f"{STUDENT}.p95_ms"].broken_by
+        and strict[f"{STUDENT}.p95_ms"].percent_interval is None
+    )
+    # absolute rules use the interval of the difference, in the metric's unit (ms)
+    ms = {c.metric: c for c in compare(sides[0], sides[1], parse_rules("latency:+0.5"))}
+    lo, hi = ms[f"{STUDENT}.p50_ms"].delta_interval or (0, 0)
+    assert 0.5 < lo < hi and ms[f"{STUDENT}.p50_ms"].broken_by
+    # without samples the CLI says so and falls back to the points
+    (new.parent / "profile" / "samples.json").unlink()
+    proc = kdpipe("compare", str(base), str(new), "--fail-on", "latency:+10%")
+    assert proc.returncode == 1 and "compared as point estimates" in proc.stderr
+
+
 def _measurements(tmp_path: Path, student_ms: list[float], accuracy: float = 0.97):
     """A measure() callable that returns crafted runs in turn, and the list of calls made."""
     runs = [crafted_run(tmp_path / f"m{i}", ms, accuracy) for i, ms in enumerate(student_ms)]
