@@ -389,7 +389,9 @@ def export(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="An export folder holding bundle.json.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files to classify, or folders of them.")
+    ],
     precision: Annotated[str, Opt(help="Which model of the bundle: fp32, fp16 or int8.")] = "fp32",
     as_json: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
     debug: DebugOpt = False,

@@ -1,5 +1,5 @@
-"""Any image file's pixels as 8 bits per channel, the same way in training and in
-`kdpipe predict` (which runs without torch, so this module imports only numpy and Pillow).
+"""Which files are images, and any image file's pixels as 8 bits per channel, the same way in
+training and in `kdpipe predict` (which runs without torch: numpy and Pillow only here).
 
 Pillow's own `convert("RGB")` clips a 16-bit greyscale image at 255 (nearly all white);
 here it is scaled to 0..255 first, so a 16-bit scan is seen as its 8-bit copy would be.
@@ -11,6 +11,14 @@ import numpy as np
 from PIL import Image
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+# torchvision's IMG_EXTENSIONS, plus GIF (Pillow reads it; ImageFolder alone would skip such
+# files silently). Spelled out rather than imported: torchvision would pull in torch.
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def is_image_file(file: str) -> bool:
+    return file.lower().endswith(EXTENSIONS)
 
 
 def eight_bit(img: Image.Image, mode: str = "RGB") -> Image.Image:

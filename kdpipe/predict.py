@@ -15,7 +15,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from kdpipe.errors import ConfigError, DataError, ExportError
-from kdpipe.pixels import eight_bit
+from kdpipe.pixels import EXTENSIONS, eight_bit, is_image_file
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
 
 
@@ -106,10 +106,27 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files named, with each folder replaced by the image files under it (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name))
+        if not found:
+            raise DataError(
+                f"no image files in {p}", f"image files end with {', '.join(EXTENSIONS)}"
+            )
+        out += found
+    return out
+
+
 def predict(
     bundle_path: Path, images: list[Path], precision: str = "fp32", batch: int = 64
 ) -> list[Prediction]:
     folder, bundle = load_bundle(bundle_path)
+    images = image_files(images)
     session = open_model(folder, bundle, precision)
     name = bundle["input"]["name"]
     classes = bundle["class_names"]

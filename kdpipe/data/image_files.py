@@ -1,27 +1,21 @@
-"""Image files on disk: which names are images, whether a file decodes to its end, and
-loading any mode as 8-bit RGB. Shared by `imagefolder:` data and `--transfer imagefolder:`."""
+"""Image files on disk: whether a file decodes to its end, and loading any mode as 8-bit RGB
+(which names are images: kdpipe.pixels). Shared by `imagefolder:` data and `--transfer
+imagefolder:`."""
 
 from __future__ import annotations
 
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from kdpipe.errors import DataError
-from kdpipe.pixels import eight_bit
+from kdpipe.pixels import EXTENSIONS, eight_bit, is_image_file
+
+__all__ = ["EXTENSIONS", "decodes", "is_image_file", "load_rgb"]
 
 # verify() checks PNG and WebP to their last byte but reads no image data of JPEG, GIF, BMP
 # or TIFF: a download cut short passes it and fails minutes later, in training. JPEG and GIF
 # end with a fixed marker, so a file that has it is whole; any other file is decoded once.
 _VERIFIED_WHOLE = {"PNG", "WEBP"}
 _END_MARKERS = {"JPEG": b"\xff\xd9", "GIF": b"\x3b"}
-
-
-# torchvision's list, plus GIF (PIL reads it; ImageFolder alone would skip such files silently).
-EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
-
-
-def is_image_file(file: str) -> bool:
-    return file.lower().endswith(EXTENSIONS)
 
 
 def _ends_with(file: str, marker: bytes) -> bool:

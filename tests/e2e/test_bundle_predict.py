@@ -99,6 +99,15 @@ def test_predict_without_torch_matches_pytorch(first_run, tmp_path: Path) -> Non
     # PNG's 8 bits lose little against the 17 grey levels of the training images.
     report = json.loads((out / "report.json").read_text())
     assert abs(np.mean(got == labels) - report["student"]["accuracy"]) < 0.03
+    # A folder stands for every image file under it (sorted; other files ignored).
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    proc = kdpipe("predict", str(out / "export"), str(tmp_path / "imgs"), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_file = {json.loads(line)["image"]: json.loads(line)["index"] for line in proc.stdout.split()}
+    assert by_file == {str(p): int(k) for p, k in zip(paths, got, strict=True)}
+    (tmp_path / "empty").mkdir()
+    proc = kdpipe("predict", str(out / "export"), str(tmp_path / "empty"), env=env)
+    assert proc.returncode == 2 and "no image files in" in proc.stderr
 
 
 def test_predict_refuses_modified_or_corrupt_models(first_run, tmp_path: Path) -> None:
