@@ -103,7 +103,9 @@ def test_predict_without_torch_matches_pytorch(first_run, tmp_path: Path) -> Non
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     proc = kdpipe("predict", str(out / "export"), str(tmp_path / "imgs"), "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    by_file = {json.loads(line)["image"]: json.loads(line)["index"] for line in proc.stdout.split()}
+    by_file = {
+        json.loads(line)["image"]: json.loads(line)["index"] for line in proc.stdout.splitlines()
+    }
     assert by_file == {str(p): int(k) for p, k in zip(paths, got, strict=True)}
     (tmp_path / "empty").mkdir()
     proc = kdpipe("predict", str(out / "export"), str(tmp_path / "empty"), env=env)
