@@ -138,6 +138,18 @@ class TensorRTRunner:
         self.input_dtype = self._torch_dtype(self.input_name, plan_path)
         self.output_dtype = self._torch_dtype(self.output_name, plan_path)
 
+    def input_dims(self) -> tuple[tuple[int | None, ...], tuple[int, int] | None]:
+        """The engine's input dims after the batch (None where dynamic) and the batch sizes
+        it takes (its first optimization profile's min and max), None if it says nothing."""
+        shape = [int(d) for d in self.engine.get_tensor_shape(self.input_name)]
+        dims = tuple(d if d > 0 else None for d in shape[1:])
+        if shape and shape[0] > 0:
+            return dims, (shape[0], shape[0])
+        if self.engine.num_optimization_profiles < 1:
+            return dims, None
+        low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        return dims, (int(low[0]), int(high[0]))
+
     def _torch_dtype(self, name: str, plan_path: Path) -> Any:
         import tensorrt as trt
 

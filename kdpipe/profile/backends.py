@@ -136,8 +136,10 @@ def ort_runner(
     return Runner(target, predict, path.stat().st_size, spec, timed=predict.timed)
 
 
-def tensorrt_predict(plan: Path, clock: list[float] | None = None) -> Callable[[Tensor], Tensor]:
-    runner = tensorrt.TensorRTRunner(plan)
+def tensorrt_predict(
+    plan: Path | tensorrt.TensorRTRunner, clock: list[float] | None = None
+) -> Callable[[Tensor], Tensor]:
+    runner = plan if isinstance(plan, tensorrt.TensorRTRunner) else tensorrt.TensorRTRunner(plan)
     timed = _device_timed(runner, clock) if clock is not None else runner
 
     def run(x: Tensor) -> Tensor:

@@ -47,10 +47,18 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
 @dataclass(frozen=True)
 class Declared:
     """What a target says of its input: dims after the batch (None where symbolic) and the
-    batch size it fixes (None where free)."""
+    batch sizes it takes, lowest and highest (None where free): (1, 1) for a file that fixes
+    batch 1, a TensorRT engine's optimization-profile range."""
 
     dims: tuple[int | None, ...]
-    batch: int | None = None
+    batches: tuple[int, int] | None = None
+
+    def takes(self, batch: int) -> bool:
+        return self.batches is None or self.batches[0] <= batch <= self.batches[1]
+
+    def says(self) -> str:
+        lo, hi = self.batches or (1, 0)
+        return f"batch {lo} only" if lo == hi else f"batch {lo} to {hi}"
 
 
 DEFAULT_CHW = (3, 224, 224)
@@ -97,7 +105,8 @@ def _onnx_runners(
             out.append(ort_runner(Target(name, backend, precision), path, threads, provider, alone))
     ort_cpu = out[0].predict
     assert isinstance(ort_cpu, OrtPredict)  # CPUExecutionProvider is in every build
-    return out, Declared(ort_cpu.input.dims, ort_cpu.input.batch)
+    batch = ort_cpu.input.batch
+    return out, Declared(ort_cpu.input.dims, None if batch is None else (batch, batch))
 
 
 def runners_for(
@@ -120,14 +129,16 @@ def runners_for(
         if reason:
             ui.info(f"profile: {path} skipped: {reason}")
             return [], None
+        engine = tensorrt.TensorRTRunner(path)
+        dims, batches = engine.input_dims()  # what the engine was built for
         return [
             Runner(
                 Target(path.stem, "tensorrt", "engine"),
-                tensorrt_predict(path),
+                tensorrt_predict(engine),
                 path.stat().st_size,
                 {"kind": "tensorrt", "path": str(path)},
             )
-        ], None
+        ], Declared(dims, batches)
     if file_model(target):
         raise ConfigError(f"cannot profile '{target}' without weights", f"pass {target}:WEIGHTS.pt")
     # ARCH:WEIGHTS, where ARCH may itself be path/to/file.py:Name
@@ -213,14 +224,16 @@ def _shape(declared: dict[str, Declared], input_size: list[int] | None) -> list[
 
 
 def _batch_sizes(declared: dict[str, Declared], asked: list[int]) -> list[int]:
-    """The asked batch sizes every target takes: a file may fix its batch (often at 1)."""
-    fixed = {t: d.batch for t, d in declared.items() if d.batch is not None}
-    usable = [b for b in asked if all(b == f for f in fixed.values())]
-    where = ", ".join(f"{t} takes batch {b} only" for t, b in fixed.items())
+    """The asked batch sizes every target takes: a file may fix its batch (often at 1), an
+    engine takes its profile's range."""
+    bounded = {t: d for t, d in declared.items() if d.batches is not None}
+    usable = [b for b in asked if all(d.takes(b) for d in bounded.values())]
+    where = ", ".join(f"{t} takes {d.says()}" for t, d in bounded.items())
     if not usable:
+        lows = [d.batches[0] for d in bounded.values() if d.batches]
         raise ConfigError(
             f"no batch size to profile: {where}",
-            f"pass --batch-sizes {next(iter(fixed.values()))}, or export with a dynamic batch",
+            f"pass --batch-sizes {max(lows)}, or export with a dynamic batch",
         )
     if usable != asked:
         dropped = ", ".join(str(b) for b in asked if b not in usable)

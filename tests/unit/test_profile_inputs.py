@@ -108,6 +108,8 @@ def test_shape_and_batch_rules() -> None:
         _shape({"a": Declared((10,)), "b": Declared((3, 32, 32))}, None)
     assert _shape({"a": Declared((3, None, None))}, [3, 9, 9]) == [3, 9, 9]
     assert _batch_sizes({"a": Declared((3,), None)}, [1, 32]) == [1, 32]
-    assert _batch_sizes({"a": Declared((3,), 4), "b": Declared((3,))}, [1, 4, 32]) == [4]
-    with pytest.raises(ConfigError, match="no batch size"):
-        _batch_sizes({"a": Declared((3,), 1), "b": Declared((3,), 2)}, [1, 2])
+    assert _batch_sizes({"a": Declared((3,), (4, 4)), "b": Declared((3,))}, [1, 4, 32]) == [4]
+    # a TensorRT engine takes its optimization profile's range
+    assert _batch_sizes({"plan": Declared((3, 8, 8), (1, 16))}, [1, 8, 32]) == [1, 8]
+    with pytest.raises(ConfigError, match="no batch size.*a takes batch 1 only"):
+        _batch_sizes({"a": Declared((3,), (1, 1)), "b": Declared((3,), (2, 2))}, [1, 2])
