@@ -457,7 +457,7 @@ def profile(
 ) -> None:
     """Time models side by side (interleaved): a run directory again, or any ONNX/TensorRT/torch files.
 
-    A run directory is re-profiled with its own settings; options given here replace them and are recorded in its config.yaml, so its report always says how it was measured."""  # noqa: E501
+    A run directory alone is re-profiled with its own settings; options given here replace them and are recorded in its config.yaml, so its report always says how it was measured. Among other targets it stands for its models (RUN/teacher, RUN/student: the bundle, teacher.onnx and both weight files)."""  # noqa: E501
     ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe import api
@@ -466,11 +466,9 @@ def profile(
 
         overrides = _profile_overrides(batch_sizes, threads, warmup, min_iters, min_seconds, memory)
         run_dirs = [t for t in targets if (Path(t) / "config.yaml").is_file()]
-        if run_dirs:
-            if len(targets) > 1:
-                raise ConfigError(
-                    "a run directory is profiled on its own", f"run: kdpipe profile {run_dirs[0]}"
-                )
+        # A run directory alone is re-profiled into its own report; among other targets it
+        # stands for its models (profile.standalone.run_dir_targets).
+        if run_dirs and len(targets) == 1:
             if input_size is not None:
                 raise ConfigError(
                     "--input-size does not apply to a run directory (its data fixes the size)",

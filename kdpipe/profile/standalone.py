@@ -3,7 +3,8 @@
 A target is an ONNX file (`model.onnx`), a TensorRT plan (`model.plan`), a bundle folder
 (every model in its bundle.json), or a PyTorch model as `ARCH:WEIGHTS` (`resnet18:s.pt`).
 All are timed interleaved on the same random input with the run's methodology; memory is
-measured per backend in a fresh process. (A run directory is re-profiled by `kdpipe.api`.)
+measured per backend in a fresh process. A run directory among other targets stands for its
+models (`run_dir_targets`); alone, it is re-profiled into its own report by `kdpipe.api`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
+import yaml
 
 from kdpipe import models, ui
 from kdpipe.config import ProfileConfig, file_model, model_label
@@ -110,20 +112,23 @@ def _onnx_runners(
 
 
 def runners_for(
-    target: str, threads: int, alone: bool = False
+    target: str, threads: int, alone: bool = False, name: str | None = None
 ) -> tuple[list[Runner], Declared | None]:
-    """Runners for one CLI target, and what it declares of its input, if anything."""
+    """Runners for one CLI target, and what it declares of its input, if anything. `name`
+    replaces the model name taken from the file or architecture."""
     path = Path(target)
     if path.is_dir() and (path / "bundle.json").is_file():
         bundle = json.loads((path / "bundle.json").read_text())
         runners = []
         for entry in bundle["models"].values():
-            runners += _onnx_runners(path / entry["file"], path.name or "bundle", threads)[0]
+            runners += _onnx_runners(path / entry["file"], name or path.name or "bundle", threads)[
+                0
+            ]
         return runners, Declared(tuple(bundle["input"]["shape"][1:]))
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
-        return _onnx_runners(path, path.stem.split(".")[0], threads, alone)
+        return _onnx_runners(path, name or path.stem.split(".")[0], threads, alone)
     if path.suffix == ".plan":
         reason = tensorrt.unavailable_reason()
         if reason:
@@ -133,7 +138,7 @@ def runners_for(
         dims, batches = engine.input_dims()  # what the engine was built for
         return [
             Runner(
-                Target(path.stem, "tensorrt", "engine"),
+                Target(name or path.stem, "tensorrt", "engine"),
                 tensorrt_predict(engine),
                 path.stat().st_size,
                 {"kind": "tensorrt", "path": str(path)},
@@ -154,9 +159,10 @@ def runners_for(
             "weights": weights,
             "threads": threads,
         }
+        label = name or model_label(arch)
         out = [
             Runner(
-                Target(model_label(arch), "torch-cpu", "fp32"),
+                Target(label, "torch-cpu", "fp32"),
                 torch_predict(net, "cpu"),
                 Path(weights).stat().st_size,
                 {**spec, "device": "cpu"},
@@ -165,7 +171,7 @@ def runners_for(
         if torch.cuda.is_available():
             out.append(
                 Runner(
-                    Target(model_label(arch), "torch-cuda", "fp32"),
+                    Target(label, "torch-cuda", "fp32"),
                     torch_predict(net, "cuda"),
                     Path(weights).stat().st_size,
                     {**spec, "device": "cuda"},
@@ -177,6 +183,36 @@ def runners_for(
         "pass a run directory, a bundle folder, a .onnx or .plan file, or ARCH:WEIGHTS.pt "
         "(ARCH: a torchvision name or path/to/file.py:Name)",
     )
+
+
+def run_dir_targets(run_dir: Path) -> list[tuple[str, str]]:
+    """A run directory among other targets stands for its models, named RUN/teacher and
+    RUN/student: the exported bundle, the teacher's ONNX file, and both weight files."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        archs = {role: str(cfg[role]["arch"]) for role in ("teacher", "student")}
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{run_dir}/config.yaml is unreadable ({type(e).__name__})", "re-run kdpipe run"
+        ) from None
+    label = run_dir.resolve().name
+    found = [
+        (run_dir / "export", "student", (run_dir / "export" / "bundle.json").is_file()),
+        (run_dir / "export" / "teacher.onnx", "teacher", None),
+        (run_dir / "teacher" / "model.pt", "teacher", archs["teacher"]),
+        (run_dir / "distill" / "student.pt", "student", archs["student"]),
+    ]
+    out = []
+    for path, role, arch in found:
+        if arch is False or not path.exists():
+            continue
+        target = f"{arch}:{path}" if isinstance(arch, str) else str(path)
+        out.append((target, f"{label}/{role}"))
+    if not out:
+        raise ConfigError(
+            f"{run_dir} holds no models yet", f"finish it: kdpipe run --out {run_dir}"
+        )
+    return out
 
 
 def _shape(declared: dict[str, Declared], input_size: list[int] | None) -> list[int]:
@@ -263,8 +299,12 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
     declared: dict[str, Declared] = {}
     # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
     alone = len(targets) == 1 and Path(targets[0]).suffix == ".onnx"
+    named: list[tuple[str, str | None]] = []
     for t in targets:
-        found, says = runners_for(t, threads, alone=alone)
+        is_run = (Path(t) / "config.yaml").is_file()
+        named += run_dir_targets(Path(t)) if is_run else [(t, None)]
+    for t, name in named:
+        found, says = runners_for(t, threads, alone=alone, name=name)
         runners += found
         if says is not None:
             declared[t] = says

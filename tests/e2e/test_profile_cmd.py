@@ -134,3 +134,40 @@ def test_profile_run_dir_writes_out_and_refuses_input_size(
     copy, report = json.loads(results.read_text()), json.loads((out / "report.json").read_text())
     assert copy["latency"] == report["latency"] and copy["metrics"] == report["metrics"]
     assert report["profile_settings"]["round"]["rewarm_calls"] == REWARM_CALLS
+
+
+def test_a_run_directory_among_other_targets_stands_for_its_models(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _, env = first_run
+    other = out / "export" / "student.onnx"
+    results = tmp_path / "mix.json"
+    args = [str(out), str(other), "--batch-sizes", "1", "--min-iters", "5", "--quiet"]
+    proc = kdpipe_here(
+        capsys,
+        "profile",
+        *args,
+        "--min-seconds",
+        "0",
+        "--no-memory",
+        "--out",
+        str(results),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = {
+        (e["model"], e["backend"], e["precision"])
+        for e in json.loads(results.read_text())["latency"]
+    }
+    run = out.name
+    assert got == {
+        (f"{run}/student", "ort-cpu", "fp32"),
+        (f"{run}/student", "ort-cpu", "fp16"),
+        (f"{run}/student", "ort-cpu", "int8"),
+        (f"{run}/teacher", "ort-cpu", "fp32"),
+        (f"{run}/teacher", "torch-cpu", "fp32"),
+        (f"{run}/student", "torch-cpu", "fp32"),
+        ("student", "ort-cpu", "fp32"),
+    }
+    # the run's own report is not touched by a mixed profile
+    assert json.loads((out / "report.json").read_text())["profile_settings"]["min_iters"] != 5
