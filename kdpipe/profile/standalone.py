@@ -121,9 +121,8 @@ def runners_for(
         bundle = json.loads((path / "bundle.json").read_text())
         runners = []
         for entry in bundle["models"].values():
-            runners += _onnx_runners(path / entry["file"], name or path.name or "bundle", threads)[
-                0
-            ]
+            found, _ = _onnx_runners(path / entry["file"], name or path.name or "bundle", threads)
+            runners += found
         return runners, Declared(tuple(bundle["input"]["shape"][1:]))
     if path.suffix == ".onnx":
         if not path.is_file():
@@ -195,19 +194,18 @@ def run_dir_targets(run_dir: Path) -> list[tuple[str, str]]:
         raise ConfigError(
             f"{run_dir}/config.yaml is unreadable ({type(e).__name__})", "re-run kdpipe run"
         ) from None
-    label = run_dir.resolve().name
-    found = [
-        (run_dir / "export", "student", (run_dir / "export" / "bundle.json").is_file()),
-        (run_dir / "export" / "teacher.onnx", "teacher", None),
-        (run_dir / "teacher" / "model.pt", "teacher", archs["teacher"]),
-        (run_dir / "distill" / "student.pt", "student", archs["student"]),
-    ]
+    label, export = run_dir.resolve().name, run_dir / "export"
     out = []
-    for path, role, arch in found:
-        if arch is False or not path.exists():
-            continue
-        target = f"{arch}:{path}" if isinstance(arch, str) else str(path)
-        out.append((target, f"{label}/{role}"))
+    if (export / "bundle.json").is_file():
+        out.append((str(export), f"{label}/student"))
+    if (export / "teacher.onnx").is_file():
+        out.append((str(export / "teacher.onnx"), f"{label}/teacher"))
+    for role, weights in (
+        ("teacher", run_dir / "teacher" / "model.pt"),
+        ("student", run_dir / "distill" / "student.pt"),
+    ):
+        if weights.is_file():
+            out.append((f"{archs[role]}:{weights}", f"{label}/{role}"))
     if not out:
         raise ConfigError(
             f"{run_dir} holds no models yet", f"finish it: kdpipe run --out {run_dir}"
