@@ -14,7 +14,7 @@ import tomllib
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdpipe.errors import ConfigError, did_you_mean
+from kdpipe.errors import ConfigError, did_you_mean, first_line
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
@@ -215,8 +215,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"config file {path} is not valid: {first}", "fix its syntax") from None
+        raise ConfigError(
+            f"config file {path} is not valid: {first_line(e, 1000)}", "fix its syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -60,3 +60,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A hint listing the names nearest to `word`, or an empty string if none is close."""
     near = closest(word, choices)
     return f"did you mean: {', '.join(near)}?" if near else ""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of a third-party exception's message (its type's name if it has none),
+    cut at `limit` characters: what an `error:` line quotes of onnxruntime, torch, PIL..."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

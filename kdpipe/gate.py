@@ -32,7 +32,7 @@ import numpy as np
 import tomllib
 import yaml
 
-from kdpipe.errors import ConfigError, KdpipeError, closest
+from kdpipe.errors import ConfigError, KdpipeError, closest, first_line
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -73,7 +73,7 @@ def load_budgets(path: Path) -> dict[str, dict[str, float]]:
             f"cannot read budgets file {path}: {e.strerror}", "check the path"
         ) from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e, 1000)
         raise ConfigError(f"budgets file {path} is not valid: {first}", "fix its syntax") from None
     if isinstance(data, dict) and "budgets" in data:
         data = data["budgets"]

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-from kdpipe.errors import ConfigError, DataError, ExportError
+from kdpipe.errors import ConfigError, DataError, ExportError, first_line
 from kdpipe.pixels import EXTENSIONS, eight_bit, is_image_file
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
 
@@ -63,7 +63,7 @@ def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSessi
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ExportError(
             f"onnxruntime cannot load {path}: {first}", "re-export the model"
         ) from None

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdpipe import __version__, ui
 from kdpipe.data.splits import DataInfo
-from kdpipe.errors import ExportError
+from kdpipe.errors import ExportError, first_line
 from kdpipe.runs import atomic_path
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -33,7 +33,7 @@ def export_onnx(model: nn.Module, info: DataInfo, path: Path, opset: int | None 
         try:
             _export_dynamo(model, example, tmp, opset)
         except Exception as e:  # the dynamo exporter raises many types; the fallback is logged
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            reason = first_line(e)
             ui.warn(f"dynamo ONNX export failed ({reason}); using the TorchScript exporter")
             exporter = "torchscript"
             _export_torchscript(model, example, tmp, opset)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdpipe.errors import ExportError
+from kdpipe.errors import ExportError, first_line
 from kdpipe.export.onnx import INPUT_NAME
 
 
@@ -34,7 +34,7 @@ def ort_session(
     try:
         return ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ExportError(
             f"onnxruntime cannot load {path}: {first}", "re-export the model"
         ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdpipe.errors import ModelError
+from kdpipe.errors import ModelError, first_line
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "student", "net")
 
@@ -64,7 +64,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _unreadable(path: Path, e: Exception, kind: str = "PyTorch") -> ModelError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    first = first_line(e, 160)
     return ModelError(
         f"weights file {path} is not a readable {kind} file ({first})",
         "pass a file written by torch.save(model.state_dict(), path)",
@@ -130,7 +130,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         raise ModelError(
             f"weights in {source} do not load into {type(model).__name__}: {first}",
             "save them with torch.save(model.state_dict(), path) from the same architecture",

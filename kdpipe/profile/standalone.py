@@ -21,7 +21,7 @@ import yaml
 
 from kdpipe import models, ui
 from kdpipe.config import ProfileConfig, file_model, model_label
-from kdpipe.errors import ConfigError, ExportError
+from kdpipe.errors import ConfigError, ExportError, first_line
 from kdpipe.export import tensorrt
 from kdpipe.profile import environment, memory
 from kdpipe.profile.backends import (
@@ -96,7 +96,7 @@ def _onnx_runners(
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
     precision = onnx_precision(_graph(path))
     out = []
@@ -282,7 +282,7 @@ def _check_takes(runners: list[Runner], x: torch.Tensor) -> None:
         try:
             r.predict(x)
         except Exception as e:  # onnxruntime, TensorRT and user models raise their own types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise ConfigError(
                 f"{r.target.model} ({r.target.backend}) fails on input "
                 f"{','.join(map(str, x.shape[1:]))}: {first}",
