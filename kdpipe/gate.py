@@ -119,6 +119,12 @@ def bootstrap(samples: list[float], stat: str, rng: np.random.Generator, block: 
     return draws.mean(axis=1) if q is None else np.percentile(draws, q, axis=1)
 
 
+def interval95(draws: np.ndarray) -> tuple[float, float]:
+    """The central 95 % of bootstrap draws."""
+    low, high = np.percentile(draws, (2.5, 97.5))
+    return float(low), float(high)
+
+
 def confidence_interval(
     metric: str, report: dict, samples: dict[str, list[float]]
 ) -> tuple[float, float] | None:
@@ -140,7 +146,7 @@ def confidence_interval(
         )
     else:
         return None
-    return float(np.percentile(dist, 2.5)), float(np.percentile(dist, 97.5))
+    return interval95(dist)
 
 
 def judge(

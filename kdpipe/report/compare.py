@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.gate import CI_STATS, bootstrap, round_length
+from kdpipe.gate import CI_STATS, bootstrap, interval95, round_length
 
 CATEGORIES = {
     "latency": lambda k: k.endswith("_ms") and not k.endswith("std_ms"),
@@ -93,7 +93,9 @@ class Side:
         return cls(report["metrics"], samples, round_length(report))
 
 
-def _intervals(metric: str, base: Side, new: Side) -> tuple[tuple, tuple] | None:
+def _intervals(
+    metric: str, base: Side, new: Side
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """95 % bootstrap intervals of new - base (in % and absolute) for a latency statistic."""
     key, _, stat = metric.rpartition(".")
     if stat not in CI_STATS or key not in base.samples or key not in new.samples:
@@ -101,9 +103,7 @@ def _intervals(metric: str, base: Side, new: Side) -> tuple[tuple, tuple] | None
     rng = np.random.default_rng(0)
     b = bootstrap(base.samples[key], stat, rng, base.round_calls)
     n = bootstrap(new.samples[key], stat, rng, new.round_calls)
-    pct = 100 * (n / b - 1)
-    lo_hi = (2.5, 97.5)
-    return tuple(np.percentile(pct, lo_hi).tolist()), tuple(np.percentile(n - b, lo_hi).tolist())
+    return interval95(100 * (n / b - 1)), interval95(n - b)
 
 
 def compare(base: Side, new: Side, rules: list[Rule], strict: bool = False) -> list[Change]:
