@@ -9,7 +9,6 @@ models (`run_dir_targets`); alone, it is re-profiled into its own report by `kdp
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from kdpipe import models, ui
 from kdpipe.config import ProfileConfig, file_model, model_label
 from kdpipe.errors import ConfigError, ExportError, first_line
 from kdpipe.export import tensorrt
+from kdpipe.predict import load_bundle
 from kdpipe.profile import environment, memory
 from kdpipe.profile.backends import (
     ORT_PROVIDERS,
@@ -118,7 +118,7 @@ def runners_for(
     replaces the model name taken from the file or architecture."""
     path = Path(target)
     if path.is_dir() and (path / "bundle.json").is_file():
-        bundle = json.loads((path / "bundle.json").read_text())
+        _, bundle = load_bundle(path)  # a corrupt bundle.json is one clear line
         runners = []
         for entry in bundle["models"].values():
             found, _ = _onnx_runners(path / entry["file"], name or path.name or "bundle", threads)

@@ -88,7 +88,10 @@ def test_models_it_cannot_feed_are_refused(
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(two))
     ids = _pool_model(tmp_path / "ids.onnx", "ids", ["N", 3, 4, 4], TensorProto.INT64)
     symbolic = _pool_model(tmp_path / "seq.onnx", "tokens", ["N", "C", "L"])
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.json").write_text("{cut")
     for path, says in [
+        (tmp_path / "bundle", "bundle.json is corrupt"),
         (two, "takes 2 inputs (a, b)"),
         (ids, "takes tensor(int64) input 'ids'"),
         (symbolic, "the input's size is not fixed (?,?)"),
