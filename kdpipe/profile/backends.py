@@ -129,11 +129,19 @@ class OrtPredict:
 
 
 def ort_runner(
-    target: Target, path: Path, threads: int, provider: str, spin: bool = False
+    target: Target,
+    path: Path,
+    threads: int,
+    provider: str,
+    spin: bool = False,
+    size_bytes: int | None = None,
 ) -> Runner:
+    """`size_bytes`: the model's bytes on disk where the file alone is not all of them
+    (weights kept as ONNX external data)."""
     predict = OrtPredict(path, threads, provider, spin)
     spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
-    return Runner(target, predict, path.stat().st_size, spec, timed=predict.timed)
+    size = path.stat().st_size if size_bytes is None else size_bytes
+    return Runner(target, predict, size, spec, timed=predict.timed)
 
 
 def tensorrt_predict(

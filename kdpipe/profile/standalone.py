@@ -89,6 +89,20 @@ def _graph(path: Path) -> onnx.GraphProto:
     return onnx.load(str(path), load_external_data=False).graph
 
 
+def onnx_bytes(path: Path, graph: onnx.GraphProto) -> int:
+    """The model's size on disk: the file and every external-data file its tensors name
+    (models over 2 GB, or saved with `save_as_external_data`, keep their weights beside it)."""
+    files = {
+        entry.value
+        for t in graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    beside = [path.parent / f for f in sorted(files)]
+    return path.stat().st_size + sum(f.stat().st_size for f in beside if f.is_file())
+
+
 def _onnx_runners(
     path: Path, name: str, threads: int, alone: bool = False
 ) -> tuple[list[Runner], Declared]:
@@ -98,13 +112,15 @@ def _onnx_runners(
     except (onnx.checker.ValidationError, OSError, ValueError) as e:
         first = first_line(e)
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
-    precision = onnx_precision(_graph(path))
+    graph = _graph(path)
+    precision, size = onnx_precision(graph), onnx_bytes(path, graph)
     out = []
     for backend, provider in ORT_PROVIDERS.items():
         if provider in ort.get_available_providers() and (
             backend == "ort-cpu" or torch.cuda.is_available()
         ):
-            out.append(ort_runner(Target(name, backend, precision), path, threads, provider, alone))
+            target = Target(name, backend, precision)
+            out.append(ort_runner(target, path, threads, provider, alone, size))
     ort_cpu = out[0].predict
     assert isinstance(ort_cpu, OrtPredict)  # CPUExecutionProvider is in every build
     batch = ort_cpu.input.batch

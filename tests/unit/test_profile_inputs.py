@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -116,3 +117,35 @@ def test_shape_and_batch_rules() -> None:
     assert _batch_sizes({"plan": Declared((3, 8, 8), (1, 16))}, [1, 8, 32]) == [1, 8]
     with pytest.raises(ConfigError, match="no batch size.*a takes batch 1 only"):
         _batch_sizes({"a": Declared((3,), (1, 1)), "b": Declared((3,), (2, 2))}, [1, 2])
+
+
+def test_external_data_counts_in_the_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model saved with its weights beside it (as every ONNX file over 2 GB is) weighs
+    the file plus its data, not the few kilobytes of the graph."""
+
+    def raw(name: str, values: np.ndarray) -> TensorProto:  # raw bytes can live outside
+        return helper.make_tensor(name, TensorProto.FLOAT, values.shape, values.tobytes(), raw=True)
+
+    weight = raw("w", np.linspace(0, 1, 4, dtype=np.float32).reshape(4, 1, 1))
+    big = raw("pad", np.zeros(20_000, np.float32))  # unused by the graph, stored all the same
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["y"]),
+        helper.make_node("GlobalAveragePool", ["y"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ext",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[weight, big],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="ext.data")
+    r = _run_json(capsys, tmp_path, str(path), "--batch-sizes", "1")
+    data = (tmp_path / "ext.data").stat().st_size
+    assert data >= 80_000 and r["sizes"]["ext.ort-cpu.fp32"] == path.stat().st_size + data
