@@ -637,12 +637,12 @@ def compare(
     with errors_reported(debug):
         from kdpipe.errors import BudgetError
         from kdpipe.gate import load_report
-        from kdpipe.report.compare import Side, parse_rules
+        from kdpipe.report.compare import Side, machine_difference, parse_rules
         from kdpipe.report.compare import compare as diff
         from kdpipe.runs import load_samples
 
         rules = parse_rules(fail_on or "")
-        sides = []
+        sides, machines = [], []
         for path in (base, new):
             samples = load_samples(path.parent)
             if not samples and not strict and any(r.category == "latency" for r in rules):
@@ -650,7 +650,12 @@ def compare(
                     f"compare: {path} has no profile/samples.json beside it; its latencies "
                     "are compared as point estimates"
                 )
-            sides.append(Side.of(load_report(path), samples))
+            report = load_report(path)
+            sides.append(Side.of(report, samples))
+            machines.append(report.get("environment") or {})
+        elsewhere = machine_difference(*machines)
+        if elsewhere:
+            ui.warn(elsewhere)
         changes = diff(sides[0], sides[1], rules, strict)
         table = Table(
             Column("metric", overflow="fold"),

@@ -13,16 +13,55 @@ import torchvision
 
 from kdpipe import __version__
 
+# Instruction sets that change what kdpipe's kernels run: VNNI decides onnxruntime's INT8
+# path (and reduce_range), BF16/AMX the teacher's precision; absent ones are left out.
+CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
 
-def cpu_model() -> str:
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id() -> str | None:
+    """Vendor, family, model and stepping: a VM often names every CPU generation alike
+    ("AMD EPYC" for Zen 3 and Zen 4, which differ 2x in latency here), these do not."""
+    info = _cpuinfo()
+    named = (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+    parts = [info.get("vendor_id"), *(f"{n} {info[k]}" for n, k in named if k in info)]
+    text = " ".join(p for p in parts if p)
+    return text or None
+
+
+def cpu_features() -> list[str]:
+    info = _cpuinfo()  # x86 names them "flags", arm64 "Features"
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in CPU_FEATURES if f in flags]
 
 
 def nvidia_driver() -> str | None:
@@ -49,6 +88,8 @@ def describe(threads: int) -> dict:
     cuda = torch.cuda.is_available()
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "threads": threads,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,

@@ -106,6 +106,25 @@ def _intervals(
     return interval95(100 * (n / b - 1)), interval95(n - b)
 
 
+MACHINE_KEYS = ("cpu", "cpu_id", "cores", "threads", "gpu")
+
+
+def machine_difference(base: dict, new: dict) -> str:
+    """What differs between the machines two reports were measured on (their `environment`),
+    as one line, or "" when nothing recorded by both differs."""
+    differ = [
+        f"{k} {base[k]} vs {new[k]}"
+        for k in MACHINE_KEYS
+        if k in base and k in new and base[k] != new[k]
+    ]
+    if not differ:
+        return ""
+    return (
+        f"the two runs were measured on different machines ({'; '.join(differ)}): "
+        "latency changes include the machines' difference"
+    )
+
+
 def compare(base: Side, new: Side, rules: list[Rule], strict: bool = False) -> list[Change]:
     shared = sorted(base.metrics.keys() & new.metrics.keys())
     changes = [Change(k, base.metrics[k], new.metrics[k]) for k in shared]

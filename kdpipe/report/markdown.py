@@ -39,6 +39,14 @@ def export_rows(export: dict) -> list[tuple[str, dict, float]]:
     return rows
 
 
+def _cpu_detail(env: dict) -> str:
+    """' (AuthenticAMD family 25 model 17 stepping 1; avx2, avx512f, ...)' where recorded
+    (older reports have neither field)."""
+    parts = [env.get("cpu_id") or "", ", ".join(env.get("cpu_features") or [])]
+    text = "; ".join(p for p in parts if p)
+    return f" ({text})" if text else ""
+
+
 def render_markdown(r: dict) -> str:
     s, t, st = r["summary"], r["teacher"], r["student"]
     basis = s["speedup_basis"]
@@ -130,7 +138,8 @@ def render_markdown(r: dict) -> str:
         "",
         "## Environment",
         "",
-        f"{env['cpu']}, {env['cores']} cores, {env['threads']} threads; GPU: {env['gpu'] or 'none'}; "
+        f"{env['cpu']}{_cpu_detail(env)}, {env['cores']} cores, {env['threads']} threads; "
+        f"GPU: {env['gpu'] or 'none'}; "
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, kdpipe {env['kdpipe']}.",
         "",
         "Stage times: "

@@ -174,6 +174,21 @@ def test_compare_judges_latency_on_the_interval_of_the_change(tmp_path: Path) ->
     ms = {c.metric: c for c in compare(sides[0], sides[1], parse_rules("latency:+0.5"))}
     lo, hi = ms[f"{STUDENT}.p50_ms"].delta_interval or (0, 0)
     assert 0.5 < lo < hi and ms[f"{STUDENT}.p50_ms"].broken_by
+    # reports measured on different machines are compared with a warning naming what differs
+    from kdpipe.report.compare import machine_difference
+
+    zen3 = {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 1", "threads": 2}
+    zen4 = {**zen3, "cpu_id": "AuthenticAMD family 25 model 17"}
+    assert machine_difference(zen3, dict(zen3)) == ""
+    assert "cpu_id AuthenticAMD family 25 model 1 vs AuthenticAMD family 25 model 17" in (
+        machine_difference(zen3, zen4)
+    )
+    assert machine_difference({"cpu": "x"}, {"cpu": "x", "cpu_id": "y"}) == ""  # older report
+    for path, env in ((base, zen3), (new, zen4)):
+        report = json.loads(path.read_text())
+        path.write_text(json.dumps({**report, "environment": env}))
+    proc = kdpipe("compare", str(base), str(new))
+    assert proc.returncode == 0 and "measured on different machines" in proc.stderr
     # without samples the CLI says so and falls back to the points
     (new.parent / "profile" / "samples.json").unlink()
     proc = kdpipe("compare", str(base), str(new), "--fail-on", "latency:+10%")
