@@ -67,7 +67,10 @@ def _unreadable(path: Path, e: Exception, kind: str = "PyTorch") -> ModelError:
     first = first_line(e, 160)
     return ModelError(
         f"weights file {path} is not a readable {kind} file ({first})",
-        "pass a file written by torch.save(model.state_dict(), path)",
+        "pass a file written by safetensors.torch.save_file(state_dict, path) (it may be cut "
+        "short: fetch it again)"
+        if kind == "safetensors"
+        else "pass a file written by torch.save(model.state_dict(), path)",
     )
 
 
