@@ -255,6 +255,13 @@ def load_run_config(run_dir: Path) -> dict:
             f"{run_dir} is not a kdpipe run directory (no config.yaml)",
             "pass the --out of a kdpipe run",
         )
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(
+            f"{path} is unreadable ({type(e).__name__})", "re-run kdpipe run"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds no run config", "re-run kdpipe run")
     data["out"] = str(run_dir)
     return data

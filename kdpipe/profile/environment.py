@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ CPU_FEATURES = (
 )
 
 
+@functools.cache  # read once per process: every result describes the same machine
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
     fields: dict[str, str] = {}

@@ -16,7 +16,6 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
-import yaml
 
 from kdpipe import models, ui
 from kdpipe.config import ProfileConfig, file_model, model_label
@@ -203,19 +202,23 @@ def runners_for(
 def run_dir_targets(run_dir: Path) -> list[tuple[str, str]]:
     """A run directory among other targets stands for its models, named RUN/teacher and
     RUN/student: the exported bundle, the teacher's ONNX file, and both weight files."""
+    from kdpipe.api import load_run_config  # the whole pipeline: only when a run is named
+    from kdpipe.export.stage import TEACHER_ONNX
+
+    cfg = load_run_config(run_dir)
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         archs = {role: str(cfg[role]["arch"]) for role in ("teacher", "student")}
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise ConfigError(
-            f"{run_dir}/config.yaml is unreadable ({type(e).__name__})", "re-run kdpipe run"
+            f"{run_dir}/config.yaml names no teacher or student arch ({type(e).__name__})",
+            "re-run kdpipe run",
         ) from None
     label, export = run_dir.resolve().name, run_dir / "export"
     out = []
     if (export / "bundle.json").is_file():
         out.append((str(export), f"{label}/student"))
-    if (export / "teacher.onnx").is_file():
-        out.append((str(export / "teacher.onnx"), f"{label}/teacher"))
+    if (export / TEACHER_ONNX).is_file():
+        out.append((str(export / TEACHER_ONNX), f"{label}/teacher"))
     for role, weights in (
         ("teacher", run_dir / "teacher" / "model.pt"),
         ("student", run_dir / "distill" / "student.pt"),
@@ -251,7 +254,7 @@ def _shape(declared: dict[str, Declared], input_size: list[int] | None) -> list[
                 )
         return input_size
     ranks = {len(d.dims) for d in declared.values()}
-    merged: list[int | None] = list(DEFAULT_CHW) if not declared else [None] * max(ranks, default=0)
+    merged: list[int | None] = [None] * max(ranks) if declared else list(DEFAULT_CHW)
     for d in declared.values():
         for i, v in enumerate(d.dims):
             clash = v is not None and merged[i] is not None and merged[i] != v
