@@ -20,7 +20,7 @@ import yaml
 
 from kdpipe import models, ui
 from kdpipe.config import RunConfig
-from kdpipe.data import load_data
+from kdpipe.data import DataSplits, load_data
 from kdpipe.data.transfer import check_transfer
 from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
@@ -33,6 +33,7 @@ from kdpipe.profile.stage import run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
 from kdpipe.report.write import write_reports
+from kdpipe.runlock import RunLock
 from kdpipe.runs import (
     RunDir,
     check_until,
@@ -90,16 +91,18 @@ def check_models_take(cfg: RunConfig, num_classes: int, input_size: tuple[int, .
         models.check_input_size(role, arch, num_classes, input_size)
 
 
-def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool) -> Path:
+def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool, lock: RunLock) -> Path:
     """Rank 0 alone checks and claims the output directory while the others wait: a rank
     that looked after rank 0 had begun writing would take the run for someone else's. Every
-    rank then learns whether it worked, so none is left waiting at the next collective."""
+    rank then learns whether it worked, so none is left waiting at the next collective.
+    Rank 0 takes the directory's lock before it writes anything (runlock.py)."""
     out = cfg.out_dir()
     error: ConfigError | None = None
     if main:
         try:
             refuse_foreign_dir(out, forced)
             ensure_writable_dir(out)
+            lock.acquire()
             config = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
             write_text(out / "config.yaml", config)
         except ConfigError as e:
@@ -135,7 +138,25 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
     k = data.info.num_classes
     check_models_take(cfg, k, data.info.input_size)
-    out = _prepare_out_dir(cfg, bool(redo), rank.main)
+    lock = RunLock(cfg.out_dir())
+    try:
+        out = _prepare_out_dir(cfg, bool(redo), rank.main, lock)
+        return _run_stages(cfg, data, redo, until, rank.main, out, stages)
+    finally:
+        lock.release()
+
+
+def _run_stages(
+    cfg: RunConfig,
+    data: DataSplits,
+    redo: set[str],
+    until: str,
+    main: bool,
+    out: Path,
+    stages: dict[str, dict],
+) -> dict:
+    """The stages of `run` from the teacher on, in the claimed output directory."""
+    k = data.info.num_classes
     rd = RunDir(out)
 
     def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
@@ -153,7 +174,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         return result
 
     t_fp = teacher_fingerprint(cfg)
-    if "teacher" in redo and cfg.teacher.weights is None and rank.main:
+    if "teacher" in redo and cfg.teacher.weights is None and main:
         for f in cached_teacher_dir(cfg, t_fp).glob("*"):
             f.unlink()
     teacher = stage(
@@ -184,7 +205,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
 
     # Training is over: leave the process group; export, profile and report run on rank 0 only.
     distributed.shutdown()
-    if until == "distill" or not rank.main:
+    if until == "distill" or not main:
         return distill_metrics
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")

@@ -234,6 +234,7 @@ def run(
     ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe.config import build_config, load_config_file
+        from kdpipe.runlock import RunLock
         from kdpipe.runs import check_until, forced_stages, refuse_foreign_dir
 
         overrides: dict[str, Any] = {
@@ -283,6 +284,9 @@ def run(
         forced = bool(forced_stages(force or ()))
         if "WORLD_SIZE" not in os.environ:  # under torchrun rank 0 checks, while the others wait
             refuse_foreign_dir(cfg.out_dir(), forced)
+            if cfg.out_dir().is_dir():  # a directory another run holds: refused at once too
+                with RunLock(cfg.out_dir()):
+                    pass
         from kdpipe.api import run as run_pipeline
         from kdpipe.report.terminal import print_summary
 

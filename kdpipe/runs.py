@@ -19,6 +19,7 @@ from typing import Any
 
 from kdpipe import __version__
 from kdpipe.errors import ConfigError
+from kdpipe.runlock import LOCK_NAME
 
 STAGES = ("teacher", "distill", "export", "profile", "report")
 
@@ -116,7 +117,8 @@ def refuse_foreign_dir(path: Path, forced: bool) -> None:
     unless told to (--force)."""
     if forced or not path.is_dir() or (path / "config.yaml").is_file():
         return
-    if any(path.iterdir()):
+    # A run killed before it wrote config.yaml leaves only its lock file (runlock.py).
+    if any(p.name != LOCK_NAME for p in path.iterdir()):
         raise ConfigError(
             f"{path} is a non-empty directory that is not a kdpipe run",
             "pick a new --out, or pass --force all to write into it anyway",

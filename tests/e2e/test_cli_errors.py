@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from kdpipe.api import run
+from kdpipe.config import RunConfig
+from kdpipe.errors import ConfigError
 from kdpipe.models import create
+from kdpipe.runlock import RunLock
 from tests.e2e.helpers import kdpipe, kdpipe_here
 
 
@@ -200,3 +205,29 @@ def test_a_bad_value_points_to_its_own_commands_help(
     code, stderr = run_cli([*(a.format(**files) for a in args), "--quiet"], capsys, False)
     assert code == 2 and "invalid value for" in stderr, stderr
     assert f"hint: see `kdpipe {args[0]} --help`" in stderr
+
+
+def test_a_run_directory_in_use_is_refused_untouched(files: dict[str, Path]) -> None:
+    """A second `kdpipe run` into a directory another run holds (runlock.py) writes nothing:
+    refused by the CLI before torch is imported, and by api.run itself (torchrun's rank 0)."""
+    out = files["dir"] / "busy"
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 3\n")
+    (out / "report.json").write_text('{"keep": true}')
+    with RunLock(out):  # this test process plays the run in progress
+        proc = subprocess.run(
+            [sys.executable, "-c", NO_TORCH_PROBE, "run", "--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        with pytest.raises(ConfigError, match="in use by another kdpipe run"):
+            run(RunConfig.model_validate({"out": str(out), "distill": {"train": {"epochs": 1}}}))
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0] == f"error: {out} is in use by another kdpipe run (pid {os.getpid()})"
+    assert lines[1].startswith("hint: wait for that run to finish") and len(lines) == 2
+    assert proc.stdout.strip() == "torch never imported"
+    assert (out / "config.yaml").read_text() == "epochs: 3\n"
+    assert (out / "report.json").read_text() == '{"keep": true}'
+    assert sorted(p.name for p in out.iterdir()) == [".kdpipe.lock", "config.yaml", "report.json"]

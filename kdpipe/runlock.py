@@ -1,0 +1,70 @@
+"""One `kdpipe run` at a time per run directory.
+
+Two runs writing one directory (a job restarted by its scheduler while the first copy still
+runs, the same command typed in two terminals) would overwrite each other's config.yaml and
+stage files and, worse, write the same training checkpoint: both into the one reused spare
+file (distill/checkpoint.py), which then holds tensors of both — and the next resume would
+load it. So rank 0 holds an exclusive `flock` on `OUT/.kdpipe.lock` from before it writes
+config.yaml until the run returns. The kernel drops the lock when the process dies, however
+it dies (SIGKILL included), so a crashed run never blocks the rerun that resumes it; the file
+itself stays behind and means nothing without the lock. POSIX only: where `fcntl` is missing
+(Windows) runs are not locked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+from kdpipe.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".kdpipe.lock"
+
+
+class RunLock:
+    """`acquire()` raises ConfigError at once when another process holds `out`; `release()`
+    (or the end of a `with` block) lets it go."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None or self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.path.parent} is in use by another kdpipe run (pid {holder})",
+                "wait for that run to finish (or stop it), or pick another --out",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,57 @@
+"""One `kdpipe run` per run directory: a second one is refused while the first lives, and a
+lock whose holder was killed blocks nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdpipe.errors import ConfigError
+from kdpipe.runlock import LOCK_NAME, RunLock
+from kdpipe.runs import refuse_foreign_dir
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from kdpipe.runlock import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_held_directory_is_refused_naming_the_holder_and_freed_by_its_death(
+    tmp_path: Path,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError) as refused:
+            RunLock(tmp_path).acquire()
+        assert f"in use by another kdpipe run (pid {holder.pid})" in str(refused.value)
+        os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
+        holder.wait(timeout=30)
+        with RunLock(tmp_path):  # the rerun that resumes the killed run gets in
+            assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            with pytest.raises(ConfigError):
+                RunLock(tmp_path).acquire()  # a second holder, even in this process
+        with RunLock(tmp_path):  # released at the end of the block
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_a_directory_holding_only_a_stale_lock_is_not_someone_elses(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).write_text("12345\n")  # a run killed before it wrote config.yaml
+    refuse_foreign_dir(tmp_path, forced=False)
+    (tmp_path / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match="not a kdpipe run"):
+        refuse_foreign_dir(tmp_path, forced=False)
