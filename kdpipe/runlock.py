@@ -26,6 +26,25 @@ except ImportError:  # Windows
 
 LOCK_NAME = ".kdpipe.lock"
 
+# Lock descriptors this process holds. A forked child (a DataLoader worker) inherits them, and
+# a flock lives as long as any copy: workers that outlived a killed run by a few seconds would
+# refuse its rerun. So children close their copies as they start (closing a copy never
+# releases the parent's lock).
+_held: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
 
 class RunLock:
     """`acquire()` raises ConfigError at once when another process holds `out`; `release()`
@@ -51,10 +70,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _held.add(fd)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor releases the flock
+            _held.discard(self._fd)
+            os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
 
     def __enter__(self) -> RunLock:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,25 @@ def test_a_directory_holding_only_a_stale_lock_is_not_someone_elses(tmp_path: Pa
     (tmp_path / "thesis.tex").write_text("mine")
     with pytest.raises(ConfigError, match="not a kdpipe run"):
         refuse_foreign_dir(tmp_path, forced=False)
+
+
+def test_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked; one that outlives its run must not hold the directory."""
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    ready, started = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: lives on after the run lets go
+        os.write(started, b"1")  # fork's hooks have run by now
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"1"
+        lock.release()
+        with RunLock(tmp_path):  # free although the child still runs
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(started)
