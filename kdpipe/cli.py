@@ -225,7 +225,8 @@ def run(
         Opt("--strict-data", help="Fail on an undecodable image instead of skipping it."),
     ] = None,
     nproc: Annotated[
-        int | None, Opt(help="Train on N processes here (starts torchrun's elastic launcher).")
+        int | None,
+        Opt(min=1, help="Train on N processes here (starts torchrun's elastic launcher)."),
     ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

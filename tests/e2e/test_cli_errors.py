@@ -90,6 +90,7 @@ CASES = {
     # Refused by the --nproc launcher itself, before any worker starts.
     "foreign out dir, --nproc 2": (["--nproc", "2", "--out", "{dir}/foreign"], "not a kdpipe run"),
     "unknown teacher, --nproc 2": (["--nproc", "2", "--teacher", "resnet9"], "unknown model"),
+    "no processes": (["--nproc", "0"], "--nproc"),
     "empty dataset": (["--data", "imagefolder:{dir}/empty"], "no images found"),
     "single-class dataset": (["--data", "imagefolder:{dir}/single"], "single class"),
     "undecodable image, strict": (
