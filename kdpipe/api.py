@@ -26,7 +26,7 @@ from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
-from kdpipe.errors import ConfigError
+from kdpipe.errors import ConfigError, absent
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
 from kdpipe.profile.stage import run_profile_stage
@@ -79,7 +79,7 @@ def validate(cfg: RunConfig) -> None:
         ("--student-weights", cfg.student.weights),
     ):
         if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{label} file {path} does not exist", "check the path")
+            raise ConfigError(f"{label} file {path} {absent(path, folder=False)}", "check the path")
 
 
 def check_models_take(cfg: RunConfig, num_classes: int, input_size: tuple[int, ...]) -> None:

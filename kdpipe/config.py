@@ -212,6 +212,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read config file {path}: {e.strerror}", "check the path"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not text (not UTF-8)", "pass a YAML or TOML file"
+        ) from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:

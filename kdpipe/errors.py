@@ -62,6 +62,18 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"did you mean: {', '.join(near)}?" if near else ""
 
 
+def absent(path: object, folder: bool) -> str:
+    """Why `path` is not the folder (or file) wanted: "does not exist", or what it is instead."""
+    from pathlib import Path
+
+    p = Path(str(path))
+    if folder and p.exists():
+        return "is a file, not a folder"
+    if not folder and p.is_dir():
+        return "is a folder, not a file"
+    return "does not exist"
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of a third-party exception's message (its type's name if it has none),
     cut at `limit` characters: what an `error:` line quotes of onnxruntime, torch, PIL..."""

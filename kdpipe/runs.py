@@ -127,6 +127,10 @@ def refuse_foreign_dir(path: Path, forced: bool) -> None:
 
 def ensure_writable_dir(path: Path) -> None:
     """Create `path` if needed and prove a file can be written there, or raise ConfigError."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"output directory {path} is a file, not a folder", "pass --out with a folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", delete=True):

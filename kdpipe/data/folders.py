@@ -16,7 +16,7 @@ from kdpipe import ui
 from kdpipe.data.image_files import decodes, is_image_file, load_rgb
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
-from kdpipe.errors import DataError
+from kdpipe.errors import DataError, absent
 
 
 def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
@@ -43,7 +43,7 @@ def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
 def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
     if not path.is_dir():
         raise DataError(
-            f"image folder {path} does not exist",
+            f"image folder {path} {absent(path, folder=True)}",
             "point imagefolder:PATH at a folder with one sub-folder of images per class",
         )
     try:

@@ -18,7 +18,7 @@ from kdpipe import ui
 from kdpipe.data.image_files import decodes, is_image_file, load_rgb
 from kdpipe.data.splits import DataInfo, stratified_indices
 from kdpipe.data.transforms import eval_transform
-from kdpipe.errors import DataError
+from kdpipe.errors import DataError, absent
 
 UNLABELED = -1
 
@@ -78,7 +78,8 @@ class UnlabeledFolder(Dataset):
     def __init__(self, root: Path, info: DataInfo) -> None:
         if not root.is_dir():
             raise DataError(
-                f"transfer folder {root} does not exist", "check the path after imagefolder:"
+                f"transfer folder {root} {absent(root, folder=True)}",
+                "check the path after imagefolder:",
             )
         found = sorted(p for p in root.rglob("*") if is_image_file(p.name))
         self.files = [p for p in found if decodes(str(p))]
@@ -113,7 +114,8 @@ def check_transfer(transfer: str | None) -> Path | None:
         )
     if not Path(path).is_dir():
         raise DataError(
-            f"transfer folder {path} does not exist", "check the path after imagefolder:"
+            f"transfer folder {path} {absent(path, folder=True)}",
+            "check the path after imagefolder:",
         )
     return Path(path)
 
