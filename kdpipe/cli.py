@@ -286,8 +286,9 @@ def run(
         if "WORLD_SIZE" not in os.environ:  # under torchrun rank 0 checks, while the others wait
             refuse_foreign_dir(cfg.out_dir(), forced)
             if cfg.out_dir().is_dir():  # a directory another run holds: refused at once too
-                with RunLock(cfg.out_dir()):
-                    pass
+                probe = RunLock(cfg.out_dir())
+                probe.acquire(warn=False)
+                probe.release()
         from kdpipe.api import run as run_pipeline
         from kdpipe.report.terminal import print_summary
 

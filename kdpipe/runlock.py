@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from kdpipe import ui
 from kdpipe.errors import ConfigError
 
 try:
@@ -54,10 +55,16 @@ class RunLock:
         self.path = out / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, warn: bool = True) -> None:
+        """Take the lock, or raise ConfigError naming the holder. A directory that cannot be
+        locked (read-only, a filesystem without flock) is used unlocked, with a warning unless
+        `warn` is off (the CLI's early probe: the run itself reports it)."""
         if fcntl is None or self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return self._unlocked(e, warn)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,10 +74,20 @@ class RunLock:
                 f"{self.path.parent} is in use by another kdpipe run (pid {holder})",
                 "wait for that run to finish (or stop it), or pick another --out",
             ) from None
+        except OSError as e:
+            os.close(fd)
+            return self._unlocked(e, warn)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         _held.add(fd)
+
+    def _unlocked(self, e: OSError, warn: bool) -> None:
+        if warn:
+            ui.warn(
+                f"cannot lock {self.path} ({e.strerror or e}): a second run into this "
+                "directory at the same time would not be detected"
+            )
 
     def release(self) -> None:
         if self._fd is not None:

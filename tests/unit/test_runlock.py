@@ -3,6 +3,7 @@ lock whose holder was killed blocks nothing."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kdpipe import runlock
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME, RunLock
 from kdpipe.runs import refuse_foreign_dir
@@ -78,3 +80,18 @@ def test_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
         os.waitpid(child, 0)
         os.close(ready)
         os.close(started)
+
+
+def test_a_filesystem_without_locks_is_used_unlocked_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with RunLock(tmp_path):
+        pass
+    warning = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "cannot lock" in warning and "would not be detected" in warning
+    RunLock(tmp_path).acquire(warn=False)  # the CLI's early probe says nothing
+    assert capsys.readouterr().err == ""
