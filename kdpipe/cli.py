@@ -283,7 +283,11 @@ def run(
         # What needs no torch is checked before importing it (~5 s): a typo fails at once.
         check_until(until)
         forced = bool(forced_stages(force or ()))
-        if "WORLD_SIZE" not in os.environ:  # under torchrun rank 0 checks, while the others wait
+        if "WORLD_SIZE" in os.environ:
+            from kdpipe.launch import die_with_launcher
+
+            die_with_launcher()
+        else:  # under torchrun rank 0 checks, while the others wait
             refuse_foreign_dir(cfg.out_dir(), forced)
             if cfg.out_dir().is_dir():  # a directory another run holds: refused at once too
                 probe = RunLock(cfg.out_dir())

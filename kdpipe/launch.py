@@ -8,7 +8,8 @@ For several machines call torchrun yourself (README: multi-node).
 
 from __future__ import annotations
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+import os
+import sys
 
 
 def without_nproc(argv: list[str]) -> list[str]:
@@ -28,8 +29,14 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Run `kdpipe <argv>` (minus --nproc) on `nproc` processes; their exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun gives each process 1 thread unless told (and says so on every run): on a CPU
+    # that leaves all but N cores idle. Split the cores this process may use instead.
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc-per-node", str(nproc), "-m", "kdpipe", *without_nproc(argv)]
     )
@@ -39,3 +46,22 @@ def relaunch(nproc: int, argv: list[str]) -> int:
         first = next(iter(e.failures.values()))
         return first.exitcode if first.exitcode > 0 else 1
     return 0
+
+
+def die_with_launcher() -> None:
+    """In a worker that torch's elastic launcher started (torchrun, `kdpipe run --nproc`): be
+    killed when the launcher dies. The launcher starts each worker in a session of its own, so
+    a launcher killed with SIGKILL (a cancelled CI job, the OOM killer) left its workers
+    training on, orphaned, writing into the run directory — and holding its lock, so the rerun
+    that should resume the run was refused until they finished. Linux only (prctl)."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not fatal: the run just keeps the old behaviour
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os._exit(1)

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+from kdpipe.errors import ConfigError
+from kdpipe.runlock import LOCK_NAME, RunLock
 from tests.e2e.helpers import kdpipe
 
 
@@ -30,3 +36,56 @@ def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
     metrics = json.loads((out / "distill" / "metrics.json").read_text())
     assert metrics["teacher_cache"] is True and metrics["history"][-1]["epoch"] == 2
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def free(out: Path) -> bool:
+    """Whether a rerun would get the run directory's lock now."""
+    try:
+        with RunLock(out):
+            return True
+    except ConfigError:
+        return False
+
+
+def test_workers_die_with_a_killed_launcher_and_free_the_run(tmp_path: Path) -> None:
+    """SIGKILL to `kdpipe run --nproc 2` (a cancelled CI job) must not leave its workers
+    training on, orphaned, in the run directory; the rerun then finds it free."""
+    out = tmp_path / "run"
+    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache")}
+    args = ("run", "--nproc", "2", "--teacher", "resnet18", "--out", str(out), "--quiet")
+    launcher = subprocess.Popen(  # 200 teacher epochs: the kill always lands in training
+        [sys.executable, "-m", "kdpipe", *args, "--teacher-epochs", "200"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = 0
+    try:
+        lock = out / LOCK_NAME
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not worker:  # rank 0 locks the run directory
+            text = lock.read_text().strip() if lock.is_file() else ""
+            worker = int(text) if text.isdigit() and int(text) != launcher.pid else 0
+            time.sleep(0.5)
+        assert worker, "rank 0 never locked the run directory"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not free(out) and time.monotonic() < deadline:
+            time.sleep(0.2)  # a dying process lets go of its files as its last thread exits
+        assert free(out), "the run directory is still held after its launcher was killed"
+        assert not alive(worker), "rank 0 trains on after its launcher was killed"
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=30)
+        if worker and alive(worker):  # never leave a 200-epoch orphan behind
+            os.kill(worker, signal.SIGKILL)
