@@ -77,6 +77,7 @@ def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
     from kdpipe.api import _prepare_out_dir
     from kdpipe.config import RunConfig
     from kdpipe.errors import ConfigError
+    from kdpipe.runlock import RunLock
     from kdpipe.runs import set_writer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -86,11 +87,14 @@ def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
     try:
         for name in [f"fresh{i}" for i in range(10)] + ["foreign"]:
             out = Path(root) / name
+            lock = RunLock(out)
             try:
-                _prepare_out_dir(RunConfig(out=out), False, rank == 0)
+                _prepare_out_dir(RunConfig(out=out), False, rank == 0, lock)
                 outcomes.append("ok")
             except ConfigError as e:
                 outcomes.append(f"refused: {e.message}")
+            finally:
+                lock.release()
         (Path(root) / f"outcomes{rank}.txt").write_text("\n".join(outcomes))
     finally:
         dist.destroy_process_group()
