@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class KdpipeError(Exception):
@@ -64,8 +65,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def absent(path: object, folder: bool) -> str:
     """Why `path` is not the folder (or file) wanted: "does not exist", or what it is instead."""
-    from pathlib import Path
-
     p = Path(str(path))
     if folder and p.exists():
         return "is a file, not a folder"

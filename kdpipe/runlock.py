@@ -14,6 +14,7 @@ itself stays behind and means nothing without the lock. POSIX only: where `fcntl
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from types import TracebackType
 
@@ -68,7 +69,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "unknown"
             os.close(fd)
             raise ConfigError(
                 f"{self.path.parent} is in use by another kdpipe run (pid {holder})",
@@ -78,7 +79,8 @@ class RunLock:
             os.close(fd)
             return self._unlocked(e, warn)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # "pid on host": on a shared filesystem the holder may be another machine's process
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
         self._fd = fd
         _held.add(fd)
 

@@ -1,8 +1,9 @@
 """The training loop shared by teacher training and every distillation method.
 
-AdamW (or SGD) with a one-cycle schedule per stage, channels-last tensors (place_for_training), the distiller's
-loss terms summed and logged separately, validation accuracy per epoch, one JSON line per
-epoch in `log.jsonl`, a progress bar with images/s and ETA (rank 0 only). Around that:
+AdamW (or SGD) with a one-cycle schedule per stage, channels-last tensors (see
+place_for_training), the distiller's loss terms summed and logged separately, validation
+accuracy per epoch, one JSON line per epoch in `log.jsonl`, a progress bar with images/s and
+ETA (rank 0 only). Around that:
   - data order: a DistributedSampler permutation per (seed, stage, epoch), so the position in
     the data is just (stage, epoch, batch) and a resumed run sees the same batches;
   - checkpoints every epoch and every `checkpoint_every` steps (checkpoint.py); a rerun resumes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -230,7 +231,8 @@ def test_a_run_directory_in_use_is_refused_untouched(files: dict[str, Path]) -> 
             run(RunConfig.model_validate({"out": str(out), "distill": {"train": {"epochs": 1}}}))
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines[0] == f"error: {out} is in use by another kdpipe run (pid {os.getpid()})"
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert lines[0] == f"error: {out} is in use by another kdpipe run ({holder})"
     assert lines[1].startswith("hint: wait for that run to finish") and len(lines) == 2
     assert proc.stdout.strip() == "torch never imported"
     assert (out / "config.yaml").read_text() == "epochs: 3\n"

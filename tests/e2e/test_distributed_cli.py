@@ -74,7 +74,8 @@ def test_workers_die_with_a_killed_launcher_and_free_the_run(tmp_path: Path) -> 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not worker:  # rank 0 locks the run directory
             text = lock.read_text().strip() if lock.is_file() else ""
-            worker = int(text) if text.isdigit() and int(text) != launcher.pid else 0
+            pid = text.split(" ")[0]
+            worker = int(pid) if pid.isdigit() and int(pid) != launcher.pid else 0
             time.sleep(0.5)
         assert worker, "rank 0 never locked the run directory"
         os.kill(launcher.pid, signal.SIGKILL)

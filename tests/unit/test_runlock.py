@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,11 +39,12 @@ def test_a_held_directory_is_refused_naming_the_holder_and_freed_by_its_death(
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError) as refused:
             RunLock(tmp_path).acquire()
-        assert f"in use by another kdpipe run (pid {holder.pid})" in str(refused.value)
+        here = socket.gethostname()
+        assert f"in use by another kdpipe run (pid {holder.pid} on {here})" in str(refused.value)
         os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
         holder.wait(timeout=30)
         with RunLock(tmp_path):  # the rerun that resumes the killed run gets in
-            assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()} on {here}\n"
             with pytest.raises(ConfigError):
                 RunLock(tmp_path).acquire()  # a second holder, even in this process
         with RunLock(tmp_path):  # released at the end of the block
