@@ -103,8 +103,12 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly; on mismatch name the missing, unexpected and mis-shaped keys."""
+def load_into(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """Load `state` strictly; on mismatch name the missing, unexpected and mis-shaped keys.
+    `assign`: the model's tensors become the state's (a model built on the meta device), each
+    cast to the dtype the model declares (an fp16 file still gives an fp32 model)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -125,13 +129,18 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
             f"weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)}",
             "check the architecture name and the number of classes the weights were trained for",
         )
+    if assign:
+        metadata = getattr(state, "_metadata", None)
+        state = OrderedDict((k, v.to(own[k].dtype)) for k, v in state.items())
+        if metadata is not None:
+            state._metadata = metadata  # type: ignore[attr-defined]
     if getattr(state, "_metadata", None) is None:
         # A file without module versions (a plain dict, or written by other tools): its keys
         # and shapes match this model's layout exactly, so take this model's versions.
         state = OrderedDict(state)
         state._metadata = getattr(own, "_metadata", {})  # type: ignore[attr-defined]
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except (RuntimeError, ValueError) as e:
         first = first_line(e, 160)
         raise ModelError(

@@ -55,20 +55,50 @@ def create(name: str, num_classes: int, weights: str | Path | None = None) -> nn
         model = _from_torchvision_cache(name)
         replace_head(model, num_classes)
         return model
+    if weights is not None and not file_model:
+        return _torchvision_model_with(name, num_classes, Path(weights))
     model = custom.build(name, num_classes) if file_model else _torchvision_model(name, num_classes)
     if weights is not None:
         load_into(model, load_state_dict_file(Path(weights)), source=str(weights))
     return model
 
 
-def _torchvision_model(name: str, num_classes: int) -> nn.Module:
+def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Module:
+    """`name` holding the tensors of `weights`, built on the meta device: the random
+    initialization it would otherwise compute, only to overwrite, took 0.16 s of a 0.27 s
+    resnet50 load (seconds for a ViT-L). RegNet cannot be built there (its constructor reads
+    values), and a model left with a tensor the file did not fill would be unusable: both are
+    built the ordinary way."""
+    state = load_state_dict_file(weights)
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(
+                name, weights=None, **_build_args(name, num_classes)
+            )
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel in __init__
+        model = None
+    if model is not None:
+        load_into(model, state, source=str(weights), assign=True)
+        tensors = [*model.parameters(), *model.buffers()]
+        if not any(t.is_meta for t in tensors):
+            return model
+    model = _torchvision_model(name, num_classes)
+    load_into(model, state, source=str(weights))
+    return model
+
+
+def _build_args(name: str, num_classes: int) -> dict:
     kwargs: dict = {"num_classes": num_classes}
     if name.startswith(_ZERO_INIT):
         kwargs["zero_init_residual"] = True
     if name.startswith(("inception", "googlenet")):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    return kwargs
+
+
+def _torchvision_model(name: str, num_classes: int) -> nn.Module:
+    model = torchvision.models.get_model(name, weights=None, **_build_args(name, num_classes))
     _tame_head_init(model)
     return model
 

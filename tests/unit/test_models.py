@@ -161,3 +161,24 @@ def test_module_versions_survive_loading(tmp_path: Path) -> None:
     for f in (plain, ddp, bare):
         assert torch.equal(create("mnasnet0_5", 3, f).eval()(x), ref)
     assert load_state_dict_file(ddp)._metadata[""] == {"version": 2}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "regnet_x_400mf"])
+def test_a_model_built_on_meta_holds_exactly_the_files_tensors(arch: str, tmp_path: Path) -> None:
+    """create() with a weights file skips the random init (meta device, assign); RegNet, which
+    cannot be built on meta, takes the ordinary path. Either way: the file's values, fp32,
+    trainable parameters, nothing left on meta, the same outputs."""
+    ref = create(arch, 5)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    torch.save(half, tmp_path / "w.pt")
+    model = create(arch, 5, tmp_path / "w.pt")
+    state = model.state_dict()
+    assert state.keys() == half.keys()
+    for k, v in half.items():
+        assert state[k].dtype == ref.state_dict()[k].dtype, k  # an fp16 file, an fp32 model
+        assert torch.equal(state[k], v.to(state[k].dtype)), k
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
+    ref.load_state_dict(half)  # the ordinary path, for the outputs
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), ref.eval()(x))
