@@ -14,18 +14,15 @@ import torch
 from torch import nn
 
 from kdpipe.errors import ConfigError
-from kdpipe.models.zoo import create
+from kdpipe.models.zoo import create, on_meta
 
 # Sizes tried, smallest first, to name one the model takes in the hint.
 TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
 
 
 def _build_on_meta(name: str, num_classes: int) -> nn.Module:
-    try:
-        with torch.device("meta"):
-            return create(name, num_classes).eval()
-    except (NotImplementedError, RuntimeError):  # builders that compute (regnet's widths)
-        return create(name, num_classes).eval().to("meta")
+    model = on_meta(lambda: create(name, num_classes)) or create(name, num_classes).to("meta")
+    return model.eval()
 
 
 def _problem(model: nn.Module, input_size: tuple[int, ...], device: str) -> str | None:

@@ -129,11 +129,10 @@ def load_into(
             f"weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)}",
             "check the architecture name and the number of classes the weights were trained for",
         )
-    if assign:
-        metadata = getattr(state, "_metadata", None)
-        state = OrderedDict((k, v.to(own[k].dtype)) for k, v in state.items())
-        if metadata is not None:
-            state._metadata = metadata  # type: ignore[attr-defined]
+    if assign:  # the model's tensors become these: cast to the dtypes the model declares
+        cast = OrderedDict((k, v.to(own[k].dtype)) for k, v in state.items())
+        cast._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+        state = cast
     if getattr(state, "_metadata", None) is None:
         # A file without module versions (a plain dict, or written by other tools): its keys
         # and shapes match this model's layout exactly, so take this model's versions.

@@ -8,6 +8,7 @@ ImageNet weights already in torchvision's cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,13 +71,9 @@ def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Mo
     values), and a model left with a tensor the file did not fill would be unusable: both are
     built the ordinary way."""
     state = load_state_dict_file(weights)
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(
-                name, weights=None, **_build_args(name, num_classes)
-            )
-    except (NotImplementedError, RuntimeError):  # an op without a meta kernel in __init__
-        model = None
+    model = on_meta(
+        lambda: torchvision.models.get_model(name, weights=None, **_build_args(name, num_classes))
+    )
     if model is not None:
         load_into(model, state, source=str(weights), assign=True)
         tensors = [*model.parameters(), *model.buffers()]
@@ -85,6 +82,16 @@ def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Mo
     model = _torchvision_model(name, num_classes)
     load_into(model, state, source=str(weights))
     return model
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """`build()` on the meta device (shapes only, no memory, no init arithmetic), or None when
+    a constructor computes with values (an op without a meta kernel: RegNet's widths)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):
+        return None
 
 
 def _build_args(name: str, num_classes: int) -> dict:
