@@ -95,7 +95,9 @@ def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool, lock: RunLock) ->
     """Rank 0 alone checks and claims the output directory while the others wait: a rank
     that looked after rank 0 had begun writing would take the run for someone else's. Every
     rank then learns whether it worked, so none is left waiting at the next collective.
-    Rank 0 takes the directory's lock before it writes anything (runlock.py)."""
+    Rank 0 takes the directory's lock before it writes anything (runlock.py). Every rank
+    must see what rank 0 writes there: ranks on other machines with a directory of their own
+    would resume from other checkpoints and wait forever in the next collective."""
     out = cfg.out_dir()
     error: ConfigError | None = None
     if main:
@@ -110,6 +112,15 @@ def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool, lock: RunLock) ->
     if not distributed.all_agree(error is None):
         raise error or ConfigError(
             f"rank 0 could not use the output directory {out}", "see rank 0's message"
+        )
+    blind = distributed.ranks_not_seeing(out)
+    if blind:
+        who = ", ".join(f"{r} on {host}" for r, host in blind[:4])
+        ranks, verb = ("rank", "does") if len(blind) == 1 else ("ranks", "do")
+        raise ConfigError(
+            f"--out {out} is not one directory for every rank: {ranks} {who} {verb} not see "
+            "the files rank 0 writes there",
+            "on several machines put --out on a filesystem every node mounts at the same path",
         )
     return out
 

@@ -15,8 +15,11 @@ progress.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -100,6 +103,47 @@ def all_agree(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+PROBE_PREFIX = ".kdpipe-shared-"
+_HOST_BYTES = 64
+
+
+def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
+    """The ranks (with their hosts) that do not see a file rank 0 has just created in `out`:
+    on several machines `out` must be one shared directory, else ranks would resume from
+    different checkpoints or disagree on which stages are done, and hang in the next
+    collective. Rank 0 creates a file of a fresh random name (a stale one of the same name
+    cannot exist on another disk), every rank looks for it, rank 0 removes it. CPU tensors
+    only: gloo carries them beside NCCL."""
+    d = current()
+    if not d.active:
+        return []
+    token = torch.zeros(16, dtype=torch.uint8)
+    if d.main:
+        for stale in out.glob(f"{PROBE_PREFIX}*.tmp"):  # left by a run killed here
+            stale.unlink(missing_ok=True)
+        name = secrets.token_bytes(16)
+        try:
+            (out / f"{PROBE_PREFIX}{name.hex()}.tmp").touch()
+            token = torch.frombuffer(bytearray(name), dtype=torch.uint8)
+        except OSError:  # no probe, no verdict: the zero token tells every rank to skip it
+            pass
+    dist.broadcast(token, 0)
+    if not token.any():
+        return []
+    probe = out / f"{PROBE_PREFIX}{bytes(token.tolist()).hex()}.tmp"
+    host = socket.gethostname().encode()[:_HOST_BYTES].ljust(_HOST_BYTES, b"\0")
+    mine = torch.tensor([int(probe.exists()), *host], dtype=torch.uint8)
+    seen = [torch.empty_like(mine) for _ in range(d.world)]
+    dist.all_gather(seen, mine)
+    if d.main:
+        probe.unlink(missing_ok=True)
+    return [
+        (r, bytes(t[1:].tolist()).rstrip(b"\0").decode(errors="replace"))
+        for r, t in enumerate(seen)
+        if not t[0]
+    ]
 
 
 def barrier() -> None:

@@ -112,3 +112,46 @@ def test_rank_0_alone_claims_the_out_dir_and_every_rank_learns_the_verdict(tmp_p
     assert "is a non-empty directory that is not a kdpipe run" in rank0[10]
     assert rank1[10].startswith("refused: rank 0 could not use the output directory")
     assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["notes.txt"]
+
+
+def _node_local_worker(rank: int, world: int, port: int, root: str) -> None:
+    """Two "machines" whose --out is the same path on disks of their own: rank r's
+    directory is root/node{r}/run."""
+    from kdpipe.api import _prepare_out_dir
+    from kdpipe.config import RunConfig
+    from kdpipe.distill.distributed import ranks_not_seeing
+    from kdpipe.errors import ConfigError
+    from kdpipe.runlock import RunLock
+    from kdpipe.runs import set_writer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    set_writer(rank == 0)
+    outcomes = [repr(ranks_not_seeing(Path(root) / "node0"))]  # one directory: all see it
+    out = Path(root) / f"node{rank}" / "run"
+    lock = RunLock(out)
+    try:
+        _prepare_out_dir(RunConfig(out=out), False, rank == 0, lock)
+        outcomes.append("ok")
+    except ConfigError as e:
+        outcomes.append(f"refused: {e.message} | {e.hint}")
+    finally:
+        lock.release()
+        dist.destroy_process_group()
+    (Path(root) / f"outcomes{rank}.txt").write_text("\n".join(outcomes))
+
+
+def test_an_out_dir_that_other_ranks_do_not_see_is_refused_on_every_rank(tmp_path: Path) -> None:
+    # Without the check, ranks on other machines with a directory of their own resume from
+    # other checkpoints (or none) and wait forever in the next all-reduce.
+    (tmp_path / "node0").mkdir()
+    mp.spawn(_node_local_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = ((tmp_path / f"outcomes{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert rank0[0] == rank1[0] == "[]"
+    assert rank0[1] == rank1[1].replace("node1", "node0")  # the same path on each machine
+    host = socket.gethostname()
+    assert rank0[1].startswith(f"refused: --out {tmp_path / 'node0' / 'run'} is not one directory")
+    assert f"rank 1 on {host} does not see the files rank 0 writes there" in rank0[1]
+    assert "a filesystem every node mounts" in rank0[1]
+    assert not (tmp_path / "node1").exists()  # the other "machine" got nothing
+    assert not list((tmp_path / "node0").rglob(".kdpipe-shared-*"))  # the probe is gone
