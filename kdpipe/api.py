@@ -11,6 +11,7 @@ skipped and its files are reused; `force` names stages to redo (and everything a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,9 +54,48 @@ from kdpipe.teacher import (
 )
 
 
-def validate(cfg: RunConfig) -> None:
+def world_size() -> int:
+    """Processes training together: torchrun's WORLD_SIZE (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batch_splits(cfg: RunConfig) -> list[tuple[str, int]]:
+    """(role, global batch) of each training this run may do."""
+    roles = [("student", cfg.distill.train.batch_size)]
+    if cfg.teacher.weights is None:
+        roles.insert(0, ("teacher", cfg.teacher.train.batch_size))
+    return roles
+
+
+def check_batches(cfg: RunConfig, world: int) -> None:
+    """Each process takes batch // world images of a global batch: fewer than one is no split."""
+    for role, batch in batch_splits(cfg):
+        if batch < world:
+            raise ConfigError(
+                f"the {role} batch size {batch} is smaller than the {world} processes "
+                "training together",
+                f"--batch-size is the global batch, split between the processes: give at least "
+                f"{world} (a multiple of {world} splits it exactly), or start fewer processes",
+            )
+
+
+def note_uneven_batches(cfg: RunConfig, world: int) -> None:
+    by_batch: dict[int, list[str]] = {}
+    for role, batch in batch_splits(cfg):
+        by_batch.setdefault(batch, []).append(role)
+    for batch, roles in by_batch.items():
+        if world > 1 and batch % world:
+            ui.info(
+                f"note: the {' and '.join(roles)} batch size {batch} is not a multiple of "
+                f"{world} processes: each takes {batch // world}, "
+                f"{batch // world * world} images per step"
+            )
+
+
+def validate(cfg: RunConfig, world: int | None = None) -> None:
     """Check names and files before any work starts, so bad input fails in a second (the
-    launcher of `--nproc` runs it once, before any worker starts)."""
+    launcher of `--nproc` runs it once, before any worker starts, with `world` = N)."""
+    check_batches(cfg, world or world_size())
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
     d = cfg.distill
@@ -137,6 +177,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     if not rank.main:
         ui.set_quiet(True)
         set_writer(False)
+    note_uneven_batches(cfg, rank.world)
     torch.manual_seed(cfg.seed)
     stages: dict[str, dict] = {}
     # Data and model shapes are checked before the output directory is touched.

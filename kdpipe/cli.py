@@ -300,7 +300,7 @@ def run(
             from kdpipe.api import validate
             from kdpipe.launch import relaunch
 
-            validate(cfg)  # --until, --force and --out were checked above
+            validate(cfg, nproc)  # --until, --force and --out were checked above
             raise typer.Exit(relaunch(nproc, sys.argv[1:]))
         report = run_pipeline(cfg, force or (), until)
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":

@@ -96,6 +96,10 @@ CASES = {
     "foreign out dir, --nproc 2": (["--nproc", "2", "--out", "{dir}/foreign"], "not a kdpipe run"),
     "unknown teacher, --nproc 2": (["--nproc", "2", "--teacher", "resnet9"], "unknown model"),
     "no processes": (["--nproc", "0"], "--nproc"),
+    "batch below processes, --nproc 4": (
+        ["--nproc", "4", "--batch-size", "2"],
+        "batch size 2 is smaller than the 4 processes",
+    ),
     "empty dataset": (["--data", "imagefolder:{dir}/empty"], "no images found"),
     "single-class dataset": (["--data", "imagefolder:{dir}/single"], "single class"),
     "undecodable image, strict": (
@@ -238,3 +242,30 @@ def test_a_run_directory_in_use_is_refused_untouched(files: dict[str, Path]) -> 
     assert (out / "config.yaml").read_text() == "epochs: 3\n"
     assert (out / "report.json").read_text() == '{"keep": true}'
     assert sorted(p.name for p in out.iterdir()) == [".kdpipe.lock", "config.yaml", "report.json"]
+
+
+def test_under_torchrun_a_batch_smaller_than_the_world_is_refused(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchrun describes the world in the environment; every rank refuses before it joins.
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    out = files["dir"] / "torchrun-out"
+    ran = kdpipe_here(capsys, "run", "--batch-size", "2", "--out", str(out), "--quiet")
+    assert ran.returncode == 2, ran.stderr
+    assert "the teacher batch size 2 is smaller than the 3 processes" in ran.stderr
+    assert "hint: --batch-size is the global batch" in ran.stderr
+    assert not out.exists()
+
+
+def test_a_batch_that_does_not_split_evenly_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdpipe.api import note_uneven_batches
+
+    cfg = RunConfig.model_validate({"distill": {"train": {"batch_size": 128}}})
+    note_uneven_batches(cfg, 3)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("note:") == 1  # one note for teacher and student alike
+    assert "teacher and student batch size 128 is not a multiple of 3 processes" in err
+    assert "each takes 42, 126 images per step" in err
+    note_uneven_batches(cfg, 2)
+    assert "note" not in capsys.readouterr().err
