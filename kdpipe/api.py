@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdpipe import models, ui
+from kdpipe import models, stopping, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits, load_data
 from kdpipe.data.transfer import check_transfer
@@ -213,6 +213,9 @@ def _run_stages(
 
     def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
         distributed.barrier()  # every rank decides reuse from the same files
+        stop = stopping.requested()  # a signal as the last stage's training ended
+        if stop:
+            raise stopping.Stopped(stop, f"before the {name} stage")
         start = time.perf_counter()
         if name not in redo and rd.is_done(name, fp):
             ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")

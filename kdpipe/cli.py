@@ -18,8 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from kdpipe import __version__, ui
+from kdpipe import __version__, stopping, ui
 from kdpipe.errors import ConfigError, KdpipeError
+from kdpipe.stopping import Stopped
 
 app = typer.Typer(
     help="Distill a big image model into a small one, export it, profile both, report.",
@@ -46,6 +47,10 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except KdpipeError as e:
         if debug:
             traceback.print_exc()
+        _fail(e.message, e.hint, e.exit_code)
+    except Stopped as e:  # a signal (stopping.py); under torchrun rank 0 says it for all
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(e.exit_code) from None
         _fail(e.message, e.hint, e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", "finished stages are kept; run the same command again to resume", 130)
@@ -302,7 +307,8 @@ def run(
 
             validate(cfg, nproc)  # --until, --force and --out were checked above
             raise typer.Exit(relaunch(nproc, sys.argv[1:]))
-        report = run_pipeline(cfg, force or (), until)
+        with stopping.handled():
+            report = run_pipeline(cfg, force or (), until)
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":
             return  # rank 0 reports
         where = cfg.out_dir()

@@ -1,7 +1,9 @@
-"""Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N kills this process
-with SIGKILL the N-th time execution reaches POINT. Points: `step` (after an optimizer step),
-`epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way through writing a
-checkpoint, before its rename). Unset in normal use, where it costs one dict lookup."""
+"""Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N[:SIGNAL] sends this
+process SIGNAL (KILL by default; TERM or INT to test stopping.py) the N-th time execution
+reaches POINT; with KDPIPE_FAULT_RANK=R only torchrun's rank R does. Points: `step` (after an
+optimizer step), `epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way
+through writing a checkpoint, before its rename). Unset in normal use, where it costs one
+dict lookup."""
 
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ def reached(point: str) -> None:
     spec = os.environ.get("KDPIPE_FAULT")
     if not spec:
         return
-    name, _, n = spec.partition(":")
+    name, n, sig = (spec.split(":") + ["", ""])[:3]
     if name != point:
+        return
+    rank = os.environ.get("KDPIPE_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(n or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[f"SIG{sig or 'KILL'}"])

@@ -29,6 +29,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Run `kdpipe <argv>` (minus --nproc) on `nproc` processes; their exit status."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -45,6 +46,8 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     except ChildFailedError as e:
         first = next(iter(e.failures.values()))
         return first.exitcode if first.exitcode > 0 else 1
+    except SignalException as e:  # the launcher passed the signal on to its workers, which
+        return 128 + int(e.sigval)  # stopped at a safe point and said so (stopping.py)
     return 0
 
 

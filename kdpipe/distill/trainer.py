@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kdpipe import faults, ui
+from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
 from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed, precise_bn
@@ -206,7 +206,7 @@ def fit(
         }
         writer.submit(checkpoint, state, reached)
 
-    with ui.progress() as bar, anomaly, writer.finished_on_error():
+    with ui.progress() as bar, anomaly, writer.finished_on_error(), stopping.deferred():
         task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
         for stage_index, (stage_name, epochs) in enumerate(plan):
             if stage_index < pos["stage"]:
@@ -264,14 +264,18 @@ def fit(
                         stats=f"{label}ep {epoch}/{epochs} {shown}",
                     )
                     faults.reached("step")
-                    at_end = batches == per_epoch
+                    at_end = batches == per_epoch  # epoch ends have their own checkpoint
+                    stop = stopping.requested() if not at_end and stopping.due(batches) else 0
                     if (
                         checkpoint
-                        and checkpoint.every
-                        and batches % checkpoint.every == 0
+                        and (stop or (checkpoint.every and batches % checkpoint.every == 0))
                         and not at_end
                     ):
                         save({"stage": stage_index, "epoch": epoch, "batch": batches}, log.flush())
+                    if stop:  # a signal (stopping.py): this very position is what resumes
+                        writer.wait()
+                        where = f"in {desc} after {label}epoch {epoch} step {batches}"
+                        raise stopping.Stopped(stop, where, saved=checkpoint is not None)
                 sums = log.flush()  # every step read (and guarded) before anything is saved
                 # BatchNorm that tracks slowly (MobileNetV3) or after depthwise convolutions
                 # (MobileNetV2, EfficientNet) gets statistics that match its weights.
@@ -308,6 +312,12 @@ def fit(
                     if nxt["stage"] < len(plan):
                         save(nxt, {}, reached="epoch")
                 bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
+                last = stage_index == len(plan) - 1 and epoch == epochs
+                stop = stopping.requested()  # every rank is here, at every epoch end
+                if stop and not last:  # after the last epoch the stage finishes first (api.py)
+                    writer.wait()
+                    where = f"in {desc} after {label}epoch {epoch}"
+                    raise stopping.Stopped(stop, where, saved=checkpoint is not None)
     # Back to the CPU in the default layout: export and profiling start from there.
     distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     writer.wait()

@@ -65,3 +65,38 @@ def test_killed_run_resumes_bit_identical(
     assert not list(checkpoints.glob("*")) and not list(checkpoints.glob(".*"))
     log = (out / "distill" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # one line per epoch, none duplicated by the resume
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "where", "position"),
+    [
+        ("step:6:TERM", 143, "SIGTERM in distill mobilenet_v3_small (kd) after epoch 1 step 6", 6),
+        ("epoch:1:INT", 130, "SIGINT in distill mobilenet_v3_small (kd) after epoch 1,", 0),
+    ],
+    ids=["sigterm-mid-epoch", "sigint-at-epoch-end"],
+)
+def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
+    fault: str,
+    code: int,
+    where: str,
+    position: int,
+    tmp_path: Path,
+    cache: dict[str, str],
+    uninterrupted: dict,
+) -> None:
+    """SIGTERM (a scheduler preempting the job) or Ctrl-C: the step in progress finishes, its
+    exact position is checkpointed (step 6, not the --checkpoint-every 4 one before it), one
+    error line says so, the exit status is the shell's 128 + signal."""
+    out = tmp_path / "run"
+    stopped = kdpipe(*ARGS, "--out", str(out), env={**cache, "KDPIPE_FAULT": fault})
+    assert stopped.returncode == code, stopped.stderr[-2000:]
+    assert f"error: stopped by {where}" in " ".join(stopped.stderr.split())
+    assert "hint: run the same command again to resume from there" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    saved = torch.load(out / "distill" / "checkpoints" / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["batch"]) == ((1, 6) if position else (2, 0))
+    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(student[name], tensor), name

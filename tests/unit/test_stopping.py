@@ -1,0 +1,101 @@
+"""SIGTERM / SIGINT: immediate outside a training loop, at the next step inside one (with the
+ranks agreeing under torchrun), and a resumed DDP run equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import TensorDataset
+
+from kdpipe import stopping
+from kdpipe.config import TrainConfig
+from kdpipe.distill.checkpoint import Checkpointing
+from kdpipe.distill.methods import get
+from kdpipe.distill.trainer import fit
+from kdpipe.stopping import Stopped
+from tests.unit.test_distributed import _free_port, _net
+
+
+def _signal_self(sig: signal.Signals) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.2)  # Python runs the handler at its next instruction; be sure it got there
+
+
+def test_outside_a_training_loop_a_signal_stops_at_once() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as e, stopping.handled():
+        _signal_self(signal.SIGTERM)
+    assert e.value.exit_code == 143 and e.value.message == "stopped by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_in_a_loop_the_first_signal_waits_and_a_second_stops_at_once() -> None:
+    with stopping.handled(), stopping.deferred():
+        _signal_self(signal.SIGINT)  # Ctrl-C: noted, the step goes on
+        assert stopping.requested() == signal.SIGINT
+        with pytest.raises(Stopped) as e:
+            _signal_self(signal.SIGTERM)  # a second one does not wait
+    assert e.value.exit_code == 143
+    assert stopping.requested() == 0  # nothing left pending for the next run in this process
+
+
+CFG = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+
+
+def _data() -> tuple[TensorDataset, TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(640, 3, 8, 8, generator=g), torch.randint(0, 5, (640,), generator=g)
+    return TensorDataset(x, y), TensorDataset(x[:20], y[:20])
+
+
+def _worker(rank: int, world: int, port: int, root: str, run: str, fault: str) -> None:
+    """One rank of a 2-process run in root/run; `fault`: KDPIPE_FAULT for rank 1 only."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
+    if fault:
+        os.environ.update(KDPIPE_FAULT=fault, KDPIPE_FAULT_RANK="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    student, teacher = _net(1), _net(2)
+    kd = get("kd")(student, teacher, input_shape=(3, 8, 8))
+    train, val = _data()
+    ck = Checkpointing(Path(root) / run / "last.pt", key="k")
+    outcome = "finished"
+    try:
+        with stopping.handled():
+            fit(kd, train, val, CFG, seed=0, desc="t", checkpoint=ck)
+        torch.save(student.state_dict(), Path(root) / f"{run}-student{rank}.pt")
+    except Stopped as e:
+        outcome = f"{e.exit_code} {e.message}"
+    finally:
+        dist.destroy_process_group()
+    (Path(root) / f"{run}-outcome{rank}.txt").write_text(outcome)
+
+
+def _spawn(root: Path, run: str, fault: str = "") -> list[str]:
+    mp.spawn(_worker, args=(2, _free_port(), str(root), run, fault), nprocs=2, join=True)
+    return [(root / f"{run}-outcome{r}.txt").read_text() for r in (0, 1)]
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    # Rank 1 alone gets SIGTERM after its 3rd step; the ranks agree every 8 steps, so both stop
+    # after step 8 (neither is left waiting in an all-reduce), and rank 0 checkpoints step 8.
+    assert stopping.DDP_CHECK_STEPS == 8
+    stopped = _spawn(tmp_path, "a", "step:3:TERM")
+    assert (
+        stopped == ["143 stopped by SIGTERM in t after epoch 1 step 8, its checkpoint written"] * 2
+    )
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["batch"]) == (1, 8)
+    assert _spawn(tmp_path, "a") == ["finished"] * 2  # the rerun resumes from step 8
+    assert _spawn(tmp_path, "whole") == ["finished"] * 2
+    resumed = torch.load(tmp_path / "a-student0.pt", weights_only=True)
+    whole = torch.load(tmp_path / "whole-student0.pt", weights_only=True)
+    for name, tensor in whole.items():
+        assert torch.equal(resumed[name], tensor), name
