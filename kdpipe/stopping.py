@@ -7,7 +7,7 @@ the CPU) instead of from the last epoch end or `--checkpoint-every` step, so a p
 loses one step, not an epoch. Under torchrun the ranks agree on it (a max over ranks every
 `DDP_CHECK_STEPS` steps and at epoch ends) so all stop at the same step, even when only one of
 them got the signal. A request that arrives as a stage's training ends is acted upon before
-the next stage starts. Outside a training loop, and at a second signal, the stop is immediate:
+the next stage starts. Outside a training loop, and at a second Ctrl-C, the stop is immediate:
 `Stopped` is raised wherever the program is (every file is written to a temporary name and
 renamed, so nothing is left half-written). `Stopped` derives from KeyboardInterrupt so that
 no `except Exception` on the way swallows it. Exit status: 128 + the signal's number, as a
@@ -50,6 +50,11 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     global _pending
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
+        return
+    if _deferring and signum == signal.SIGTERM:
+        # Already stopping. A scheduler may send SIGTERM to every process of the job (Slurm
+        # does), so a torchrun worker gets one from it and one from its launcher: only a
+        # second Ctrl-C, a person insisting, stops at once (a scheduler insists with SIGKILL).
         return
     raise Stopped(signum)
 

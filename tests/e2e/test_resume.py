@@ -100,3 +100,25 @@ def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     for name, tensor in uninterrupted.items():
         assert torch.equal(student[name], tensor), name
+
+
+def test_a_signal_as_training_ends_lets_the_stage_finish_and_stops_before_the_next(
+    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+) -> None:
+    """SIGTERM after the last step: the student is saved and its stage marked done, then the
+    run stops before export; the rerun reuses the stage and only exports."""
+    out = tmp_path / "run"
+    args = [*ARGS, "--until", "export", "--precision", "fp32", "--out", str(out)]
+    last = 2 * 9  # 2 epochs of 9 steps (1257 training images at batch 128, tails dropped)
+    stopped = kdpipe(*args, env={**cache, "KDPIPE_FAULT": f"step:{last}:TERM"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "error: stopped by SIGTERM before the export stage" in stopped.stderr
+    assert "hint: finished stages are kept" in stopped.stderr
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert all(torch.equal(student[k], t) for k, t in uninterrupted.items())
+    assert not (out / "export").exists()
+    done = (out / "distill" / "stage.json").stat().st_mtime_ns
+    rerun = kdpipe(*args, env=cache)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (out / "export" / "student.onnx").is_file()
+    assert (out / "distill" / "stage.json").stat().st_mtime_ns == done  # reused, not retrained

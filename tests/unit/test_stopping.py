@@ -36,13 +36,14 @@ def test_outside_a_training_loop_a_signal_stops_at_once() -> None:
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
-def test_in_a_loop_the_first_signal_waits_and_a_second_stops_at_once() -> None:
+def test_in_a_loop_the_first_signal_waits_and_a_second_ctrl_c_stops_at_once() -> None:
     with stopping.handled(), stopping.deferred():
-        _signal_self(signal.SIGINT)  # Ctrl-C: noted, the step goes on
-        assert stopping.requested() == signal.SIGINT
+        _signal_self(signal.SIGTERM)  # noted, the step goes on
+        _signal_self(signal.SIGTERM)  # Slurm's and the launcher's copies: still the one request
+        assert stopping.requested() == signal.SIGTERM
         with pytest.raises(Stopped) as e:
-            _signal_self(signal.SIGTERM)  # a second one does not wait
-    assert e.value.exit_code == 143
+            _signal_self(signal.SIGINT)  # a person pressing Ctrl-C does not wait
+    assert e.value.exit_code == 130 and e.value.message == "stopped by SIGINT"
     assert stopping.requested() == 0  # nothing left pending for the next run in this process
 
 
