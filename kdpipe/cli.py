@@ -6,6 +6,7 @@ Every failure the user can fix prints `error: ...` and `hint: ...` on stderr and
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -57,6 +58,14 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # not a bug
+            _fail(
+                f"cannot write {e.filename or 'a file'}: {e.strerror}",
+                "free space on that disk, or point --out (or $KDPIPE_CACHE) elsewhere; "
+                "finished stages and the last checkpoint are kept: run the same command again "
+                "to resume",
+                1,
+            )
         first = (str(e).strip().splitlines() or [""])[0][:300]
         _fail(f"internal error: {type(e).__name__}: {first}", "rerun with --debug and report it", 1)
 

@@ -38,21 +38,59 @@ def cache_root() -> Path:
     return Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache" / "kdpipe"))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode a plain open() gives them (0o666 less the umask). mkstemp's 0o600 made
+# every artifact readable by its owner alone: a report served by a web server, a run
+# directory shared with a team or read by a CI job of another user could not be read.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds
-    (and only on the process that writes: rank 0 of a distributed run)."""
+    (and only on the process that writes: rank 0 of a distributed run). A write the disk
+    refuses (full, over quota) names `path` in its OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if _writer:
             os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp_path):
+            e.filename = str(path)  # the user knows the file, not its temporary name
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def torch_save_into(obj: Any, f: Any) -> None:
+    """torch.save into an open file. A write the disk refuses (full, over quota) comes out as
+    its OSError: torch reports it as a RuntimeError ("unexpected pos ...") whose context is
+    the OSError (and, given a path instead of a file, without even that)."""
+    import torch
+
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save to `path`, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch_save_into(obj, f)
 
 
 def write_text(path: Path, text: str) -> None:

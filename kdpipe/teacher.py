@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from kdpipe import models, ui
@@ -25,11 +24,11 @@ from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import predict_logits, top1, warn_near_chance
 from kdpipe.runs import (
-    atomic_path,
     cache_root,
     file_sha256,
     fingerprint,
     read_json,
+    save_torch,
     write_json,
 )
 
@@ -56,8 +55,7 @@ def cached_teacher_dir(cfg: RunConfig, fp: str) -> Path:
 
 
 def save_state(model: nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(model.state_dict(), path)
 
 
 def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str) -> TeacherResult:

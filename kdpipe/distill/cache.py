@@ -27,7 +27,7 @@ from kdpipe import __version__, ui
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import autocast_to
-from kdpipe.runs import atomic_path, cache_root
+from kdpipe.runs import cache_root, save_torch
 
 
 @torch.inference_mode()
@@ -95,8 +95,7 @@ def teacher_outputs(
     table = _compute(teacher, dataset, num_classes, dtype)
     if path is not None:
         try:
-            with atomic_path(path) as tmp:  # rank 0 writes
-                torch.save({"logits": table.cpu()}, tmp)
+            save_torch({"logits": table.cpu()}, path)  # rank 0 writes
         except OSError as e:  # a full or read-only cache costs the reuse, not the run
             ui.warn(f"teacher-logit table not stored in {path.parent}: {e.strerror or e}")
         # Others wait for rank 0's write: a rank that looked for the table again before it

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdpipe import faults, ui
+from kdpipe.runs import torch_save_into
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,13 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
     while the old one is freed. On the CI machine's ext4 (mounted with discard) that took a
     134 MB checkpoint from 0.13-0.40 s, with spikes to 1.7 s, to a steady 0.05-0.13 s."""
     spare, keep = _spare_paths(ck)
-    with open(spare, "r+b" if spare.is_file() else "wb") as f, _without_crc32():
-        torch.save({"key": ck.key, **state}, f)
-        f.truncate()
+    try:
+        with open(spare, "r+b" if spare.is_file() else "wb") as f, _without_crc32():
+            torch_save_into({"key": ck.key, **state}, f)
+            f.truncate()
+    except OSError as e:  # a full disk: name the checkpoint (the last one stays whole)
+        e.filename = str(ck.path)
+        raise
     faults.reached("checkpoint")
     kept = False
     if ck.path.is_file():

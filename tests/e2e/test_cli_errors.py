@@ -269,3 +269,29 @@ def test_a_batch_that_does_not_split_evenly_is_noted(capsys: pytest.CaptureFixtu
     assert "each takes 42, 126 images per step" in err
     note_uneven_batches(cfg, 2)
     assert "note" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_naming_the_file_not_an_internal_error(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdpipe.distill import checkpoint
+
+    real_open = open  # every checkpoint write lands on /dev/full: "No space left on device"
+    monkeypatch.setattr(
+        checkpoint, "open", lambda p, mode: real_open("/dev/full", "wb"), raising=False
+    )
+    out = files["dir"] / "full-disk"
+    env = {"KDPIPE_CACHE": str(files["dir"] / "cache")}
+    ran = kdpipe_here(
+        capsys,
+        *("run", "--teacher", "resnet18", "--student", "resnet18", "--image-size", "16"),
+        *("--teacher-epochs", "1", "--epochs", "1", "--checkpoint-every", "2"),
+        *("--until", "distill", "--out", str(out), "--quiet"),
+        env=env,
+    )
+    assert ran.returncode == 1, ran.stderr
+    err = " ".join(ran.stderr.split())
+    path = out / "teacher" / "checkpoints" / "last.pt"
+    assert f"error: cannot write {path}: No space left on device" in err
+    assert "hint: free space on that disk" in err and "internal error" not in err
+    assert "Traceback" not in ran.stderr

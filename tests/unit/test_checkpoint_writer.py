@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,20 @@ def test_without_hard_links_each_checkpoint_gets_a_fresh_file(
         ckpt.save(ck, {"epoch": epoch})
         assert torch.load(ck.path, weights_only=True)["epoch"] == epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_full_disk_is_an_oserror_naming_the_checkpoint_and_the_last_one_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.save reports a full disk as RuntimeError("unexpected pos ..."); kdpipe surfaces
+    # the OSError underneath, named after the checkpoint, so the CLI can say what to do.
+    ck = ckpt.Checkpointing(tmp_path / "last.pt", key="k")
+    ckpt.save(ck, {"w": torch.arange(4.0)})
+    real_open = open
+    monkeypatch.setattr(ckpt, "open", lambda p, mode: real_open("/dev/full", "wb"), raising=False)
+    with pytest.raises(OSError) as e:
+        ckpt.save(ck, {"w": torch.zeros(1000)})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(ck.path)
+    monkeypatch.undo()
+    saved = ckpt.load(ck)
+    assert saved is not None and torch.equal(saved["w"], torch.arange(4.0))

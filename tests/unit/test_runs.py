@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from kdpipe.runs import RunDir, atomic_path, fingerprint, write_json
+from kdpipe.runs import RunDir, atomic_path, fingerprint, write_json, write_text
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
@@ -52,3 +54,16 @@ def test_a_malicious_or_foreign_checkpoint_is_never_resumed(tmp_path: Path) -> N
     ckpt.save(ck, {"epoch": 2})
     assert ckpt.load(ck) == {"key": "abc", "epoch": 2}
     assert not list(ck.path.parent.glob(".*.tmp"))
+
+
+def test_artifacts_get_the_mode_a_plain_open_gives_them(tmp_path: Path) -> None:
+    # mkstemp creates 0600 files: every report and model was readable by its owner alone.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_text(tmp_path / "report.md", "# r\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == stat.S_IMODE(
+        plain.stat().st_mode
+    )
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~mask
