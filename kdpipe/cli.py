@@ -48,6 +48,8 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except KdpipeError as e:
         if debug:
             traceback.print_exc()
+        if e.everywhere and os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(e.exit_code) from None  # rank 0 says it for every rank
         _fail(e.message, e.hint, e.exit_code)
     except Stopped as e:  # a signal (stopping.py); under torchrun rank 0 says it for all
         if os.environ.get("RANK", "0") != "0":

@@ -15,6 +15,8 @@ class KdpipeError(Exception):
     """Base of all errors kdpipe reports to users."""
 
     exit_code = 2
+    # Raised on every rank of a torchrun job alike: rank 0 reports it, the others stay quiet.
+    everywhere = False
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)

@@ -105,8 +105,5 @@ def requested() -> int:
     if not distributed.current().active:
         return _pending
     import torch
-    import torch.distributed as dist
 
-    t = torch.tensor([_pending], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(distributed.max_over_ranks(torch.tensor([_pending]))[0])

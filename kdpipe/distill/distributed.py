@@ -96,6 +96,14 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / d.world for k, v in zip(keys, t, strict=True)}
 
 
+def max_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of a small CPU tensor over ranks (gloo)."""
+    if current().active:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_agree(flag: bool) -> bool:
     """True when `flag` holds on every rank (each rank may have its own disk)."""
     if not current().active:

@@ -9,6 +9,7 @@ gradient synchronization.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -133,9 +134,27 @@ class Stepper:
         (kdpipe.distill.losslog): reading them here would stall the GPU every step."""
         if self.runtime.cuda:
             return
-        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
-        if bad:
-            raise nonfinite_error(bad[0], float(terms[bad[0]].detach()), self.where)
+        names = list(terms)
+        bad = [k for k in names if not bool(torch.isfinite(terms[k].detach()).all())]
+        d = distributed.current()
+        if not d.active:
+            if bad:
+                raise nonfinite_error(bad[0], float(terms[bad[0]].detach()), self.where)
+            return
+        # Under torchrun every rank learns of a bad term on any rank, so all stop here
+        # together (a lone rank stopping left the others in the next all-reduce until gloo
+        # found its peer gone: "internal error: Connection closed by peer").
+        kinds = [float("nan"), float("inf"), float("-inf")]
+        value = float(terms[bad[0]].detach()) if bad else 0.0
+        kind = (1 if math.isnan(value) else 2 if value > 0 else 3) if bad else 0
+        mine = torch.tensor([names.index(bad[0]) + 1 if bad else 0, d.rank + 1 if bad else 0, kind])
+        worst = distributed.max_over_ranks(mine)
+        if worst[0]:
+            term, rank = names[int(worst[0]) - 1], int(worst[1]) - 1
+            shown = kinds[int(worst[2]) - 1]
+            error = nonfinite_error(term, shown, f"{self.where} on rank {rank}")
+            error.everywhere = True
+            raise error
 
     def update(self, loss: Tensor, opt: torch.optim.Optimizer, terms: dict[str, Tensor]) -> None:
         self.check(terms)

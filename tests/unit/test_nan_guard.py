@@ -53,3 +53,39 @@ def test_out_of_range_method_parameters_are_refused() -> None:
         HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"T": 0.0})
     with pytest.raises(ConfigError, match="out of range"):
         HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"alpha": float("inf")})
+
+
+def _rank_worker(rank: int, world: int, port: int, root: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+    # Only rank 1's shard turns NaN (a bad image on one rank), at its 7th step.
+    d = BreaksAtStep(student, teacher, input_shape=(4, 1, 1), at=7 if rank == 1 else 10**9)
+    data = TensorDataset(torch.randn(80, 4), torch.randint(0, 3, (80,)))
+    ck = Checkpointing(Path(root) / "last.pt", key="k", every=2)
+    outcome = "finished"
+    try:
+        fit(d, data, data, TrainConfig(epochs=3, batch_size=16), seed=0, desc="t", checkpoint=ck)
+    except TrainingError as e:
+        outcome = f"{e.everywhere} {e.message}"
+    finally:
+        dist.destroy_process_group()
+    (Path(root) / f"outcome{rank}.txt").write_text(outcome)
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from tests.unit.test_distributed import _free_port
+
+    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes == ["True loss term 'kd' became nan at train epoch 2 step 2 on rank 1"] * 2
+    saved = load_checkpoint(Checkpointing(tmp_path / "last.pt", key="k"))
+    assert saved is not None and (saved["epoch"], saved["batch"]) == (2, 0)
