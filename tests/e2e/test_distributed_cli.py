@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME, RunLock
 from tests.e2e.helpers import kdpipe
@@ -90,3 +92,35 @@ def test_workers_die_with_a_killed_launcher_and_free_the_run(tmp_path: Path) -> 
         launcher.wait(timeout=30)
         if worker and alive(worker):  # never leave a 200-epoch orphan behind
             os.kill(worker, signal.SIGKILL)
+
+
+def test_sigterm_to_the_launcher_stops_both_ranks_at_a_checkpoint(tmp_path: Path) -> None:
+    """A scheduler preempting `kdpipe run --nproc 2` signals the launcher, which passes SIGTERM
+    on: the ranks stop together at a checkpointed step; one line says so; exit 143."""
+    out = tmp_path / "run"
+    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    args = ("run", "--nproc", "2", "--teacher", "resnet18", "--out", str(out), "--quiet")
+    launcher = subprocess.Popen(  # 200 teacher epochs: the signal always lands in training
+        [sys.executable, "-m", "kdpipe", *args, "--teacher-epochs", "200", "--image-size", "16"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        log = out / "teacher" / "log.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not log.is_file():
+            time.sleep(0.2)  # rank 0 writes the log as training starts
+        assert log.is_file(), "training never started"
+        time.sleep(1.0)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 143, stderr[-3000:]
+    assert stderr.count("error: stopped by SIGTERM in teacher resnet18 after epoch") == 1, stderr
+    assert "its checkpoint written" in stderr and "Traceback" not in stderr
+    saved = torch.load(out / "teacher" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] >= 1 and saved["batch"] % 8 == 0  # the ranks agree every 8 steps
+    assert free(out)
