@@ -129,6 +129,28 @@ def place_for_training(module: nn.Module, device: torch.device) -> None:
             conv.weight.data = conv.weight.data.contiguous()
 
 
+def _fits_this_world(
+    saved: dict, per_epoch: int, world: int, desc: str, checkpoint: Checkpointing | None
+) -> dict | None:
+    """A checkpoint written by another number of processes: its position (epoch, step) means
+    the same here when an epoch has as many steps, else it is set aside (a global batch that
+    does not split evenly can change the count, and the schedule would run out of steps)."""
+    was_world, was_steps = int(saved.get("world", world)), int(saved.get("per_epoch", per_epoch))
+    where = checkpoint.path if checkpoint else "the checkpoint"
+    if was_steps != per_epoch:
+        ui.warn(
+            f"{desc}: not resuming from {where}: it counts {was_steps} steps per epoch on "
+            f"{was_world} processes, this run {per_epoch} on {world}; starting the stage over"
+        )
+        return None
+    if was_world != world:
+        ui.info(
+            f"{desc}: resuming a checkpoint of {was_world} processes on {world}: the same "
+            "step, but the data order from here on is not an uninterrupted run's"
+        )
+    return saved
+
+
 def stage_epochs(fraction: float, epochs: int) -> int:
     """Epochs of a stage: the main stage runs all of them, an initialization stage a fraction."""
     return epochs if fraction >= 1.0 else max(1, round(fraction * epochs))
@@ -167,6 +189,8 @@ def fit(
     # Where to start: the beginning, or the position a matching checkpoint recorded.
     pos = {"stage": 0, "epoch": 1, "batch": 0}
     saved = ckpt.load(checkpoint) if checkpoint else None
+    if saved is not None:
+        saved = _fits_this_world(saved, per_epoch, d.world, desc, checkpoint)
     sums: dict[str, float] = {}  # an epoch's loss sums so far (from a checkpoint when resuming)
     seen, elapsed = 0, 0.0
     if saved is not None:
@@ -203,6 +227,8 @@ def fit(
             "seen": seen,
             "elapsed": time.perf_counter() - start,
             "history": result.history,
+            "per_epoch": per_epoch,  # steps per epoch, and the processes that took them
+            "world": d.world,
         }
         writer.submit(checkpoint, state, reached)
 

@@ -100,3 +100,39 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) 
     whole = torch.load(tmp_path / "whole-student0.pt", weights_only=True)
     for name, tensor in whole.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_a_checkpoint_of_another_world_resumes_only_where_its_steps_mean_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdpipe import faults
+
+    train, val = _data()
+    ck = Checkpointing(tmp_path / "last.pt", key="k")
+
+    def run() -> str | None:
+        kd = get("kd")(_net(1), _net(2), input_shape=(3, 8, 8))
+        return fit(kd, train, val, CFG, seed=0, desc="t", checkpoint=ck).resumed_from
+
+    monkeypatch.setattr(faults, "_counts", {})
+    with monkeypatch.context() as m, pytest.raises(Stopped), stopping.handled():
+        m.setenv("KDPIPE_FAULT", "step:2:TERM")
+        run()  # stops after step 2, checkpointed: 20 steps per epoch, one process
+
+    def rewrite(**fields: int) -> None:  # as if another number of processes had written it
+        state = torch.load(ck.path, weights_only=True)
+        torch.save({**state, **fields}, ck.path)
+
+    rewrite(world=2, per_epoch=20)  # 2 processes, as many steps: the position holds
+    assert run() == "stage 0 epoch 1 batch 2"
+    assert "resuming a checkpoint of 2 processes on 1: the same step" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    with monkeypatch.context() as m, pytest.raises(Stopped), stopping.handled():
+        m.setattr(faults, "_counts", {})
+        m.setenv("KDPIPE_FAULT", "step:2:TERM")
+        run()
+    rewrite(world=3, per_epoch=21)  # another step count: step 2 of 21 is not step 2 of 20
+    assert run() is None
+    err = " ".join(capsys.readouterr().err.split())
+    assert "21 steps per epoch on 3 processes, this run 20 on 1; starting the stage over" in err
