@@ -27,6 +27,8 @@ class KdpipeError(Exception):
 class ConfigError(KdpipeError):
     """An option or config file value is invalid."""
 
+    everywhere = True  # decided from the options, which every rank shares
+
 
 class DataError(KdpipeError):
     """A dataset is unknown, missing or unreadable."""
