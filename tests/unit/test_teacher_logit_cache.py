@@ -163,9 +163,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     set_writer(rank == 0)
     if rank == 0:  # a slow disk: rank 1 must still find the table when it looks again
-        import kdpipe.distill.cache as cache
+        import kdpipe.runs as runs
 
-        real = cache.atomic_path
+        real = runs.atomic_path  # what save_torch writes the table through
 
         @contextlib.contextmanager
         def slow(path: Path) -> Iterator[Path]:
@@ -173,7 +173,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 yield tmp
                 time.sleep(1.0)
 
-        cache.atomic_path = slow  # type: ignore[assignment]
+        runs.atomic_path = slow  # type: ignore[assignment]
     try:
         data = _images(n=41)  # 41 rows over 2 ranks: unequal shares
         first = teacher_outputs(_teacher(), data, num_classes=4)
