@@ -69,7 +69,20 @@ def errors_reported(debug: bool) -> Iterator[None]:
                 1,
             )
         first = (str(e).strip().splitlines() or [""])[0][:300]
+        if "WORLD_SIZE" in os.environ and any(s in str(e) for s in PEER_GONE):
+            _fail(
+                f"lost contact with another process of this run: {first}",
+                "that process failed or was stopped (its own error says why); finished stages "
+                "and the last checkpoint are kept: run the same command again to resume, or "
+                "let --max-restarts N do it",
+                1,
+            )
         _fail(f"internal error: {type(e).__name__}: {first}", "rerun with --debug and report it", 1)
+
+
+# What gloo and NCCL say when a peer process died: the error of a rank whose partner failed,
+# not a bug of its own.
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
 def _csv(value: str | None, cast: type = str, option: str = "") -> list | None:
@@ -244,6 +257,14 @@ def run(
         int | None,
         Opt(min=1, help="Train on N processes here (starts torchrun's elastic launcher)."),
     ] = None,
+    max_restarts: Annotated[
+        int,
+        Opt(
+            min=0,
+            help="With --nproc: after a process fails, start them all again up to N times; "
+            "each restart resumes from the last checkpoint.",
+        ),
+    ] = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -317,7 +338,12 @@ def run(
             from kdpipe.launch import relaunch
 
             validate(cfg, nproc)  # --until, --force and --out were checked above
-            raise typer.Exit(relaunch(nproc, sys.argv[1:]))
+            raise typer.Exit(relaunch(nproc, sys.argv[1:], max_restarts))
+        if max_restarts and "WORLD_SIZE" not in os.environ:
+            raise ConfigError(
+                "--max-restarts restarts the processes --nproc starts",
+                "add --nproc N (N >= 2), or give torchrun its own --max-restarts",
+            )
         with stopping.handled():
             report = run_pipeline(cfg, force or (), until)
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":

@@ -1,6 +1,7 @@
 """Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N[:SIGNAL] sends this
 process SIGNAL (KILL by default; TERM or INT to test stopping.py) the N-th time execution
-reaches POINT; with KDPIPE_FAULT_RANK=R only torchrun's rank R does. Points: `step` (after an
+reaches POINT; with KDPIPE_FAULT_RANK=R only torchrun's rank R does, and never after the
+elastic launcher restarted the processes. Points: `step` (after an
 optimizer step), `epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way
 through writing a checkpoint, before its rename). Unset in normal use, where it costs one
 dict lookup."""
@@ -23,6 +24,8 @@ def reached(point: str) -> None:
     rank = os.environ.get("KDPIPE_FAULT_RANK")
     if rank is not None and rank != os.environ.get("RANK", "0"):
         return
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return  # a fault strikes the first attempt only: the launcher's restarts then recover
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(n or 1):
         os.kill(os.getpid(), signal.Signals[f"SIG{sig or 'KILL'}"])

@@ -11,24 +11,29 @@ from __future__ import annotations
 import os
 import sys
 
+LAUNCHER_OPTIONS = ("--nproc", "--max-restarts")  # the launcher's; workers never see them
 
-def without_nproc(argv: list[str]) -> list[str]:
+
+def without_launcher_options(argv: list[str]) -> list[str]:
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == "--nproc":
+        if arg in LAUNCHER_OPTIONS:
             skip = True
             continue
-        if arg.startswith("--nproc="):
+        if arg.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
             continue
         out.append(arg)
     return out
 
 
-def relaunch(nproc: int, argv: list[str]) -> int:
-    """Run `kdpipe <argv>` (minus --nproc) on `nproc` processes; their exit status."""
+def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Run `kdpipe <argv>` (minus the launcher's options) on `nproc` processes; their exit
+    status. After a failure (a process killed, out of memory, a lost peer) the launcher
+    starts them all again up to `max_restarts` times, and each restart resumes from the last
+    checkpoint the run wrote."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -38,8 +43,16 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
+    # Restarted workers must not meet the first attempt's addresses in the rendezvous store the
+    # launcher shares with them: they connected to dead peers ("Gloo connectFullMesh failed
+    # ... Connection refused"; pytorch/pytorch#135712). A store of their own per attempt.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     args = get_args_parser().parse_args(
-        ["--standalone", "--nproc-per-node", str(nproc), "-m", "kdpipe", *without_nproc(argv)]
+        [
+            *("--standalone", "--nproc-per-node", str(nproc)),
+            *("--max-restarts", str(max_restarts)),
+            *("-m", "kdpipe", *without_launcher_options(argv)),
+        ]
     )
     try:
         run(args)

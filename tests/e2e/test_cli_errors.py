@@ -96,6 +96,7 @@ CASES = {
     "foreign out dir, --nproc 2": (["--nproc", "2", "--out", "{dir}/foreign"], "not a kdpipe run"),
     "unknown teacher, --nproc 2": (["--nproc", "2", "--teacher", "resnet9"], "unknown model"),
     "no processes": (["--nproc", "0"], "--nproc"),
+    "restarts without processes": (["--max-restarts", "2"], "--max-restarts restarts the"),
     "batch below processes, --nproc 4": (
         ["--nproc", "4", "--batch-size", "2"],
         "batch size 2 is smaller than the 4 processes",

@@ -124,3 +124,30 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_a_checkpoint(tmp_path: Path
     saved = torch.load(out / "teacher" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] >= 1 and saved["batch"] % 8 == 0  # the ranks agree every 8 steps
     assert free(out)
+
+
+def test_max_restarts_recovers_a_killed_rank_and_ends_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 killed mid-epoch (SIGKILL: out of memory, a lost machine): the launcher starts
+    both ranks again, they resume from the last checkpoint, and the student equals the one of
+    a run nobody killed."""
+    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    args = [
+        *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
+        *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
+        *("--checkpoint-every", "3", "--until", "distill", "--quiet"),
+    ]
+    whole = kdpipe(*args, "--out", str(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    fault = {"KDPIPE_FAULT": "step:8", "KDPIPE_FAULT_RANK": "1"}  # the teacher is cached now
+    out = tmp_path / "restarted"
+    restarted = kdpipe(*args, "--max-restarts", "1", "--out", str(out), env={**env, **fault})
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "exitcode: -9" in restarted.stderr  # rank 1 really was killed
+    assert "internal error" not in restarted.stderr  # rank 0: "lost contact", not a bug
+    reference = torch.load(tmp_path / "whole" / "distill" / "student.pt", weights_only=True)
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    for name, tensor in reference.items():
+        assert torch.equal(student[name], tensor), name
+    assert len((out / "distill" / "log.jsonl").read_text().splitlines()) == 2
