@@ -82,7 +82,13 @@ def errors_reported(debug: bool) -> Iterator[None]:
 
 # What gloo and NCCL say when a peer process died: the error of a rank whose partner failed,
 # not a bug of its own.
-PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+PEER_GONE = (
+    "Connection reset by peer",  # gloo
+    "Connection closed by peer",
+    "Broken pipe",
+    "remote process exited or there was a network error",  # NCCL
+    "Connection closed by remote peer",
+)
 
 
 def _csv(value: str | None, cast: type = str, option: str = "") -> list | None:
