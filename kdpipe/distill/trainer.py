@@ -291,7 +291,8 @@ def fit(
                     )
                     faults.reached("step")
                     at_end = batches == per_epoch  # epoch ends have their own checkpoint
-                    stop = stopping.requested() if not at_end and stopping.due(batches) else 0
+                    ask = not at_end and stopping.due(batches, rt.cuda)
+                    stop = stopping.requested() if ask else 0
                     if (
                         checkpoint
                         and (stop or (checkpoint.every and batches % checkpoint.every == 0))

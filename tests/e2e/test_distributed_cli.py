@@ -122,7 +122,7 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_a_checkpoint(tmp_path: Path
     assert stderr.count("error: stopped by SIGTERM in teacher resnet18 after epoch") == 1, stderr
     assert "its checkpoint written" in stderr and "Traceback" not in stderr
     saved = torch.load(out / "teacher" / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["epoch"] >= 1 and saved["batch"] % 8 == 0  # the ranks agree every 8 steps
+    assert saved["epoch"] >= 1  # a position both ranks agreed on
     assert free(out)
 
 

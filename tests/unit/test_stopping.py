@@ -85,16 +85,15 @@ def _spawn(root: Path, run: str, fault: str = "") -> list[str]:
 
 
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
-    # Rank 1 alone gets SIGTERM after its 3rd step; the ranks agree every 8 steps, so both stop
-    # after step 8 (neither is left waiting in an all-reduce), and rank 0 checkpoints step 8.
-    assert stopping.DDP_CHECK_STEPS == 8
+    # Rank 1 alone gets SIGTERM after its 3rd step; on CPUs the ranks agree after every step,
+    # so both stop after step 3 (neither is left waiting in an all-reduce), and rank 0
+    # checkpoints step 3.
     stopped = _spawn(tmp_path, "a", "step:3:TERM")
-    assert (
-        stopped == ["143 stopped by SIGTERM in t after epoch 1 step 8, its checkpoint written"] * 2
-    )
+    expected = "143 stopped by SIGTERM in t after epoch 1 step 3, its checkpoint written"
+    assert stopped == [expected] * 2
     saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["batch"]) == (1, 8)
-    assert _spawn(tmp_path, "a") == ["finished"] * 2  # the rerun resumes from step 8
+    assert (saved["epoch"], saved["batch"]) == (1, 3)
+    assert _spawn(tmp_path, "a") == ["finished"] * 2  # the rerun resumes from step 3
     assert _spawn(tmp_path, "whole") == ["finished"] * 2
     resumed = torch.load(tmp_path / "a-student0.pt", weights_only=True)
     whole = torch.load(tmp_path / "whole-student0.pt", weights_only=True)
@@ -136,3 +135,9 @@ def test_a_checkpoint_of_another_world_resumes_only_where_its_steps_mean_the_sam
     assert run() is None
     err = " ".join(capsys.readouterr().err.split())
     assert "21 steps per epoch on 3 processes, this run 20 on 1; starting the stage over" in err
+
+
+def test_ranks_agree_after_every_step_on_cpus_and_every_8_on_gpus() -> None:
+    assert stopping.DDP_CHECK_STEPS == 8
+    # One process asks at every step whatever the device (a flag read, no collective).
+    assert all(stopping.due(s, gpu=g) for s in range(1, 20) for g in (False, True))
