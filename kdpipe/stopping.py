@@ -16,17 +16,24 @@ shell reports a process that the signal ended.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DDP_CHECK_STEPS = 8  # GPUs under torchrun: ranks agree every this many steps (see `due`)
+STUCK_AFTER_S = 10.0  # a signal whose handler has not run by then finds the process stuck
 
 _pending = 0  # the signal received while deferring, not yet acted upon (0: none)
 _deferring = 0
+_handler_runs = 0  # how many signals the Python handler has seen (the watchdog compares)
+_previous: dict[int, Any] = {}  # the handlers before `handled()`; forked children get them back
 
 
 class Stopped(KeyboardInterrupt):
@@ -47,7 +54,8 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    global _pending
+    global _pending, _handler_runs
+    _handler_runs += 1
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
         return
@@ -67,15 +75,84 @@ def handled() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _previous.update({s: signal.getsignal(s) for s in SIGNALS})
     for s in SIGNALS:
         signal.signal(s, _handle)
+    watchdog = _Watchdog()
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        watchdog.close()
+        for signum, h in _previous.items():
+            signal.signal(signum, h)
+        _previous.clear()
         _pending = 0
+
+
+class _Watchdog:
+    """Ends the process when a signal's Python handler cannot run. Python runs handlers in the
+    main thread between bytecodes, so a main thread stuck in one long C call (a collective
+    waiting for a peer that hangs) would never act on SIGTERM — without a handler the signal
+    ended it at once. Python's C-level handler writes each signal's number to the wakeup fd;
+    this thread reads it and, if the Python handler has not run STUCK_AFTER_S later, exits."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="kdpipe-signals", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        received = _handler_runs
+        while True:
+            try:
+                data = self._read.recv(64)
+            except OSError:
+                return
+            if not data:
+                return  # closed: the run is over
+            for signum in data:
+                if signum not in SIGNALS:
+                    continue
+                received += 1
+                deadline = time.monotonic() + STUCK_AFTER_S
+                while _handler_runs < received and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if _handler_runs < received:
+                    name = signal.Signals(signum).name
+                    os.write(
+                        2,
+                        f"error: stopped by {name}: the process was stuck (waiting for another "
+                        f"process?) and could not stop at a safe point within {STUCK_AFTER_S:.0f} "
+                        "s\nhint: finished stages and the last checkpoint are kept; run the same "
+                        "command again to resume\n".encode(),
+                    )
+                    os._exit(128 + signum)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        self._write.close()  # the thread's recv returns b"" and it ends
+        self._thread.join(timeout=5)
+        self._read.close()
+
+
+def _reset_in_child() -> None:
+    """A forked child (a DataLoader worker) gets the handlers from before `handled()` and no
+    wakeup fd: else its own signals would look stuck to the parent's watchdog, and a SIGTERM
+    from the DataLoader shutting it down would only set a flag it never reads."""
+    if not _previous:
+        return
+    try:
+        signal.set_wakeup_fd(-1)
+        for s, h in _previous.items():
+            signal.signal(s, h)
+    except ValueError:  # forked from another thread: it cannot set handlers
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 @contextmanager

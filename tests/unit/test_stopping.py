@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -141,3 +142,72 @@ def test_ranks_agree_after_every_step_on_cpus_and_every_8_on_gpus() -> None:
     assert stopping.DDP_CHECK_STEPS == 8
     # One process asks at every step whatever the device (a flag read, no collective).
     assert all(stopping.due(s, gpu=g) for s in range(1, 20) for g in (False, True))
+
+
+STUCK_RANK = """
+import sys, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+from kdpipe import stopping
+dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+if dist.get_rank() == 1:
+    time.sleep(300)  # a peer that hangs: it never joins the all-reduce
+with stopping.handled(), stopping.deferred():
+    print("waiting", flush=True)
+    dist.all_reduce(torch.ones(1))  # one C call that never returns to Python
+"""
+
+
+def test_a_process_stuck_in_a_collective_still_ends_on_sigterm(tmp_path: Path) -> None:
+    """Python runs signal handlers between bytecodes; a main thread stuck in one C call never
+    gets there. Without handlers SIGTERM ended such a process at once; the watchdog thread
+    keeps that true (after STUCK_AFTER_S)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", STUCK_RANK],
+            env={**env, "RANK": str(r), "WORLD_SIZE": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        assert ranks[0].stdout is not None
+        assert ranks[0].stdout.readline().strip() == "waiting"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        ranks[0].send_signal(signal.SIGTERM)
+        _, err = ranks[0].communicate(timeout=stopping.STUCK_AFTER_S + 30)
+        took = time.monotonic() - sent
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+    assert ranks[0].returncode == 143, err
+    assert "error: stopped by SIGTERM: the process was stuck" in err
+    assert stopping.STUCK_AFTER_S - 1 < took < stopping.STUCK_AFTER_S + 20
+
+
+def _child_handlers(queue: Any) -> None:
+    queue.put((signal.getsignal(signal.SIGTERM), signal.set_wakeup_fd(-1)))
+
+
+def test_forked_children_get_the_handlers_from_before() -> None:
+    # A DataLoader worker that kept kdpipe's handler would only note the SIGTERM its
+    # DataLoader ends it with; one that kept the wakeup fd would alarm the parent's watchdog.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping.handled():
+        child = ctx.Process(target=_child_handlers, args=(queue,))
+        child.start()
+        handler, wakeup_fd = queue.get(timeout=30)
+        child.join(timeout=30)
+    assert handler == before and wakeup_fd == -1
