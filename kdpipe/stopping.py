@@ -32,7 +32,7 @@ STUCK_AFTER_S = 10.0  # a signal whose handler has not run by then finds the pro
 
 _pending = 0  # the signal received while deferring, not yet acted upon (0: none)
 _deferring = 0
-_handler_runs = 0  # how many signals the Python handler has seen (the watchdog compares)
+_last_handled = float("-inf")  # when the Python handler last ran (time.monotonic)
 _previous: dict[int, Any] = {}  # the handlers before `handled()`; forked children get them back
 
 
@@ -54,8 +54,8 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    global _pending, _handler_runs
-    _handler_runs += 1
+    global _pending, _last_handled
+    _last_handled = time.monotonic()
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
         return
@@ -94,43 +94,49 @@ class _Watchdog:
     main thread between bytecodes, so a main thread stuck in one long C call (a collective
     waiting for a peer that hangs) would never act on SIGTERM — without a handler the signal
     ended it at once. Python's C-level handler writes each signal's number to the wakeup fd;
-    this thread reads it and, if the Python handler has not run STUCK_AFTER_S later, exits."""
+    this thread reads it and exits the process unless the Python handler has run since about
+    then within STUCK_AFTER_S. Times, not counts: Python runs the handler once for signals
+    that arrive together (Slurm's SIGTERM and the launcher's), while each writes a byte."""
+
+    SLACK_S = 1.0  # the handler may run a little before this thread wakes to read the byte
 
     def __init__(self) -> None:
         self._read, self._write = socket.socketpair()
         self._write.setblocking(False)
+        self._closed = threading.Event()
         self._old_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._watch, name="kdpipe-signals", daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        received = _handler_runs
         while True:
             try:
                 data = self._read.recv(64)
             except OSError:
                 return
-            if not data:
+            if not data or self._closed.is_set():
                 return  # closed: the run is over
-            for signum in data:
-                if signum not in SIGNALS:
-                    continue
-                received += 1
-                deadline = time.monotonic() + STUCK_AFTER_S
-                while _handler_runs < received and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if _handler_runs < received:
-                    name = signal.Signals(signum).name
-                    os.write(
-                        2,
-                        f"error: stopped by {name}: the process was stuck (waiting for another "
-                        f"process?) and could not stop at a safe point within {STUCK_AFTER_S:.0f} "
-                        "s\nhint: finished stages and the last checkpoint are kept; run the same "
-                        "command again to resume\n".encode(),
-                    )
-                    os._exit(128 + signum)
+            ours = [b for b in data if b in SIGNALS]
+            if not ours:
+                continue
+            since = time.monotonic() - self.SLACK_S
+            deadline = since + self.SLACK_S + STUCK_AFTER_S
+            while _last_handled < since and time.monotonic() < deadline:
+                if self._closed.wait(0.05):
+                    return
+            if _last_handled < since:
+                name = signal.Signals(ours[0]).name
+                os.write(
+                    2,
+                    f"error: stopped by {name}: the process was stuck (waiting for another "
+                    f"process?) and could not stop at a safe point within {STUCK_AFTER_S:.0f} "
+                    "s\nhint: finished stages and the last checkpoint are kept; run the same "
+                    "command again to resume\n".encode(),
+                )
+                os._exit(128 + ours[0])
 
     def close(self) -> None:
+        self._closed.set()
         signal.set_wakeup_fd(self._old_fd)
         self._write.close()  # the thread's recv returns b"" and it ends
         self._thread.join(timeout=5)

@@ -211,3 +211,39 @@ def test_forked_children_get_the_handlers_from_before() -> None:
         handler, wakeup_fd = queue.get(timeout=30)
         child.join(timeout=30)
     assert handler == before and wakeup_fd == -1
+
+
+TWO_SIGTERMS = """
+import time, torch
+from kdpipe import stopping
+a = torch.randn(3000, 3000)
+with stopping.handled(), stopping.deferred():
+    print("busy", flush=True)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:  # long C calls (~0.3 s): both signals land in one of them
+        a @ a
+    time.sleep(stopping.STUCK_AFTER_S + 2)  # then responsive (handlers run during sleep)
+    print("alive, stopping on", stopping.requested(), flush=True)
+"""
+
+
+def test_signals_that_arrive_together_do_not_look_stuck_to_the_watchdog() -> None:
+    """Slurm signals every process of a job and torchrun's launcher passes its own SIGTERM on:
+    two deliveries, two bytes on the wakeup fd, but Python runs the handler once for both."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", TWO_SIGTERMS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "busy"
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    time.sleep(0.05)  # apart enough for two deliveries (the kernel merges a pending repeat)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert out.strip() == f"alive, stopping on {int(signal.SIGTERM)}"
