@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 LAUNCHER_OPTIONS = ("--nproc", "--max-restarts")  # the launcher's; workers never see them
 
@@ -47,20 +48,23 @@ def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     # launcher shares with them: they connected to dead peers ("Gloo connectFullMesh failed
     # ... Connection refused"; pytorch/pytorch#135712). A store of their own per attempt.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    args = get_args_parser().parse_args(
-        [
-            *("--standalone", "--nproc-per-node", str(nproc)),
-            *("--max-restarts", str(max_restarts)),
-            *("-m", "kdpipe", *without_launcher_options(argv)),
-        ]
-    )
-    try:
-        run(args)
-    except ChildFailedError as e:
-        first = next(iter(e.failures.values()))
-        return first.exitcode if first.exitcode > 0 else 1
-    except SignalException as e:  # the launcher passed the signal on to its workers, which
-        return 128 + int(e.sigval)  # stopped at a safe point and said so (stopping.py)
+    # The launcher keeps per-attempt folders (error files) under a log directory it creates in
+    # /tmp and never removes: one torchelastic_* tree per run. Ours goes when the run ends.
+    with tempfile.TemporaryDirectory(prefix="kdpipe-launch-", ignore_cleanup_errors=True) as logs:
+        args = get_args_parser().parse_args(
+            [
+                *("--standalone", "--nproc-per-node", str(nproc)),
+                *("--max-restarts", str(max_restarts), "--log-dir", logs),
+                *("-m", "kdpipe", *without_launcher_options(argv)),
+            ]
+        )
+        try:
+            run(args)
+        except ChildFailedError as e:
+            first = next(iter(e.failures.values()))
+            return first.exitcode if first.exitcode > 0 else 1
+        except SignalException as e:  # the launcher passed the signal on to its workers,
+            return 128 + int(e.sigval)  # which stopped at a safe point and said so
     return 0
 
 

@@ -20,7 +20,9 @@ from tests.e2e.helpers import kdpipe
 
 def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache")}
+    tmp = tmp_path / "tmp"  # the launcher's log folders must not pile up in /tmp
+    tmp.mkdir()
+    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp)}
     proc = kdpipe(
         *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
         *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
@@ -38,6 +40,7 @@ def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
     metrics = json.loads((out / "distill" / "metrics.json").read_text())
     assert metrics["teacher_cache"] is True and metrics["history"][-1]["epoch"] == 2
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith(("torchelastic_", "kdpipe-"))]
 
 
 def alive(pid: int) -> bool:
