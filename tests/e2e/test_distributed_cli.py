@@ -65,7 +65,8 @@ def test_workers_die_with_a_killed_launcher_and_free_the_run(tmp_path: Path) -> 
     """SIGKILL to `kdpipe run --nproc 2` (a cancelled CI job) must not leave its workers
     training on, orphaned, in the run directory; the rerun then finds it free."""
     out = tmp_path / "run"
-    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache")}
+    # TMPDIR: a launcher killed with SIGKILL cannot remove its log folder; keep it out of /tmp
+    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
     args = ("run", "--nproc", "2", "--teacher", "resnet18", "--out", str(out), "--quiet")
     launcher = subprocess.Popen(  # 200 teacher epochs: the kill always lands in training
         [sys.executable, "-m", "kdpipe", *args, "--teacher-epochs", "200"],
