@@ -73,11 +73,24 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").rglob("*.*"))
 
 
-def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
+def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
+    """What `_prepare_out_dir` made of `out` on this rank: "ok" or "refused: ..."."""
     from kdpipe.api import _prepare_out_dir
     from kdpipe.config import RunConfig
     from kdpipe.errors import ConfigError
     from kdpipe.runlock import RunLock
+
+    lock = RunLock(out)
+    try:
+        _prepare_out_dir(RunConfig(out=out), False, rank == 0, lock)
+        return "ok"
+    except ConfigError as e:
+        return f"refused: {e.message}" + (f" | {e.hint}" if with_hint else "")
+    finally:
+        lock.release()
+
+
+def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
     from kdpipe.runs import set_writer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -86,15 +99,7 @@ def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
     outcomes = []
     try:
         for name in [f"fresh{i}" for i in range(10)] + ["foreign"]:
-            out = Path(root) / name
-            lock = RunLock(out)
-            try:
-                _prepare_out_dir(RunConfig(out=out), False, rank == 0, lock)
-                outcomes.append("ok")
-            except ConfigError as e:
-                outcomes.append(f"refused: {e.message}")
-            finally:
-                lock.release()
+            outcomes.append(_claim(Path(root) / name, rank))
         (Path(root) / f"outcomes{rank}.txt").write_text("\n".join(outcomes))
     finally:
         dist.destroy_process_group()
@@ -117,26 +122,16 @@ def test_rank_0_alone_claims_the_out_dir_and_every_rank_learns_the_verdict(tmp_p
 def _node_local_worker(rank: int, world: int, port: int, root: str) -> None:
     """Two "machines" whose --out is the same path on disks of their own: rank r's
     directory is root/node{r}/run."""
-    from kdpipe.api import _prepare_out_dir
-    from kdpipe.config import RunConfig
     from kdpipe.distill.distributed import ranks_not_seeing
-    from kdpipe.errors import ConfigError
-    from kdpipe.runlock import RunLock
     from kdpipe.runs import set_writer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     set_writer(rank == 0)
     outcomes = [repr(ranks_not_seeing(Path(root) / "node0"))]  # one directory: all see it
-    out = Path(root) / f"node{rank}" / "run"
-    lock = RunLock(out)
     try:
-        _prepare_out_dir(RunConfig(out=out), False, rank == 0, lock)
-        outcomes.append("ok")
-    except ConfigError as e:
-        outcomes.append(f"refused: {e.message} | {e.hint}")
+        outcomes.append(_claim(Path(root) / f"node{rank}" / "run", rank, with_hint=True))
     finally:
-        lock.release()
         dist.destroy_process_group()
     (Path(root) / f"outcomes{rank}.txt").write_text("\n".join(outcomes))
 
