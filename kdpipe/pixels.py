@@ -7,6 +7,11 @@ here it is scaled to 0..255 first, so a 16-bit scan is seen as its 8-bit copy wo
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -15,6 +20,24 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
 # torchvision's IMG_EXTENSIONS, plus GIF (Pillow reads it; ImageFolder alone would skip such
 # files silently). Spelled out rather than imported: torchvision would pull in torch.
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+# What reading an untrusted image file can raise: broken or truncated data (OSError, SyntaxError,
+# ValueError from Pillow's decoders), or more than twice Image.MAX_IMAGE_PIXELS (a "decompression
+# bomb": a few KB of PNG that decode to gigabytes), which Pillow raises as a bare Exception.
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def open_image(file: str | Path) -> Iterator[Image.Image]:
+    """Image.open without Pillow's DecompressionBombWarning. Between its warning limit (89 M
+    pixels) and twice that, a file is a large photo (a 108 MP phone camera's), not an attack;
+    it is read, and the warning, which every DataLoader worker printed at every epoch, gave
+    the user nothing to do. Above twice the limit Pillow raises (READ_ERRORS)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(file) as img:
+            yield img
 
 
 def is_image_file(file: str) -> bool:

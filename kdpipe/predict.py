@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kdpipe.errors import ConfigError, DataError, ExportError, first_line
-from kdpipe.pixels import EXTENSIONS, eight_bit, is_image_file
+from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
 
 
@@ -88,7 +88,7 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     """One image file -> the [3,H,W] float32 input the model was trained on."""
     h, w = pre["resize"]
     try:
-        with Image.open(path) as raw:  # 16-bit scaled as in training (kdpipe.pixels)
+        with open_image(path) as raw:  # 16-bit scaled as in training (kdpipe.pixels)
             img = eight_bit(raw, "L" if pre["color"] == "gray" else "RGB")
         if pre["interpolation"] == "pil_bilinear":  # as torchvision's Resize on PIL images
             img = img.resize((w, h), Image.Resampling.BILINEAR)
@@ -96,7 +96,7 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
         if pre["interpolation"] == "bilinear":  # as torch's interpolate on tensors
             x = resize_bilinear(x, h, w)
-    except (OSError, UnidentifiedImageError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"cannot read image {path}: {e}", "pass PNG/JPEG/... image files") from None
     x = x * np.float32(pre["scale"])
     if x.shape[0] == 1:

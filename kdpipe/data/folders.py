@@ -13,29 +13,29 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from kdpipe import ui
-from kdpipe.data.image_files import decodes, is_image_file, load_rgb
+from kdpipe.data.image_files import is_image_file, load_rgb, unreadable
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
 from kdpipe.errors import DataError, absent
 
 
 def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
-    """Check every file decodes (image_files.decodes: headers, checksums, whole files);
-    skip the bad ones with a count and a warning, or fail when `strict`."""
-    bad = [file for file, _ in ds.samples if not decodes(file)]
+    """Check every file decodes (image_files.unreadable: headers, checksums, whole files, pixel
+    count); skip the bad ones with a count and a warning, or fail when `strict`."""
+    bad = {file: why for file, _ in ds.samples if (why := unreadable(file))}
     if not bad:
         return
+    first, why = next(iter(bad.items()))
     if strict:
         raise DataError(
-            f"{len(bad)} image(s) under {path} cannot be decoded, e.g. {bad[0]}",
+            f"{len(bad)} image(s) under {path} cannot be decoded, e.g. {first} ({why})",
             "remove or replace them, or drop --strict-data to skip them",
         )
     ui.warn(
-        f"skipped {len(bad)} image(s) under {path} that cannot be decoded (e.g. {bad[0]}); "
+        f"skipped {len(bad)} image(s) under {path} that cannot be decoded (e.g. {first}: {why}); "
         "--strict-data makes this an error"
     )
-    broken = set(bad)
-    ds.samples = [s for s in ds.samples if s[0] not in broken]
+    ds.samples = [s for s in ds.samples if s[0] not in bad]
     ds.imgs = ds.samples
     ds.targets = [t for _, t in ds.samples]
 

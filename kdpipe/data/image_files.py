@@ -7,9 +7,9 @@ from __future__ import annotations
 from PIL import Image
 
 from kdpipe.errors import DataError
-from kdpipe.pixels import EXTENSIONS, eight_bit, is_image_file
+from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
 
-__all__ = ["EXTENSIONS", "decodes", "is_image_file", "load_rgb"]
+__all__ = ["EXTENSIONS", "is_image_file", "load_rgb", "unreadable"]
 
 # verify() checks PNG and WebP to their last byte but reads no image data of JPEG, GIF, BMP
 # or TIFF: a download cut short passes it and fails minutes later, in training. JPEG and GIF
@@ -25,27 +25,28 @@ def _ends_with(file: str, marker: bytes) -> bool:
         return f.read().rstrip(b"\x00\r\n ").endswith(marker)
 
 
-def decodes(file: str) -> bool:
+def unreadable(file: str) -> str | None:
+    """Why `file` cannot be used as an image (Pillow's words), or None when it decodes whole."""
     try:
-        with Image.open(file) as img:
+        with open_image(file) as img:
             fmt = img.format or ""
             img.verify()
         if fmt in _VERIFIED_WHOLE or (fmt in _END_MARKERS and _ends_with(file, _END_MARKERS[fmt])):
-            return True
-        with Image.open(file) as img:
+            return None
+        with open_image(file) as img:
             img.load()  # raises "image file is truncated"
-    except (OSError, SyntaxError, ValueError):
-        return False
-    return True
+    except READ_ERRORS as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def load_rgb(file: str) -> Image.Image:
     """ImageFolder's loader: any image mode as 8-bit RGB (16-bit greyscale scaled, not
     clipped); a file that stops decoding mid-run is named in a one-line DataError."""
     try:
-        with Image.open(file) as img:
+        with open_image(file) as img:
             return eight_bit(img, "RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+    except READ_ERRORS as e:
         raise DataError(
             f"cannot decode image {file}: {e}",
             "remove or replace the file (kdpipe checks every image when it loads the folder)",

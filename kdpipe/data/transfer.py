@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from kdpipe import ui
-from kdpipe.data.image_files import decodes, is_image_file, load_rgb
+from kdpipe.data.image_files import is_image_file, load_rgb, unreadable
 from kdpipe.data.splits import DataInfo, stratified_indices
 from kdpipe.data.transforms import eval_transform
 from kdpipe.errors import DataError, absent
@@ -82,15 +82,15 @@ class UnlabeledFolder(Dataset):
                 "check the path after imagefolder:",
             )
         found = sorted(p for p in root.rglob("*") if is_image_file(p.name))
-        self.files = [p for p in found if decodes(str(p))]
+        bad = {p: why for p in found if (why := unreadable(str(p)))}
+        self.files = [p for p in found if p not in bad]
         if not self.files:
             raise DataError(f"no images found under transfer folder {root}", "add .png/.jpg files")
-        if len(self.files) < len(found):
-            kept = set(self.files)
-            bad = next(p for p in found if p not in kept)
+        if bad:
+            first, why = next(iter(bad.items()))
             ui.warn(
-                f"skipped {len(found) - len(self.files)} transfer image(s) under {root} that "
-                f"cannot be decoded (e.g. {bad})"
+                f"skipped {len(bad)} transfer image(s) under {root} that cannot be decoded "
+                f"(e.g. {first}: {why})"
             )
         _, h, _ = info.input_size
         self.transform = eval_transform(h, info.mean, info.std, grayscale=info.color == "gray")

@@ -206,6 +206,40 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_and_late_breakage_is_named(
         load_rgb(str(tmp_path / "gone.png"))
 
 
+def test_decompression_bombs_are_skipped_and_large_photos_read_without_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A few hundred bytes of PNG can decode to gigabytes; Pillow refuses more than twice
+    # MAX_IMAGE_PIXELS with its own Exception subclass, which stopped a run as an internal
+    # error. Between the limit and twice it, Pillow only warns (from every worker, every epoch).
+    import warnings
+
+    from kdpipe.data.folders import load_rgb
+    from kdpipe.predict import preprocess
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bombs above 2000 pixels
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), i * 30, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    Image.new("L", (50, 50)).save(tmp_path / "a" / "bomb.png")  # 2500 pixels
+    Image.new("L", (40, 40), 200).save(tmp_path / "b" / "large.png")  # 1600: warned by Pillow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning Pillow still emits fails the test
+        splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
+        assert np.asarray(load_rgb(str(tmp_path / "b" / "large.png"))).shape == (40, 40, 3)
+    assert sum(splits.info.sizes.values()) == 13
+    err = " ".join(capsys.readouterr().err.split())  # undo rich's wrapping
+    assert "skipped 1 image(s)" in err and "bomb.png: Image size (2500 pixels)" in err
+    with pytest.raises(DataError, match=r"1 image\(s\) .*bomb.png \(Image size \(2500 pixels\)"):
+        load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, strict=True), seed=0)
+    with pytest.raises(DataError, match="cannot decode image .*bomb.png"):
+        load_rgb(str(tmp_path / "a" / "bomb.png"))
+    pre = {"resize": [8, 8], "color": "rgb", "interpolation": "bilinear", "scale": 1.0}
+    with pytest.raises(DataError, match="cannot read image .*bomb.png"):
+        preprocess(tmp_path / "a" / "bomb.png", {**pre, "mean": [0.0] * 3, "std": [1.0] * 3})
+
+
 def test_transfer_folder_skips_files_cut_short_and_reads_any_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
