@@ -6,6 +6,7 @@ train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,35 @@ def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
         f"skipped {len(bad)} image(s) under {path} that cannot be decoded (e.g. {first}: {why}); "
         "--strict-data makes this an error"
     )
-    ds.samples = [s for s in ds.samples if s[0] not in bad]
-    ds.imgs = ds.samples
-    ds.targets = [t for _, t in ds.samples]
+    _keep(ds, [s for s in ds.samples if s[0] not in bad])
+
+
+def _keep(ds: ImageFolder, samples: list[tuple[str, int]]) -> None:
+    ds.samples = ds.imgs = samples
+    ds.targets = [t for _, t in samples]
+
+
+def _drop_repeated(ds: ImageFolder, path: Path, held_out: set[str] | None = None) -> None:
+    """Use each file once. ImageFolder follows symbolic links (class folders linked from
+    elsewhere are common), and a link pointing back up the tree (`ln -s . again`) listed every
+    image below it again at each level, to the kernel's 40-link limit: 12 images became 252,
+    the same files in train and test. `held_out`: real paths of a val/test split folder, which
+    training must not see either."""
+    seen = set(held_out or ())
+    kept = []
+    for file, label in ds.samples:
+        real = os.path.realpath(file)
+        if real not in seen:
+            seen.add(real)
+            kept.append((file, label))
+    repeated = len(ds.samples) - len(kept)
+    if repeated:
+        where = "also in the val/test folders" if held_out else "reached more than once"
+        ui.warn(
+            f"{repeated} image file(s) under {path} are {where} (through symbolic links); "
+            "each file is used once" + (", for evaluation" if held_out else "")
+        )
+        _keep(ds, kept)
 
 
 def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
@@ -58,6 +85,7 @@ def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
             f"no images found in {path}: {str(e).splitlines()[0]}",
             "put images (.png, .jpg, ...) in one sub-folder per class, e.g. PATH/cat/1.png",
         ) from None
+    _drop_repeated(ds, path)
     _drop_undecodable(ds, path, strict)
     return ds
 
@@ -81,6 +109,11 @@ def load_imagefolder(
                     f"{root}/{split} has classes {ds.classes[:5]}... unlike train's",
                     "every split folder must hold the same class sub-folders",
                 )
+        _drop_repeated(
+            train_full,
+            split_dirs["train"],
+            {os.path.realpath(f) for d in held.values() for f, _ in d.samples},
+        )
         labels = np.asarray(train_full.targets)
         check_labels(labels, str(root))
         if "val" in held:

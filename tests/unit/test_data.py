@@ -240,6 +240,38 @@ def test_decompression_bombs_are_skipped_and_large_photos_read_without_warnings(
         preprocess(tmp_path / "a" / "bomb.png", {**pre, "mean": [0.0] * 3, "std": [1.0] * 3})
 
 
+def test_files_reached_through_symbolic_links_are_used_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A link back up the tree made ImageFolder list each image ~20 times, in every split.
+    for c in ("a", "b"):
+        (tmp_path / "one" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), i * 30, dtype=np.uint8)).save(
+                tmp_path / "one" / c / f"{i}.png"
+            )
+    (tmp_path / "one" / "a" / "again").symlink_to(".")
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(tmp_path / "elsewhere" / "x.png")
+    (tmp_path / "one" / "b" / "linked").symlink_to(tmp_path / "elsewhere")  # a real extra image
+    splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path / 'one'}", image_size=8), seed=0)
+    assert sum(splits.info.sizes.values()) == 13
+    assert "image file(s) under" in capsys.readouterr().err
+    # Split folders: a test image linked into train is kept for the test only.
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "two" / split / c).mkdir(parents=True)
+            for i in range(4):
+                img = Image.fromarray(np.full((8, 8), i * 9 + (split == "test"), dtype=np.uint8))
+                img.save(tmp_path / "two" / split / c / f"{i}.png")
+    (tmp_path / "two" / "train" / "a" / "leak.png").symlink_to(tmp_path / "two/test/a/0.png")
+    splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path / 'two'}", image_size=8), seed=0)
+    assert splits.info.sizes["train"] + splits.info.sizes["val"] == 8
+    assert splits.info.sizes["test"] == 8
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 image file(s) under" in err and "also in the val/test folders" in err
+
+
 def test_transfer_folder_skips_files_cut_short_and_reads_any_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
