@@ -46,6 +46,7 @@ from kdpipe.runs import (
     set_writer,
     write_text,
 )
+from kdpipe.structured import ParseError, parse
 from kdpipe.teacher import (
     cached_teacher_dir,
     load_teacher,
@@ -332,8 +333,8 @@ def load_run_config(run_dir: Path) -> dict:
             "pass the --out of a kdpipe run",
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = parse(path.read_text(encoding="utf-8"), "yaml") or {}
+    except (OSError, ParseError) as e:
         raise ConfigError(
             f"{path} is unreadable ({type(e).__name__})", "re-run kdpipe run"
         ) from None

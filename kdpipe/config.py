@@ -10,11 +10,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdpipe.errors import ConfigError, did_you_mean, first_line
+from kdpipe.errors import ConfigError, did_you_mean
+from kdpipe.structured import ParseError, format_of, parse
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
@@ -217,11 +216,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
             f"config file {path} is not text (not UTF-8)", "pass a YAML or TOML file"
         ) from None
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(
-            f"config file {path} is not valid: {first_line(e, 1000)}", "fix its syntax"
-        ) from None
+        data = parse(text, format_of(path.suffix))
+    except ParseError as e:
+        raise ConfigError(f"config file {path} is not valid: {e}", "fix its syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,18 +21,17 @@ steady (the student did).
 
 from __future__ import annotations
 
-import json
 import os
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import numpy as np
-import tomllib
-import yaml
 
-from kdpipe.errors import ConfigError, KdpipeError, closest, first_line
+from kdpipe.errors import ConfigError, KdpipeError, closest
+from kdpipe.structured import ParseError, format_of, parse
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -54,7 +53,7 @@ def load_report(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"report {path} does not exist", "pass the report.json of a kdpipe run")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = parse(path.read_text(encoding="utf-8"), "json")
         if not isinstance(report.get("metrics"), dict):
             raise ValueError("no 'metrics' map")
     except (ValueError, AttributeError) as e:
@@ -67,14 +66,13 @@ def load_report(path: Path) -> dict:
 def load_budgets(path: Path) -> dict[str, dict[str, float]]:
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = parse(text, format_of(path.suffix))
     except OSError as e:
         raise ConfigError(
             f"cannot read budgets file {path}: {e.strerror}", "check the path"
         ) from None
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        first = first_line(e, 1000)
-        raise ConfigError(f"budgets file {path} is not valid: {first}", "fix its syntax") from None
+    except ParseError as e:
+        raise ConfigError(f"budgets file {path} is not valid: {e}", "fix its syntax") from None
     if isinstance(data, dict) and "budgets" in data:
         data = data["budgets"]
     if not isinstance(data, dict) or not data:
@@ -88,7 +86,7 @@ def load_budgets(path: Path) -> dict[str, dict[str, float]]:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in limits.values()
         ):
             raise ConfigError(
-                f"budget for '{metric}' must be a mapping with numeric min and/or max, got {limits!r}",
+                f"budget for '{metric}' must be a mapping with numeric min and/or max, got {reprlib.repr(limits)}",
                 f"e.g. {metric}: {{max: 5}}",
             )
         budgets[str(metric)] = {k: float(v) for k, v in limits.items()}

@@ -6,7 +6,6 @@ The bundle's checksums are verified before a model is loaded.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image
 from kdpipe.errors import ConfigError, DataError, ExportError, first_line
 from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
+from kdpipe.structured import parse
 
 
 @dataclass
@@ -34,7 +34,7 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
     if not meta.is_file():
         raise ConfigError(f"{path} is not a kdpipe bundle (no bundle.json)", "pass RUN_DIR/export")
     try:
-        bundle = json.loads(meta.read_text(encoding="utf-8"))
+        bundle = parse(meta.read_text(encoding="utf-8"), "json")
         bundle["models"], bundle["preprocessing"], bundle["class_names"]  # noqa: B018 - shape check
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(

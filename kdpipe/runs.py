@@ -20,6 +20,7 @@ from typing import Any
 from kdpipe import __version__
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME
+from kdpipe.structured import parse
 
 STAGES = ("teacher", "distill", "export", "profile", "report")
 
@@ -111,7 +112,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A JSON file's values; a file that is not JSON (or nested too deeply) is a ValueError."""
+    return parse(path.read_text(encoding="utf-8"), "json")
 
 
 def file_sha256(path: Path) -> str:

@@ -32,6 +32,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     blocker.write_text("x")
     cfg = d / "typo.yaml"
     cfg.write_text("distill:\n  methd: kd\n")
+    laughs = d / "laughs.yaml"  # 10^10 values once its aliases are expanded
+    laughs.write_text(
+        "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]\n" for i in range(1, 10))
+        + "distill: {method: *l9}\n"
+    )
+    (d / "deep.toml").write_text("distill = " + "[" * 50_000 + "]" * 50_000 + "\n")
     png = np.zeros((8, 8), dtype=np.uint8)
     for name, classes in (("single", ["a"]), ("broken", ["a", "b"]), ("empty", [])):
         for c in classes:
@@ -81,6 +88,8 @@ CASES = {
     "unknown option": (["--epoch", "3"], "No such option"),
     "config typo": (["--config", "{typo}"], "unknown config key 'distill.methd'"),
     "missing config": (["--config", "/nonexistent.yaml"], "cannot read config file"),
+    "yaml alias bomb": (["--config", "{dir}/laughs.yaml"], "expands to more than 100000 values"),
+    "config nested too deeply": (["--config", "{dir}/deep.toml"], "is nested too deeply"),
     "bad force": (["--force", "everything"], "unknown stage"),
     "takd without assistant": (["--method", "takd"], "needs at least one teacher assistant"),
     "peers without dml": (["--peers", "resnet18"], "--peers is for deep mutual learning"),
@@ -185,7 +194,8 @@ main(sys.argv[1:])
 
 
 @pytest.mark.parametrize(
-    "case", ["zero epochs", "bad force", "bad until", "config typo", "foreign out dir"]
+    "case",
+    ["zero epochs", "bad force", "bad until", "config typo", "yaml alias bomb", "foreign out dir"],
 )
 def test_config_errors_fail_before_torch_is_imported(case: str, files: dict[str, Path]) -> None:
     """Importing torch and torchvision takes seconds; a typo should not wait for it."""

@@ -107,6 +107,12 @@ def test_noise_inside_the_interval_passes_unless_strict(tmp_path: Path) -> None:
     assert kdpipe("gate", str(report), "--budgets", str(far)).returncode == 1
 
 
+# Ten short lines that expand to 10^10 values (each list names the one before it ten times).
+LAUGHS = "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]\n" for i in range(1, 10)
+)
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
@@ -117,6 +123,8 @@ def test_noise_inside_the_interval_passes_unless_strict(tmp_path: Path) -> None:
         (f"{STUDENT}.p95_ms: {{max: fast}}\n", "must be a mapping"),
         ("budgets: [1, 2\n", "is not valid"),
         ("# nothing\n", "holds no budgets"),
+        (LAUGHS + f"{STUDENT}.p95_ms: *l9\n", "expands to more than 100000 values"),
+        ("budgets: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ],
 )
 def test_bad_budgets_exit_2(tmp_path: Path, text: str, expected: str) -> None:
@@ -134,6 +142,9 @@ def test_missing_or_corrupt_report_exits_2(tmp_path: Path) -> None:
     bad.write_text('{"metrics": [1,')
     proc = kdpipe("gate", str(bad), "--budgets", str(b))
     assert proc.returncode == 2 and "corrupt" in proc.stderr
+    bad.write_text('{"metrics": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = kdpipe("gate", str(bad), "--budgets", str(b))
+    assert proc.returncode == 2 and "corrupt or too old (it is nested too deeply)" in proc.stderr
 
 
 def test_compare_flags_regressions(tmp_path: Path) -> None:
