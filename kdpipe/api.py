@@ -27,7 +27,7 @@ from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
-from kdpipe.errors import ConfigError, absent
+from kdpipe.errors import ConfigError, KdpipeError, absent, first_line
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
 from kdpipe.profile.stage import run_profile_stage
@@ -219,10 +219,17 @@ def _run_stages(
             raise stopping.Stopped(stop, f"before the {name} stage")
         start = time.perf_counter()
         if name not in redo and rd.is_done(name, fp):
-            ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")
-            result = load()
-            stages[name] = {"seconds": time.perf_counter() - start, "reused": True}
-            return result
+            try:
+                result = load()
+            except (KdpipeError, OSError, ValueError, KeyError) as e:  # damaged since written
+                ui.warn(
+                    f"{name}: its outputs in {rd.stage_dir(name)} cannot be read ({first_line(e)}); "
+                    "running the stage again"
+                )
+            else:
+                ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")
+                stages[name] = {"seconds": time.perf_counter() - start, "reused": True}
+                return result
         result = work(rd.stage_dir(name))
         seconds = time.perf_counter() - start
         rd.mark_done(name, fp, outputs, seconds)

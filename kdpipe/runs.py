@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kdpipe import __version__
+from kdpipe import __version__, ui
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME
 from kdpipe.structured import parse
@@ -202,20 +202,37 @@ class RunDir:
         return record if isinstance(record, dict) else None
 
     def is_done(self, stage: str, fp: str) -> bool:
-        """The stage finished with these inputs and all its outputs are still on disk."""
+        """The stage finished with these inputs and all its outputs are still on disk, each of
+        the size it was written at (a file cut short by a full disk, a copy or a sync that
+        stopped half-way is found here, and the stage runs again instead of failing later)."""
         record = self.stage_record(stage)
         if not record or record.get("fingerprint") != fp:
             return False
-        outputs = record.get("outputs", [])
-        return all((self.stage_dir(stage) / name).exists() for name in outputs)
+        sizes = record.get("sizes")
+        sizes = sizes if isinstance(sizes, dict) else {}
+        for name in record.get("outputs", []):
+            path = self.stage_dir(stage) / name
+            if not path.exists():
+                return False
+            if path.is_file() and sizes.get(name, path.stat().st_size) != path.stat().st_size:
+                ui.warn(
+                    f"{stage}: {path} is {path.stat().st_size} bytes, not the {sizes[name]} the "
+                    "stage wrote; running the stage again"
+                )
+                return False
+        return True
 
     def mark_done(self, stage: str, fp: str, outputs: list[str], seconds: float) -> None:
+        folder = self.stage_dir(stage)
         write_json(
-            self.stage_dir(stage) / "stage.json",
+            folder / "stage.json",
             {
                 "stage": stage,
                 "fingerprint": fp,
                 "outputs": outputs,
+                "sizes": {
+                    n: (folder / n).stat().st_size for n in outputs if (folder / n).is_file()
+                },
                 "seconds": round(seconds, 3),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "kdpipe_version": __version__,

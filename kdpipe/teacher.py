@@ -21,6 +21,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
+from kdpipe.errors import KdpipeError, first_line
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import predict_logits, top1, warn_near_chance
 from kdpipe.runs import (
@@ -67,14 +68,10 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
     elif distributed.all_agree(  # all ranks reuse or all train, even if another run writes now
-        (cached / "model.pt").is_file() and (cached / "metrics.json").is_file()
+        (reused := _from_cache(t.arch, k, cached)) is not None
     ):
-        model = models.create(t.arch, k, cached / "model.pt")
-        metrics = {
-            **read_json(cached / "metrics.json"),
-            "source": "cache",
-            "cache_path": str(cached),
-        }
+        assert reused is not None
+        model, metrics = reused
         ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
     else:
         ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
@@ -110,6 +107,26 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     save_state(model, stage_dir / "model.pt")
     write_json(stage_dir / "metrics.json", metrics)
     return TeacherResult(model.eval(), metrics)
+
+
+def _from_cache(arch: str, k: int, cached: Path) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The teacher trained earlier with these settings, or None: absent, or damaged since
+    (a cache on a disk that filled up), which is said, and the teacher is trained again."""
+    if not ((cached / "model.pt").is_file() and (cached / "metrics.json").is_file()):
+        return None
+    try:
+        model = models.create(arch, k, cached / "model.pt")
+        metrics = {
+            **read_json(cached / "metrics.json"),
+            "source": "cache",
+            "cache_path": str(cached),
+        }
+    except (KdpipeError, OSError, ValueError) as e:
+        ui.warn(
+            f"teacher: ignoring the cached {arch} in {cached} ({first_line(e)}); training it again"
+        )
+        return None
+    return model, metrics
 
 
 def load_teacher(cfg: RunConfig, num_classes: int, stage_dir: Path) -> TeacherResult:

@@ -92,6 +92,44 @@ def test_second_run_reuses_everything(first_run, capsys: pytest.CaptureFixture[s
     assert time.perf_counter() - start < first_seconds / 2
 
 
+def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import torch
+
+    out, _, env = first_run
+    b, cache = tmp_path / "b", tmp_path / "cache"
+    shutil.copytree(out, b)
+    shutil.copytree(env["KDPIPE_CACHE"], cache)
+    teacher = b / "teacher" / "model.pt"
+    teacher.write_bytes(teacher.read_bytes()[:1000])  # cut short: its size says so
+    student = b / "distill" / "student.pt"
+    data = student.read_bytes()
+    student.write_bytes(data[:-200] + bytes(200))  # same size, zip directory gone: unreadable
+    (cached,) = cache.glob("teachers/*/model.pt")
+    cached.write_bytes(cached.read_bytes()[:-200] + bytes(200))
+    proc = kdpipe_here(
+        capsys, "run", *TINY, "--out", str(b), env={**env, "KDPIPE_CACHE": str(cache)}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = " ".join(proc.stderr.split())
+    assert "not the" in err and "the stage wrote; running the stage again" in err
+    assert "distill: its outputs in" in err and "ignoring the cached resnet18" in err
+    r = json.loads((b / "report.json").read_text())
+    assert [r["stages"][s]["reused"] for s in ("teacher", "distill", "export")] == [
+        False,
+        False,
+        True,
+    ]
+    assert json.loads((b / "teacher" / "metrics.json").read_text())["source"] == "trained"
+    # Trained again from the same seed on the CPU: the same student, tensor for tensor.
+    again = torch.load(student, weights_only=True)
+    first = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
 def test_new_run_dir_reuses_the_cached_teacher(
     first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,6 +31,8 @@ def test_stage_done_only_with_same_fingerprint_and_outputs(tmp_path: Path) -> No
     rd.mark_done("distill", fp, ["student.pt"], 1.0)
     assert rd.is_done("distill", fp)
     assert not rd.is_done("distill", fingerprint("distill", {"epochs": 4}))
+    (tmp_path / "distill" / "student.pt").write_bytes(b"xy")  # not what the stage wrote
+    assert not rd.is_done("distill", fp)
     (tmp_path / "distill" / "student.pt").unlink()
     assert not rd.is_done("distill", fp)
 
