@@ -21,6 +21,7 @@ steady (the student did).
 
 from __future__ import annotations
 
+import math
 import os
 import reprlib
 from collections.abc import Callable
@@ -56,6 +57,9 @@ def load_report(path: Path) -> dict:
         report = parse(path.read_text(encoding="utf-8"), "json")
         if not isinstance(report.get("metrics"), dict):
             raise ValueError("no 'metrics' map")
+        for metric, value in report["metrics"].items():  # a budget must never compare a string
+            if not is_number(value):
+                raise ValueError(f"metric '{metric}' is {reprlib.repr(value)}, not a number")
     except (ValueError, AttributeError) as e:
         raise ConfigError(
             f"report {path} is corrupt or too old ({e})", "re-run kdpipe run or kdpipe report"
@@ -95,6 +99,11 @@ def load_budgets(path: Path) -> dict[str, dict[str, float]]:
 
 OLD_ROUND_CALLS = 5  # timed calls per round in reports that do not record it (older profiles)
 MIN_BLOCKS = 10
+
+
+def is_number(value: object) -> bool:
+    """An int or float (NaN and infinities included), not a bool, string, list or null."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def round_length(report: dict) -> int:
@@ -169,6 +178,8 @@ def judge(
         ci = None if strict else confidence_interval(metric, report, samples)
         low, high = ci if ci else (value, value)
         reasons = []
+        if math.isnan(value) or math.isnan(low) or math.isnan(high):  # every comparison is False
+            reasons.append("value is NaN")
         if "max" in limits and low > limits["max"]:
             reasons.append(f"{'interval' if ci else 'value'} above max {limits['max']:g}")
         if "min" in limits and high < limits["min"]:

@@ -247,4 +247,12 @@ def load_samples(run_dir: Path) -> dict[str, list[float]]:
         data = read_json(path) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    numbers = (int, float)
+    return {  # only lists of numbers: anything else would reach numpy as strings
+        k: v
+        for k, v in data.items()
+        if isinstance(v, list)
+        and all(isinstance(x, numbers) and not isinstance(x, bool) for x in v)
+    }

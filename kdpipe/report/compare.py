@@ -13,6 +13,7 @@ model on a noisy runner differ by more than 10 % in p95 often enough to fail CI 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,9 @@ def compare(base: Side, new: Side, rules: list[Rule], strict: bool = False) -> l
                 continue
             scale = 100 if r.category in POINTS and not r.relative else 1
             span = c.percent_interval if r.relative else c.delta_interval
+            if math.isnan(c.new):  # NaN passes every comparison: a metric lost is a regression
+                c.broken_by = f"{r.category}:{r.change:+g}{'%' if r.relative else ''}"
+                continue
             if span is not None:
                 low, high = span
             elif r.relative:

@@ -147,6 +147,37 @@ def test_missing_or_corrupt_report_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "corrupt or too old (it is nested too deeply)" in proc.stderr
 
 
+def test_a_nan_or_non_numeric_metric_never_passes(tmp_path: Path) -> None:
+    from kdpipe.gate import judge
+    from kdpipe.report.compare import Side, compare, parse_rules
+
+    # NaN compares False with everything: `value < min` did not hold, so the budget passed.
+    report = {"metrics": {"student.accuracy": float("nan"), f"{STUDENT}.p95_ms": 3.0}}
+    samples = {STUDENT: [float("nan")] * 20}  # the interval from NaN samples is NaN too
+    budget = {"student.accuracy": {"min": 0.5}, f"{STUDENT}.p95_ms": {"max": 5.0}}
+    verdicts = judge(report, budget, samples, strict=False)
+    assert [(v.passed, v.reason) for v in verdicts] == [(False, "value is NaN")] * 2
+    base = Side({"student.accuracy": 0.97}, {}, 5)
+    lost = Side({"student.accuracy": float("nan")}, {}, 5)
+    (change,) = compare(base, lost, parse_rules("accuracy:-0.5"))
+    assert change.broken_by == "accuracy:-0.5"
+    (change,) = compare(base, base, parse_rules("accuracy:-0.5"))
+    assert change.broken_by == ""
+    # The CLI: a report saying NaN fails the gate (exit 1); one holding a string is corrupt.
+    run = crafted_run(tmp_path)
+    report = json.loads(run.read_text())
+    report["metrics"]["student.accuracy"] = float("nan")
+    run.write_text(json.dumps(report))
+    b = budgets(tmp_path, "student.accuracy: {min: 0.5}\n")
+    proc = kdpipe("gate", str(run), "--budgets", str(b))
+    assert proc.returncode == 1 and "value is NaN" in proc.stdout, proc.stdout + proc.stderr
+    report["metrics"]["student.accuracy"] = "high"
+    run.write_text(json.dumps(report))
+    proc = kdpipe("gate", str(run), "--budgets", str(b))
+    assert proc.returncode == 2, proc.stderr
+    assert "metric 'student.accuracy' is 'high', not a number" in proc.stderr
+
+
 def test_compare_flags_regressions(tmp_path: Path) -> None:
     base = crafted_run(tmp_path / "base", student_ms=4.0, accuracy=0.97)
     same = crafted_run(tmp_path / "same", student_ms=4.1, accuracy=0.968)

@@ -69,3 +69,13 @@ def test_artifacts_get_the_mode_a_plain_open_gives_them(tmp_path: Path) -> None:
         plain.stat().st_mode
     )
     assert stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~mask
+
+
+def test_samples_that_are_not_lists_of_numbers_are_left_out(tmp_path: Path) -> None:
+    from kdpipe.runs import load_samples
+
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "samples.json").write_text(
+        '{"a": [1.5, 2], "b": ["x", 1], "c": 3, "d": [true], "e": []}'
+    )
+    assert load_samples(tmp_path) == {"a": [1.5, 2], "e": []}
