@@ -250,9 +250,10 @@ def load_samples(run_dir: Path) -> dict[str, list[float]]:
     if not isinstance(data, dict):
         return {}
     numbers = (int, float)
-    return {  # only lists of numbers: anything else would reach numpy as strings
+    return {  # non-empty lists of numbers only: anything else would reach numpy
         k: v
         for k, v in data.items()
         if isinstance(v, list)
+        and v
         and all(isinstance(x, numbers) and not isinstance(x, bool) for x in v)
     }
