@@ -111,8 +111,8 @@ class DistillConfig(_Section):
     @field_validator("terms")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        if any(w < 0 for w in v.values()):
-            raise ValueError("term weights must be >= 0")
+        if not all(0 <= w < float("inf") for w in v.values()):  # NaN fails too
+            raise ValueError("term weights must be finite and >= 0")
         return v
 
     def method_label(self) -> str:
@@ -153,10 +153,11 @@ class ExportConfig(_Section):
 class ProfileConfig(_Section):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
     threads: int | None = Field(None, ge=1, le=1024)
-    warmup: int = Field(10, ge=0)
-    warmup_seconds: float = Field(0.5, ge=0)
-    min_iters: int = Field(200, ge=1)
-    min_seconds: float = Field(2.0, ge=0)
+    # Bounded: an infinite time or count would keep the profile stage timing forever.
+    warmup: int = Field(10, ge=0, le=1_000_000)
+    warmup_seconds: float = Field(0.5, ge=0, le=3600)
+    min_iters: int = Field(200, ge=1, le=10_000_000)
+    min_seconds: float = Field(2.0, ge=0, le=3600)
     # Peak memory of each backend, measured in a fresh subprocess (a few seconds each).
     memory: bool = True
 
@@ -185,7 +186,7 @@ class RuntimeConfig(_Section):
 class RunConfig(_Section):
     name: str | None = None
     out: Path | None = None
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what NumPy and scikit-learn take
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

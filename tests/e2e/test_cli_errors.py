@@ -96,6 +96,8 @@ CASES = {
     "unknown peer": (["--method", "dml", "--peers", "resnet9"], "unknown model 'resnet9'"),
     "unknown term": (["--terms", "kd=0.9,att=1000"], "unknown distillation method 'att'"),
     "bad term weight": (["--terms", "kd=x"], "--terms takes NAME=NUMBER"),
+    "NaN term weight": (["--terms", "kd=nan,ce=1"], "term weights must be finite and >= 0"),
+    "seed past 32 bits": (["--seed", str(2**32)], "seed"),
     "bad transfer": (["--transfer", "folder:/x"], "unknown transfer set"),
     "missing transfer folder": (["--transfer", "imagefolder:/nonexistent"], "does not exist"),
     "bad label fraction": (["--label-fraction", "0"], "distill.label_fraction"),
