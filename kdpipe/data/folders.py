@@ -44,24 +44,35 @@ def _keep(ds: ImageFolder, samples: list[tuple[str, int]]) -> None:
     ds.targets = [t for _, t in samples]
 
 
-def _drop_repeated(ds: ImageFolder, path: Path, held_out: set[str] | None = None) -> None:
+def _file_id(file: str) -> object:
+    """The file itself (device, inode), whatever path reaches it; a path that cannot be
+    stat'ed stands for itself (the decode check names it)."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return file
+    return (st.st_dev, st.st_ino)
+
+
+def _drop_repeated(ds: ImageFolder, path: Path, held_out: set[object] | None = None) -> None:
     """Use each file once. ImageFolder follows symbolic links (class folders linked from
     elsewhere are common), and a link pointing back up the tree (`ln -s . again`) listed every
     image below it again at each level, to the kernel's 40-link limit: 12 images became 252,
-    the same files in train and test. `held_out`: real paths of a val/test split folder, which
+    the same files in train and test. Files are told apart by inode (one stat each), so hard
+    links count as one file too. `held_out`: the files of the val/test split folders, which
     training must not see either."""
     seen = set(held_out or ())
     kept = []
     for file, label in ds.samples:
-        real = os.path.realpath(file)
-        if real not in seen:
-            seen.add(real)
+        key = _file_id(file)
+        if key not in seen:
+            seen.add(key)
             kept.append((file, label))
     repeated = len(ds.samples) - len(kept)
     if repeated:
         where = "also in the val/test folders" if held_out else "reached more than once"
         ui.warn(
-            f"{repeated} image file(s) under {path} are {where} (through symbolic links); "
+            f"{repeated} image file(s) under {path} are {where} (through links); "
             "each file is used once" + (", for evaluation" if held_out else "")
         )
         _keep(ds, kept)
@@ -112,7 +123,7 @@ def load_imagefolder(
         _drop_repeated(
             train_full,
             split_dirs["train"],
-            {os.path.realpath(f) for d in held.values() for f, _ in d.samples},
+            {_file_id(f) for d in held.values() for f, _ in d.samples},
         )
         labels = np.asarray(train_full.targets)
         check_labels(labels, str(root))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -265,11 +266,12 @@ def test_files_reached_through_symbolic_links_are_used_once(
                 img = Image.fromarray(np.full((8, 8), i * 9 + (split == "test"), dtype=np.uint8))
                 img.save(tmp_path / "two" / split / c / f"{i}.png")
     (tmp_path / "two" / "train" / "a" / "leak.png").symlink_to(tmp_path / "two/test/a/0.png")
+    os.link(tmp_path / "two/test/b/1.png", tmp_path / "two/train/b/hard.png")  # a hard link too
     splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path / 'two'}", image_size=8), seed=0)
     assert splits.info.sizes["train"] + splits.info.sizes["val"] == 8
     assert splits.info.sizes["test"] == 8
     err = " ".join(capsys.readouterr().err.split())
-    assert "1 image file(s) under" in err and "also in the val/test folders" in err
+    assert "2 image file(s) under" in err and "also in the val/test folders" in err
 
 
 def test_transfer_folder_skips_files_cut_short_and_reads_any_mode(
