@@ -30,7 +30,7 @@ from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
 from kdpipe.errors import ConfigError, KdpipeError, absent, first_line
 from kdpipe.export.stage import FILES as ONNX_FILES
 from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
-from kdpipe.profile.stage import run_profile_stage
+from kdpipe.profile.stage import check_input_fits, run_profile_stage
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.schema import build_report
 from kdpipe.report.write import write_reports
@@ -191,6 +191,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
     k = data.info.num_classes
     check_models_take(cfg, k, data.info.input_size)
+    if until in ("profile", "report"):
+        check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
     lock = RunLock(cfg.out_dir())
     try:
         out = _prepare_out_dir(cfg, bool(redo), rank.main, lock)

@@ -65,8 +65,13 @@ def _feed(h: Any, ds: Any) -> bool:
 
 
 def hash_tensor(h: Any, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    t = t.detach().cpu()
+    shape = tuple(t.shape)
+    for dim, stride in enumerate(t.stride()):
+        if stride == 0:  # a broadcast (expanded) dim holds one copy: hash that, not N of them
+            t = t.narrow(dim, 0, min(1, t.shape[dim]))
+    t = t.contiguous()
+    h.update(f"{t.dtype}{shape}".encode())
     _array(h, t.reshape(-1).view(torch.uint8).numpy())
 
 

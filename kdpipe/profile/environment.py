@@ -86,6 +86,18 @@ def tensorrt_version() -> str | None:
     return getattr(trt, "__version__", None) if hasattr(trt, "Builder") else None
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def describe(threads: int) -> dict:
     cuda = torch.cuda.is_available()
     return {

@@ -32,7 +32,7 @@ from kdpipe.profile.backends import (
     tensorrt_predict,
     torch_predict,
 )
-from kdpipe.profile.stage import settings_record, time_runners
+from kdpipe.profile.stage import check_input_fits, settings_record, time_runners
 
 
 def _num_classes(state: dict[str, torch.Tensor]) -> int:
@@ -332,6 +332,7 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
         raise ConfigError("two targets have the same name", "rename one of the files")
     chw = _shape(declared, input_size)
     p = p.model_copy(update={"batch_sizes": _batch_sizes(declared, p.batch_sizes)})
+    check_input_fits(max(p.batch_sizes), chw)
     sample = torch.randn(max(p.batch_sizes), *chw, generator=torch.Generator().manual_seed(0))
     _check_takes(runners, sample[: p.batch_sizes[0]])
     latency, samples = time_runners(runners, sample, p)

@@ -98,6 +98,10 @@ CASES = {
     "bad term weight": (["--terms", "kd=x"], "--terms takes NAME=NUMBER"),
     "NaN term weight": (["--terms", "kd=nan,ce=1"], "term weights must be finite and >= 0"),
     "seed past 32 bits": (["--seed", str(2**32)], "seed"),
+    "profile batch past memory": (
+        ["--batch-sizes", "1,10000000"],  # 123 GB of 3x32x32 inputs
+        "of memory free here",
+    ),
     "bad transfer": (["--transfer", "folder:/x"], "unknown transfer set"),
     "missing transfer folder": (["--transfer", "imagefolder:/nonexistent"], "does not exist"),
     "bad label fraction": (["--label-fraction", "0"], "distill.label_fraction"),

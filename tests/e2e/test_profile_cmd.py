@@ -89,6 +89,21 @@ def test_profile_refuses_corrupt_onnx(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "Traceback" not in proc.stderr
     proc = kdpipe_here(capsys, "profile", "resnet18", "--quiet")
     assert proc.returncode == 2 and "cannot profile 'resnet18'" in proc.stderr
+    # A file that fixes an input no machine here can hold (43 GB): one line, not an internal
+    # error from torch's allocator.
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 60000, 60000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 60000, 60000])],
+    )
+    huge = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), huge)
+    proc = kdpipe_here(capsys, "profile", str(huge), "--quiet")
+    assert proc.returncode == 2 and "1x3x60000x60000 floats is 43.2 GB" in proc.stderr
 
 
 def test_gate_measure_re_profiles_the_run(
