@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,11 @@ def module_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def stacked(ds: Any) -> tuple[Any, Any]:
+    """A dataset's images and labels as two tensors (digits' splits index one shared tensor)."""
+    import torch
+
+    pairs = [ds[i] for i in range(len(ds))]
+    return torch.stack([x for x, _ in pairs]), torch.tensor([int(y) for _, y in pairs])

@@ -15,6 +15,7 @@ from PIL import Image
 from kdpipe.config import DataConfig
 from kdpipe.data import load_data
 from kdpipe.errors import DataError
+from tests.e2e.helpers import stacked
 
 
 def test_digits_is_split_stratified_and_deterministic() -> None:
@@ -25,25 +26,17 @@ def test_digits_is_split_stratified_and_deterministic() -> None:
     assert a.info.num_classes == 10 and a.info.input_size == (3, 32, 32)
     x, y = a.test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-    assert torch.equal(_images(a.test), _images(b.test))
-    assert not torch.equal(_labels(a.test), _labels(c.test))
-    counts = torch.bincount(_labels(a.test), minlength=10)
+    assert torch.equal(stacked(a.test)[0], stacked(b.test)[0])
+    assert not torch.equal(stacked(a.test)[1], stacked(c.test)[1])
+    counts = torch.bincount(stacked(a.test)[1], minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37  # 360 / 10 classes, stratified
-    train_x = _images(a.train)
+    train_x = stacked(a.train)[0]
     assert abs(float(train_x.mean())) < 1e-4 and abs(float(train_x.std()) - 1) < 1e-3
     # One grey channel kept once, seen as three: no per-split or per-channel copies.
     assert (
         x.stride()[0] == 0
         and x.untyped_storage().data_ptr() == a.train[0][0].untyped_storage().data_ptr()
     )
-
-
-def _images(ds) -> torch.Tensor:
-    return torch.stack([ds[i][0] for i in range(len(ds))])
-
-
-def _labels(ds) -> torch.Tensor:
-    return torch.tensor([int(ds[i][1]) for i in range(len(ds))])
 
 
 def _write_images(root: Path, classes: list[str], per_class: int, size: int = 20) -> None:

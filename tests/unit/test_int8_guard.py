@@ -19,6 +19,7 @@ from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.verify import ort_logits, ort_session
 from kdpipe.profile.standalone import onnx_precision
+from tests.e2e.helpers import stacked
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 16, 16), [0.0] * 3, [1.0] * 3)
 
@@ -33,7 +34,7 @@ def small_cnn() -> nn.Module:
     model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     data = load_data(DataConfig(image_size=16), seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = data.train.tensors
+    x, y = stacked(data.train)
     for _ in range(6):
         for i in range(0, len(x), 64):
             loss = nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
@@ -71,7 +72,7 @@ def test_fp16_keeps_float32_io_and_close_logits(fp32, tmp_path: Path) -> None:
 
 def test_guard_keeps_sensitive_layers_in_fp32_until_within_limit(fp32, tmp_path: Path) -> None:
     model, path = fp32
-    x = load_data(DataConfig(image_size=16), seed=0).val.tensors[0]
+    x = stacked(load_data(DataConfig(image_size=16), seed=0).val)[0]
     # Labels are the FP32 model's own predictions, so FP32 scores 100 % and any disagreement
     # of the INT8 model is an accuracy drop.
     with torch.no_grad():
@@ -97,7 +98,7 @@ def test_guard_keeps_sensitive_layers_in_fp32_until_within_limit(fp32, tmp_path:
 
 def test_guard_does_nothing_when_within_limit(fp32, tmp_path: Path) -> None:
     model, path = fp32
-    x = load_data(DataConfig(image_size=16), seed=0).val.tensors[0]
+    x = stacked(load_data(DataConfig(image_size=16), seed=0).val)[0]
     data = TensorDataset(x, model(x).argmax(1).detach())
     result = quantize_with_guard(
         path, tmp_path / "q.onnx", data, data, "minmax", 64, 0, max_drop=1.0
