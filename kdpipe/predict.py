@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdpipe.errors import ConfigError, DataError, ExportError, first_line
 from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
@@ -35,12 +37,54 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
         raise ConfigError(f"{path} is not a kdpipe bundle (no bundle.json)", "pass RUN_DIR/export")
     try:
         bundle = parse(meta.read_text(encoding="utf-8"), "json")
-        bundle["models"], bundle["preprocessing"], bundle["class_names"]  # noqa: B018 - shape check
-    except (ValueError, KeyError, TypeError) as e:
+        _Bundle.model_validate(bundle)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
         raise ConfigError(
-            f"{meta} is corrupt ({type(e).__name__}: {e})", "re-run kdpipe export"
+            f"{meta} is corrupt ({where}: {err['msg']})", "re-run kdpipe export"
         ) from None
+    except ValueError as e:
+        raise ConfigError(f"{meta} is corrupt ({e})", "re-run kdpipe export") from None
     return folder, bundle
+
+
+# What predict reads of bundle.json, checked before use: a bundle is shipped, copied and edited
+# by hand, and a zero std gave NaN scores, a huge resize a MemoryError, a string mean or a
+# short class list an internal error.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Side = Annotated[int, Field(ge=1, le=1024)]  # kdpipe trains at --image-size 1024 at most
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Preprocessing(_Section):
+    color: Literal["rgb", "gray"]
+    resize: tuple[Side, Side]
+    interpolation: Literal["pil_bilinear", "bilinear"]
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    mean: Annotated[list[Finite], Field(min_length=3, max_length=3)]
+    std: Annotated[
+        list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)
+    ]
+
+
+class _ModelFile(_Section):
+    file: Annotated[str, Field(pattern=r"^[^/\\]+$")]  # a file beside bundle.json, no path
+    sha256: str
+
+
+class _Input(_Section):
+    name: str
+
+
+class _Bundle(_Section):
+    input: _Input
+    preprocessing: _Preprocessing
+    class_names: Annotated[list[str], Field(min_length=2)]
+    models: dict[str, _ModelFile]
 
 
 def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSession:
@@ -135,6 +179,12 @@ def predict(
         chunk = images[start : start + batch]
         x = np.stack([preprocess(p, bundle["preprocessing"]) for p in chunk])
         logits = session.run(None, {name: x})[0].astype(np.float64)
+        if logits.shape[1] != len(classes):
+            raise ConfigError(
+                f"bundle.json names {len(classes)} classes but the model gives "
+                f"{logits.shape[1]} scores",
+                "re-run kdpipe export",
+            )
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         for p, row in zip(chunk, probs, strict=True):

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from kdpipe.data.splits import stratified_indices
 from kdpipe.models import create
 from kdpipe.runs import file_sha256
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe, kdpipe_here
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +131,44 @@ def test_predict_refuses_modified_or_corrupt_models(first_run, tmp_path: Path) -
     assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
     proc = kdpipe("predict", str(bundle), str(tmp_path / "missing.png"), "--precision", "int8")
     assert proc.returncode == 2 and "cannot read image" in proc.stderr
+
+
+def test_a_bundle_json_edited_out_of_shape_is_one_line(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bundle is shipped, copied and edited by hand. Before, a zero std gave NaN scores with
+    # exit 0, a huge resize a MemoryError, a string mean or a short class list internal errors.
+    out, _, _ = first_run
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(out / "export" / "student.int8.onnx", bundle)
+    good = json.loads((out / "export" / "bundle.json").read_text())
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(img)
+    edits = {
+        "preprocessing.std.0: Input should be greater than 0": ("preprocessing", "std", [0, 0, 0]),
+        "preprocessing.mean: Input should be a valid list": ("preprocessing", "mean", "abc"),
+        "preprocessing.resize.0: Input should be less than": (
+            "preprocessing",
+            "resize",
+            [10**5] * 2,
+        ),
+        "preprocessing.color: Input should be 'rgb' or 'gray'": ("preprocessing", "color", "cmyk"),
+        "class_names.0: Input should be a valid string": (None, "class_names", [1, 2]),
+        "models.int8.file: String should match pattern": (
+            None,
+            "models",
+            {"int8": {"file": "../x", "sha256": ""}},
+        ),
+    }
+    for expected, (section, key, value) in edits.items():
+        meta = json.loads(json.dumps(good))
+        (meta[section] if section else meta)[key] = value
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+        proc = kdpipe_here(capsys, "predict", str(bundle), str(img), "--precision", "int8")
+        assert proc.returncode == 2 and expected in " ".join(proc.stderr.split()), proc.stderr
+    # Well-formed, but naming fewer classes than the model scores.
+    meta = {**good, "class_names": ["a", "b", "c"]}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    proc = kdpipe_here(capsys, "predict", str(bundle), str(img), "--precision", "int8")
+    assert proc.returncode == 2 and "names 3 classes but the model gives 10 scores" in proc.stderr
