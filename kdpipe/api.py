@@ -11,7 +11,6 @@ skipped and its files are reused; `force` names stages to redo (and everything a
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,7 +56,7 @@ from kdpipe.teacher import (
 
 def world_size() -> int:
     """Processes training together: torchrun's WORLD_SIZE (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return distributed.env_int("WORLD_SIZE", 1)
 
 
 def batch_splits(cfg: RunConfig) -> list[tuple[str, int]]:

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdpipe.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -43,14 +45,37 @@ class Dist:
 
 def setup(device: torch.device) -> Dist:
     """Join the process group torchrun describes in the environment (a no-op without one)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Dist()
+    missing = [v for v in LAUNCHER_VARS if v not in os.environ]
+    if missing and not dist.is_initialized():
+        raise ConfigError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: this process was not started by torchrun",
+            "start it with `torchrun --nproc-per-node N -m kdpipe run ...` or `kdpipe run "
+            "--nproc N`, or unset WORLD_SIZE",
+        )
     if not dist.is_initialized():
         # On CUDA, NCCL carries the gradients and gloo the CPU tensors (metrics, flags):
         # NCCL alone refuses a CPU tensor.
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# What torchrun sets beside WORLD_SIZE, and init_process_group("env://") reads.
+LAUNCHER_VARS = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name}={text!r} is not a whole number",
+            f"unset {name}, or let torchrun set it",
+        ) from None
 
 
 def current() -> Dist:

@@ -312,3 +312,28 @@ def test_a_full_disk_is_one_line_naming_the_file_not_an_internal_error(
     assert f"error: cannot write {path}: No space left on device" in err
     assert "hint: free space on that disk" in err and "internal error" not in err
     assert "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not"),
+        ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE='two' is not a whole number"),
+    ],
+)
+def test_a_stray_world_size_without_torchrun_is_one_line(
+    env: dict[str, str],
+    expected: str,
+    files: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Left in a shell from an earlier job: init_process_group's ValueError was an internal error.
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    out = files["dir"] / "stray-world"
+    ran = kdpipe_here(capsys, "run", "--out", str(out), "--quiet")
+    assert ran.returncode == 2 and expected in " ".join(ran.stderr.split()), ran.stderr
+    assert not out.exists()
