@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdpipe import __version__, stopping, ui
-from kdpipe.errors import ConfigError, KdpipeError
+from kdpipe.errors import ConfigError, KdpipeError, first_line
 from kdpipe.stopping import Stopped
 
 app = typer.Typer(
@@ -595,7 +595,16 @@ def report(
         from kdpipe.gate import load_report
         from kdpipe.report.write import write_reports
 
-        write_reports(run_dir, load_report(run_dir / "report.json"), with_json=False)
+        path = run_dir / "report.json"
+        try:
+            write_reports(run_dir, load_report(path), with_json=False)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            # load_report checked the metrics map; the rest of a hand-edited or partial report
+            # is found missing by the renderers themselves
+            raise ConfigError(
+                f"report {path} is incomplete ({type(e).__name__}: {first_line(e)})",
+                "re-run kdpipe run (it writes a whole report.json), then kdpipe report",
+            ) from None
         stdout.print(f"report: {run_dir / 'report.md'}  {run_dir / 'report.html'}")
 
 

@@ -10,7 +10,10 @@ from kdpipe.runs import load_samples, write_json, write_text
 
 
 def write_reports(run_dir: Path, report: dict, with_json: bool = True) -> None:
+    """Both renderings are made before either file is written, so a report that cannot be
+    rendered leaves the old files as they were."""
+    markdown, html = render_markdown(report), render_html(report, load_samples(run_dir))
     if with_json:
         write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", render_markdown(report))
-    write_text(run_dir / "report.html", render_html(report, load_samples(run_dir)))
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", html)

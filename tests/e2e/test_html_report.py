@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe, kdpipe_here
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,7 +37,9 @@ def test_html_is_self_contained_with_every_section(first_run) -> None:
         assert section in html
 
 
-def test_report_command_rebuilds_md_and_html(first_run, tmp_path: Path) -> None:
+def test_report_command_rebuilds_md_and_html(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _, env = first_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.onnx", "*.pt"))
@@ -49,6 +51,20 @@ def test_report_command_rebuilds_md_and_html(first_run, tmp_path: Path) -> None:
     assert (copy / "report.md").read_text() == (out / "report.md").read_text()
     proc = kdpipe("report", str(tmp_path / "nowhere"), env=env)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    # A partial or hand-edited report.json: one line, and the pages it had stay as they were.
+    import json
+
+    whole = json.loads((copy / "report.json").read_text())
+    before = (copy / "report.md").read_text(), (copy / "report.html").read_text()
+    for damage in ("summary", "latency", "student"):
+        broken = {k: v for k, v in whole.items() if k != damage}
+        if damage == "student":
+            broken["student"] = "x"
+        (copy / "report.json").write_text(json.dumps(broken))
+        proc = kdpipe_here(capsys, "report", str(copy))
+        assert proc.returncode == 2, proc.stderr
+        assert f"report {copy / 'report.json'} is incomplete" in " ".join(proc.stderr.split())
+        assert ((copy / "report.md").read_text(), (copy / "report.html").read_text()) == before
 
 
 @pytest.mark.skipif(
