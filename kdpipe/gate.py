@@ -30,6 +30,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdpipe.errors import ConfigError, KdpipeError, closest
 from kdpipe.structured import ParseError, format_of, parse
@@ -60,11 +61,54 @@ def load_report(path: Path) -> dict:
         for metric, value in report["metrics"].items():  # a budget must never compare a string
             if not is_number(value):
                 raise ValueError(f"metric '{metric}' is {reprlib.repr(value)}, not a number")
+        _GateView.model_validate(report)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        raise ConfigError(
+            f"report {path} is corrupt or too old ({where}: {err['msg']})",
+            "re-run kdpipe run or kdpipe report",
+        ) from None
     except (ValueError, AttributeError) as e:
         raise ConfigError(
             f"report {path} is corrupt or too old ({e})", "re-run kdpipe run or kdpipe report"
         ) from None
     return report
+
+
+# The rest of report.json that gate and compare read (optional: older reports lack parts),
+# checked once here rather than failing as KeyError / TypeError deep in a bootstrap.
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Side(_Open):
+    backend: str
+    precision: str
+
+
+class _Basis(_Open):
+    batch_size: int
+    teacher: _Side
+    student: _Side
+
+
+class _Summary(_Open):
+    speedup_basis: _Basis | None = None
+
+
+class _Round(_Open):
+    timed_calls: int = Field(1, ge=1)
+
+
+class _Settings(_Open):
+    round: _Round | None = None
+
+
+class _GateView(_Open):
+    summary: _Summary | None = None
+    profile_settings: _Settings | None = None
+    environment: dict | None = None
 
 
 def load_budgets(path: Path) -> dict[str, dict[str, float]]:
@@ -108,7 +152,7 @@ def is_number(value: object) -> bool:
 
 def round_length(report: dict) -> int:
     """Timed calls per model per interleaved round, as the profile recorded them."""
-    rounds = report.get("profile_settings", {}).get("round", {})
+    rounds = (report.get("profile_settings") or {}).get("round") or {}
     return int(rounds.get("timed_calls", OLD_ROUND_CALLS))
 
 
@@ -141,7 +185,9 @@ def confidence_interval(
     key, _, stat = metric.rpartition(".")
     if stat in CI_STATS and key in samples:
         dist = bootstrap(samples[key], stat, rng, block)
-    elif metric == "summary.speedup_vs_teacher":
+    elif metric == "summary.speedup_vs_teacher" and (report.get("summary") or {}).get(
+        "speedup_basis"
+    ):
         basis = report["summary"]["speedup_basis"]
         bs, t, s = basis["batch_size"], basis["teacher"], basis["student"]
         t_key = f"teacher.{t['backend']}.{t['precision']}.bs{bs}"

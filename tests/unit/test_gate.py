@@ -142,6 +142,16 @@ def test_missing_or_corrupt_report_exits_2(tmp_path: Path) -> None:
     bad.write_text('{"metrics": [1,')
     proc = kdpipe("gate", str(bad), "--budgets", str(b))
     assert proc.returncode == 2 and "corrupt" in proc.stderr
+    # Parts gate reads beside the metrics, damaged: named in one line (KeyError / ValueError
+    # from deep inside the bootstrap before); a report without them is judged without intervals.
+    whole = json.loads(crafted_run(tmp_path / "whole").read_text())
+    speed = budgets(tmp_path, "summary.speedup_vs_teacher: {min: 1.5}\n", "speed.yaml")
+    bad.write_text(json.dumps({"metrics": whole["metrics"]}))
+    proc = kdpipe("gate", str(bad), "--budgets", str(speed))
+    assert proc.returncode == 0 and "all 1 budgets hold" in proc.stdout, proc.stderr
+    bad.write_text(json.dumps({**whole, "profile_settings": {"round": {"timed_calls": "x"}}}))
+    proc = kdpipe("gate", str(bad), "--budgets", str(speed))
+    assert proc.returncode == 2 and "profile_settings.round.timed_calls:" in proc.stderr
     bad.write_text('{"metrics": ' + "[" * 100_000 + "]" * 100_000 + "}")
     proc = kdpipe("gate", str(bad), "--budgets", str(b))
     assert proc.returncode == 2 and "corrupt or too old (it is nested too deeply)" in proc.stderr
