@@ -7,6 +7,7 @@ fingerprint of its inputs; a later run skips the stage when the fingerprint stil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,6 +73,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError in the block that names no file (onnx and onnxruntime write through their own
+    code, a full disk's write error carries no name) names `path`, the file being made."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def torch_save_into(obj: Any, f: Any) -> None:

@@ -31,6 +31,7 @@ from kdpipe.export.quantize import (
     quantize_int8,
 )
 from kdpipe.export.verify import ort_logits, ort_session
+from kdpipe.runs import naming
 
 
 def _top1(logits: Tensor, labels: Tensor) -> float:
@@ -55,7 +56,7 @@ def quantize_with_guard(
     ref_logits, labels = ort_logits(ort_session(fp32), guard_set)
     ref_acc = _top1(ref_logits, labels)
     reader = ImageBatches(calibration, samples, seed)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp_dir:
+    with naming(out), tempfile.TemporaryDirectory(dir=out.parent) as tmp_dir:
         tmp = Path(tmp_dir)
         pre = tmp / "pre.onnx"
         preprocess(fp32, pre)

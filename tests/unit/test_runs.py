@@ -79,3 +79,17 @@ def test_samples_that_are_not_lists_of_numbers_are_left_out(tmp_path: Path) -> N
         '{"a": [1.5, 2], "b": ["x", 1], "c": 3, "d": [true], "e": []}'
     )
     assert load_samples(tmp_path) == {"a": [1.5, 2]}
+
+
+def test_a_write_error_without_a_file_name_names_the_file_being_made(tmp_path: Path) -> None:
+    # onnx.save on a full disk raised OSError(28) with no file name: "cannot write a file".
+    import errno
+
+    from kdpipe.runs import naming
+
+    with pytest.raises(OSError) as e, naming(tmp_path / "student.int8.onnx"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.filename == str(tmp_path / "student.int8.onnx")
+    with pytest.raises(OSError) as e, naming(tmp_path / "student.int8.onnx"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "other"))
+    assert e.value.filename == str(tmp_path / "other")  # a name it has is kept
