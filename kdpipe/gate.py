@@ -30,10 +30,10 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from kdpipe.errors import ConfigError, KdpipeError, closest
-from kdpipe.structured import ParseError, format_of, parse
+from kdpipe.structured import Open, ParseError, first_problem, format_of, parse
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -63,10 +63,8 @@ def load_report(path: Path) -> dict:
                 raise ValueError(f"metric '{metric}' is {reprlib.repr(value)}, not a number")
         _GateView.model_validate(report)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(part) for part in err["loc"])
         raise ConfigError(
-            f"report {path} is corrupt or too old ({where}: {err['msg']})",
+            f"report {path} is corrupt or too old ({first_problem(e)})",
             "re-run kdpipe run or kdpipe report",
         ) from None
     except (ValueError, AttributeError) as e:
@@ -78,34 +76,30 @@ def load_report(path: Path) -> dict:
 
 # The rest of report.json that gate and compare read (optional: older reports lack parts),
 # checked once here rather than failing as KeyError / TypeError deep in a bootstrap.
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _Side(_Open):
+class _Side(Open):
     backend: str
     precision: str
 
 
-class _Basis(_Open):
+class _Basis(Open):
     batch_size: int
     teacher: _Side
     student: _Side
 
 
-class _Summary(_Open):
+class _Summary(Open):
     speedup_basis: _Basis | None = None
 
 
-class _Round(_Open):
+class _Round(Open):
     timed_calls: int = Field(1, ge=1)
 
 
-class _Settings(_Open):
+class _Settings(Open):
     round: _Round | None = None
 
 
-class _GateView(_Open):
+class _GateView(Open):
     summary: _Summary | None = None
     profile_settings: _Settings | None = None
     environment: dict | None = None

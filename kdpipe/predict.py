@@ -13,12 +13,12 @@ from typing import Annotated, Literal
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from kdpipe.errors import ConfigError, DataError, ExportError, first_line
 from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
-from kdpipe.structured import parse
+from kdpipe.structured import Open, first_problem, parse
 
 
 @dataclass
@@ -39,10 +39,8 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
         bundle = parse(meta.read_text(encoding="utf-8"), "json")
         _Bundle.model_validate(bundle)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(part) for part in err["loc"])
         raise ConfigError(
-            f"{meta} is corrupt ({where}: {err['msg']})", "re-run kdpipe export"
+            f"{meta} is corrupt ({first_problem(e)})", "re-run kdpipe export"
         ) from None
     except ValueError as e:
         raise ConfigError(f"{meta} is corrupt ({e})", "re-run kdpipe export") from None
@@ -56,11 +54,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Side = Annotated[int, Field(ge=1, le=1024)]  # kdpipe trains at --image-size 1024 at most
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _Preprocessing(_Section):
+class _Preprocessing(Open):
     color: Literal["rgb", "gray"]
     resize: tuple[Side, Side]
     interpolation: Literal["pil_bilinear", "bilinear"]
@@ -71,16 +65,16 @@ class _Preprocessing(_Section):
     ]
 
 
-class _ModelFile(_Section):
+class _ModelFile(Open):
     file: Annotated[str, Field(pattern=r"^[^/\\]+$")]  # a file beside bundle.json, no path
     sha256: str
 
 
-class _Input(_Section):
+class _Input(Open):
     name: str
 
 
-class _Bundle(_Section):
+class _Bundle(Open):
     input: _Input
     preprocessing: _Preprocessing
     class_names: Annotated[list[str], Field(min_length=2)]

@@ -15,6 +15,7 @@ from typing import Any
 
 import tomllib
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from kdpipe.errors import first_line
@@ -38,6 +39,18 @@ def parse(text: str, fmt: str) -> Any:
         raise ParseError("it is nested too deeply") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ParseError(first_line(e, 1000)) from None
+
+
+class Open(BaseModel):
+    """A checked view of the parts of a file kdpipe reads; other keys are left alone."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def first_problem(e: ValidationError) -> str:
+    """The first thing wrong in a file checked against an `Open` model, as `where: what`."""
+    err = e.errors()[0]
+    return f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}"
 
 
 def format_of(suffix: str) -> str:
