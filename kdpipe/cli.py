@@ -69,6 +69,14 @@ def errors_reported(debug: bool) -> Iterator[None]:
                 1,
             )
         first = (str(e).strip().splitlines() or [""])[0][:300]
+        if out_of_memory(e):  # the most common failure on a GPU, and not a bug either
+            _fail(
+                f"out of memory: {first or type(e).__name__}",
+                "use smaller batches or images (--batch-size is the global batch; "
+                "--image-size; --batch-sizes for profiling); finished stages and the last "
+                "checkpoint are kept",
+                1,
+            )
         if "WORLD_SIZE" in os.environ and any(s in str(e) for s in PEER_GONE):
             _fail(
                 f"lost contact with another process of this run: {first}",
@@ -82,6 +90,17 @@ def errors_reported(debug: bool) -> Iterator[None]:
 
 # What gloo and NCCL say when a peer process died: the error of a rank whose partner failed,
 # not a bug of its own.
+def out_of_memory(e: BaseException) -> bool:
+    """numpy's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's refusal."""
+    torch = sys.modules.get("torch")  # never imported just to ask
+    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return (
+        isinstance(e, MemoryError)
+        or (cuda_oom is not None and isinstance(e, cuda_oom))
+        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    )
+
+
 PEER_GONE = (
     "Connection reset by peer",  # gloo
     "Connection closed by peer",

@@ -314,6 +314,33 @@ def test_a_full_disk_is_one_line_naming_the_file_not_an_internal_error(
     assert "Traceback" not in ran.stderr
 
 
+def _allocate_32_tib(*args: object) -> None:
+    torch.empty(1 << 45, dtype=torch.uint8)  # the CPU allocator really refuses
+
+
+def _cuda_out_of_memory(*args: object) -> None:
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("fails", [_allocate_32_tib, _cuda_out_of_memory])
+def test_out_of_memory_is_one_line_saying_so(
+    fails: object,
+    files: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A batch too large for the GPU (or the machine) was "internal error ... report it".
+    from kdpipe import api
+
+    monkeypatch.setattr(api, "run_teacher_stage", fails)
+    out = files["dir"] / f"oom-{getattr(fails, '__name__', '')}"
+    ran = kdpipe_here(capsys, "run", "--until", "teacher", "--out", str(out), "--quiet")
+    assert ran.returncode == 1, ran.stderr
+    err = " ".join(ran.stderr.split())
+    assert err.startswith("error: out of memory: ") and "internal error" not in err
+    assert "hint: use smaller batches or images (--batch-size is the global batch" in err
+
+
 @pytest.mark.parametrize(
     "env,expected",
     [
