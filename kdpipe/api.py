@@ -175,7 +175,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
     rank = distributed.setup(torch.device("cuda" if cuda else "cpu"))
     if not rank.main:
-        ui.set_quiet(True)
+        ui.silence_rank()
         set_writer(False)
     note_uneven_batches(cfg, rank.world)
     torch.manual_seed(cfg.seed)

@@ -15,11 +15,19 @@ from rich.progress import (
 
 console = Console(stderr=True, highlight=False)
 _quiet = False
+_warnings = True  # False on torchrun ranks other than 0
 
 
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
+
+
+def silence_rank() -> None:
+    """A torchrun rank other than 0: rank 0 says it all. Every rank reads the same data and
+    files, so each warning (a skipped image, a damaged output) came once per process."""
+    global _quiet, _warnings
+    _quiet, _warnings = True, False
 
 
 def info(message: str) -> None:
@@ -31,7 +39,8 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning is printed even with --quiet: it may change how results are read."""
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    if _warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str, hint: str = "") -> None:
