@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from kdpipe.errors import ConfigError, KdpipeError, closest
-from kdpipe.structured import Open, ParseError, first_problem, format_of, parse
+from kdpipe.structured import Open, ParseError, first_problem, format_of, is_number, parse
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -137,11 +137,6 @@ def load_budgets(path: Path) -> dict[str, dict[str, float]]:
 
 OLD_ROUND_CALLS = 5  # timed calls per round in reports that do not record it (older profiles)
 MIN_BLOCKS = 10
-
-
-def is_number(value: object) -> bool:
-    """An int or float (NaN and infinities included), not a bool, string, list or null."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def round_length(report: dict) -> int:

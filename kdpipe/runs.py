@@ -21,7 +21,7 @@ from typing import Any
 from kdpipe import __version__, ui
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME
-from kdpipe.structured import parse
+from kdpipe.structured import is_number, parse
 
 STAGES = ("teacher", "distill", "export", "profile", "report")
 
@@ -227,10 +227,11 @@ class RunDir:
             path = self.stage_dir(stage) / name
             if not path.exists():
                 return False
-            if path.is_file() and sizes.get(name, path.stat().st_size) != path.stat().st_size:
+            size = path.stat().st_size if path.is_file() else None
+            if name in sizes and size is not None and size != sizes[name]:
                 ui.warn(
-                    f"{stage}: {path} is {path.stat().st_size} bytes, not the {sizes[name]} the "
-                    "stage wrote; running the stage again"
+                    f"{stage}: {path} is {size} bytes, not the {sizes[name]} the stage wrote; "
+                    "running the stage again"
                 )
                 return False
         return True
@@ -262,11 +263,6 @@ def load_samples(run_dir: Path) -> dict[str, list[float]]:
         return {}
     if not isinstance(data, dict):
         return {}
-    numbers = (int, float)
     return {  # non-empty lists of numbers only: anything else would reach numpy
-        k: v
-        for k, v in data.items()
-        if isinstance(v, list)
-        and v
-        and all(isinstance(x, numbers) and not isinstance(x, bool) for x in v)
+        k: v for k, v in data.items() if isinstance(v, list) and v and all(map(is_number, v))
     }

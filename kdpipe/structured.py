@@ -47,6 +47,11 @@ class Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def is_number(value: object) -> bool:
+    """An int or float (NaN and infinities included), not a bool, string, list or null."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def first_problem(e: ValidationError) -> str:
     """The first thing wrong in a file checked against an `Open` model, as `where: what`."""
     err = e.errors()[0]
