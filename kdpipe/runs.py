@@ -63,26 +63,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if _writer:
-            os.replace(tmp_path, path)
-    except OSError as e:
-        if e.filename is None or e.filename == str(tmp_path):
-            e.filename = str(path)  # the user knows the file, not its temporary name
-        raise
+        with naming(path, tmp_path):  # the user knows the file, not its temporary name
+            yield tmp_path
+            if _writer:
+                os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 @contextlib.contextmanager
-def naming(path: Path) -> Iterator[None]:
+def naming(path: Path, *stand_ins: Path) -> Iterator[None]:
     """An OSError in the block that names no file (onnx and onnxruntime write through their own
-    code, a full disk's write error carries no name) names `path`, the file being made."""
+    code, a full disk's write error carries no name), or names one of `stand_ins` (temporary
+    files), names `path`, the file being made."""
     try:
         yield
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None or e.filename in {str(p) for p in stand_ins}:
             e.filename = str(path)
         raise
 
