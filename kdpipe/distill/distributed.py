@@ -103,6 +103,38 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         offset += n
 
 
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows, concatenated in rank order, with gradients flowing back to the rank
+    that owns each row. Backward sums every rank's gradient of the whole (one all_reduce,
+    which gloo and NCCL both have; torch.distributed.nn's gather, deprecated, needs
+    all-to-all on gloo) and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        d = current()
+        parts = [torch.empty_like(rows) for _ in range(d.world)]
+        dist.all_gather(parts, rows.contiguous())
+        ctx.rows, ctx.rank = rows.shape[0], d.rank
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's `rows` (same count on each: training steps are equal-sized) in rank order,
+    differentiable, and where this rank's own rows start. One process: (rows, 0). For losses
+    that compare each sample with the whole global batch (CRD's in-batch negatives), so a run
+    on N processes computes what one process computes over the same global batch."""
+    d = current()
+    if not d.active:
+        return rows, 0
+    return _GatherRows.apply(rows), d.rank * rows.shape[0]
+
+
 def broadcast_buffers(module: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every rank."""
     if not current().active:

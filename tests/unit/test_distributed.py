@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -35,21 +36,22 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x, y), TensorDataset(x[:20], y[:20])
 
 
-def _train(out: Path) -> dict[str, torch.Tensor]:
+def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
+    """The distiller's whole trained state: student, extras, and CRD's queues (extra state)."""
     student, teacher = _net(1), _net(2)
-    kd = get("kd")(student, teacher, input_shape=(3, 8, 8))
+    distiller = get(method)(student, teacher, input_shape=(3, 8, 8))
     train, val = _data()
     ck = Checkpointing(out / "ckpt" / "last.pt", key="k", every=1)
-    fit(kd, train, val, CFG, seed=0, desc="t", log_path=out / "log.jsonl", checkpoint=ck)
-    return student.state_dict()
+    fit(distiller, train, val, CFG, seed=0, desc="t", log_path=out / "log.jsonl", checkpoint=ck)
+    return {k: v for k, v in distiller.state_dict().items() if "teacher_model." not in k}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, method: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        state = _train(Path(out) / f"rank{rank}")
+        state = _train(Path(out) / f"rank{rank}", method)
         torch.save(state, Path(out) / f"student{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -61,13 +63,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    single = _train(tmp_path / "single")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def _tensors(value: object) -> list[torch.Tensor]:
+    """The tensors in a state_dict value (CRD's queues are dicts of extra state)."""
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+# CRD compares each sample with the whole global batch and queues it: under torchrun each
+# rank gathers the others' embeddings, so its queues must match across ranks and 1 process.
+@pytest.mark.parametrize("method", ["kd", "crd"])
+def test_two_gloo_processes_match_one_process(tmp_path: Path, method: str) -> None:
+    single = _train(tmp_path / "single", method)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), method), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"student{r}.pt", weights_only=True) for r in (0, 1)]
-    for name, tensor in single.items():
-        assert torch.equal(ranks[0][name], ranks[1][name]), name  # ranks stay in sync
-        assert torch.allclose(ranks[0][name], tensor, atol=1e-5, rtol=1e-4), name
+    assert ranks[0].keys() == single.keys()
+    for name, value in single.items():
+        mine, theirs = _tensors(ranks[0][name]), _tensors(ranks[1][name])
+        assert len(mine) == len(theirs) == len(_tensors(value)), name
+        for a, b, one in zip(mine, theirs, _tensors(value), strict=True):
+            assert torch.equal(a, b), name  # ranks stay in sync
+            if name.endswith("_extra_state"):  # a queue: the same rows, in another order
+                a, one = a[a[:, 0].argsort()], one[one[:, 0].argsort()]
+            assert torch.allclose(a, one, atol=1e-5, rtol=1e-4), name
     # Files are written once: rank 0's log has one line per epoch, rank 1 wrote nothing.
     assert len((tmp_path / "rank0" / "log.jsonl").read_text().splitlines()) == CFG.epochs
     assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").rglob("*.*"))

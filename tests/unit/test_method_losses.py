@@ -175,6 +175,9 @@ def test_crd_info_nce_by_hand() -> None:
     # anchor 0 sees logits [1 (positive), 0 (other sample), 1 (queued)]; anchor 1 [0, 1, 0]
     expected = (math.log(2 * math.e + 1) - 1 + math.log(math.e + 2) - 1) / 2
     assert info_nce(e, e, queued, 1.0).item() == approx(expected, rel=1e-6)
+    # Rank 1 of 2 under torchrun: its one anchor's positive is row 1 of the gathered batch.
+    one = info_nce(e[1:], e, no_negatives, 1.0, offset=1).item()
+    assert one == approx(math.log(1 + math.exp(-1)), rel=1e-6)
 
 
 def test_jacobian_input_gradient_and_loss() -> None:

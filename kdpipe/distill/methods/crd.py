@@ -11,6 +11,11 @@ one, at temperature 0.07 (an InfoNCE form of the paper's NCE bound):
 Negatives are the other samples of the batch plus a bounded FIFO queue of past embeddings
 (`queue`, default 4096) instead of the paper's dataset-sized memory bank; the bank's
 momentum (0.5) has no counterpart in a queue, whose entries are simply the latest.
+
+Under torchrun each rank's anchors are compared with the embeddings of the whole global batch
+(gathered, gradients flowing back to their own rank), and every rank queues the whole global
+batch: the queues stay identical on all ranks (a checkpoint written by rank 0 resumes each of
+them), and N processes compute what one process computes over the same global batch.
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdpipe.distill.base import Batch, Distiller, ce_loss
+from kdpipe.distill.distributed import gather_rows
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
 
 
-def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) -> Tensor:
-    """-log softmax of the positive among [positive, in-batch others, queued negatives]."""
+def info_nce(
+    anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float, offset: int = 0
+) -> Tensor:
+    """-log softmax of the positive among [positive, in-batch others, queued negatives].
+    `positive` may hold more rows than `anchor` (the global batch under torchrun): anchor i's
+    positive is row `offset + i`, the other rows are negatives."""
     logits = torch.cat([anchor @ positive.t(), anchor @ negatives.t()], 1) / tau
-    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+    return F.cross_entropy(logits, offset + torch.arange(len(anchor), device=anchor.device))
 
 
 class EmbeddingQueue(nn.Module):
@@ -81,10 +91,14 @@ class ContrastiveRD(Distiller):
         s = F.normalize(self.embed_s(b.s["embedding"][0]), dim=1)
         t = F.normalize(self.embed_t(b.t["embedding"][0]), dim=1)
         tau = self.params["tau"]
-        loss = info_nce(s, t, self.queue_t.items, tau) + info_nce(t, s, self.queue_s.items, tau)
+        all_s, all_t, at = s, t, 0
+        if self.training:  # never gathered in evaluation, which one rank may do alone
+            (all_s, at), (all_t, _) = gather_rows(s), gather_rows(t)
+        loss = info_nce(s, all_t, self.queue_t.items, tau, at)
+        loss = loss + info_nce(t, all_s, self.queue_s.items, tau, at)
         if self.training:
-            self.queue_s.push(s)
-            self.queue_t.push(t)
+            self.queue_s.push(all_s)
+            self.queue_t.push(all_t)
         return {"crd": loss}
 
     def terms(self, b: Batch) -> dict[str, Tensor]:
