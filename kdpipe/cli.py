@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from kdpipe import __version__, stopping, ui
 from kdpipe.errors import ConfigError, KdpipeError, first_line
@@ -30,7 +31,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Logs (CI, files) get wide tables instead of rich's 80-column default.
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# Plain text: paths, model and data names, report fields are printed as given (`--out
+# runs/a[b]` was printed as runs/a, a name with `[/x]` was an internal MarkupError); colour
+# comes from rich Text styles, never from markup inside a string.
+stdout = Console(
+    highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160
+)
 
 
 def _fail(message: str, hint: str, code: int) -> None:
@@ -688,12 +694,16 @@ def gate(
         )
         for v in verdicts:
             ci = f"{v.low:.4g} - {v.high:.4g}" if v.low is not None else "-"
-            verdict = "[green]pass[/green]" if v.passed else f"[red]FAIL[/red] {v.reason}"
+            verdict = (
+                Text("pass", style="green")
+                if v.passed
+                else Text.assemble(("FAIL", "red"), f" {v.reason}")
+            )
             table.add_row(v.metric, f"{v.value:.4g}", ci, g.budget_text(v), g.margin(v), verdict)
         stdout.print(table)
         if measure:
             for note in g.drift_notes(given, latest["report"]["metrics"], verdicts):
-                stdout.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
+                stdout.print(f"note: {note}", soft_wrap=True)
         if junit:
             g.write_junit(verdicts, junit)
         g.append_github_summary(verdicts)
@@ -764,7 +774,7 @@ def compare(
                 f"{c.delta:+.4g}",
                 pct,
                 f"{span[0]:+.1f} .. {span[1]:+.1f}" if span else "",
-                f"[red]{c.broken_by}[/red]" if c.broken_by else "",
+                Text(c.broken_by or "", style="red"),
             )
         stdout.print(table)
         broken = [c for c in changes if c.broken_by]

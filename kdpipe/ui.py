@@ -56,11 +56,12 @@ def progress(auto_refresh: bool = True) -> Progress:
     profiler's choice, since rich's 10 Hz drawing thread takes the GIL in the middle of timed
     calls (+3 % on a 0.5 ms model's p99, measured)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        # Not markup: a description names models and files, which may hold brackets.
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[stats]}"),
+        TextColumn("{task.fields[rate]}", markup=False),
+        TextColumn("{task.fields[stats]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

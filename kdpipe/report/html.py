@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from kdpipe.report import plots
 from kdpipe.report.markdown import export_rows, memory_text
 
 
 def render_html(report: dict, samples: dict[str, list[float]]) -> str:
-    env = Environment(
-        loader=PackageLoader("kdpipe.report", "templates"), autoescape=select_autoescape()
-    )
+    # Escape every value: names come from the user's folders and files, and a report.json
+    # given to `kdpipe report` may come from anyone. (select_autoescape() chose by extension,
+    # and "report.html.j2" does not end in .html: nothing was escaped.)
+    env = Environment(loader=PackageLoader("kdpipe.report", "templates"), autoescape=True)
     figures = [
         (
             "Accuracy vs latency for every model × backend × precision (* and dashed: Pareto front)",

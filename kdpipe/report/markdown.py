@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import html
+
+
+def _text(value: object) -> str:
+    """A name as Markdown text: on one line, no `|` that would split a table cell, no raw
+    HTML (names come from users' folders and files, or from a report.json given to
+    `kdpipe report`)."""
+    one_line = " ".join(str(value).split())
+    return html.escape(one_line, quote=False).replace("|", "\\|")
+
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
@@ -51,7 +61,7 @@ def render_markdown(r: dict) -> str:
     s, t, st = r["summary"], r["teacher"], r["student"]
     basis = s["speedup_basis"]
     lines = [
-        f"# kdpipe report: {t['arch']} -> {st['arch']} on {r['data']['name']}",
+        f"# kdpipe report: {_text(t['arch'])} -> {_text(st['arch'])} on {_text(r['data']['name'])}",
         "",
         f"Student keeps **{_pct(s['accuracy_retention'])}** of the teacher's accuracy and runs "
         f"**{s['speedup_vs_teacher']:.2f}x** faster at batch {basis['batch_size']} "
@@ -60,7 +70,7 @@ def render_markdown(r: dict) -> str:
         "",
         "| | teacher | student |",
         "|---|---|---|",
-        f"| architecture | {t['arch']} | {st['arch']} ({st['method']}) |",
+        f"| architecture | {_text(t['arch'])} | {_text(st['arch'])} ({_text(st['method'])}) |",
         f"| test top-1 | {_pct(t['accuracy'])} | {_pct(st['accuracy'])} |",
         f"| parameters | {t['params']:,} | {st['params']:,} |",
         f"| FLOPs / image | {t['flops']:,} | {st['flops']:,} |",
@@ -73,7 +83,7 @@ def render_markdown(r: dict) -> str:
     ]
     for m in r["models"]:
         lines.append(
-            f"| {m['model']} | {m['backend']} | {m['precision']} | {_pct(m['accuracy'])} | "
+            f"| {_text(m['model'])} | {m['backend']} | {m['precision']} | {_pct(m['accuracy'])} | "
             f"{_pct(m['agreement_with_teacher'])} | {_mb(m['size_bytes'])} | {memory_text(m)} |"
         )
     lines += [
@@ -85,7 +95,7 @@ def render_markdown(r: dict) -> str:
     ]
     for e in r["latency"]:
         lines.append(
-            f"| {e['model']} | {e['backend']} | {e['precision']} | {e['batch_size']} | "
+            f"| {_text(e['model'])} | {e['backend']} | {e['precision']} | {e['batch_size']} | "
             f"{e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
             f"{e['mean_ms']:.3f} ± {e['std_ms']:.3f} | {e['throughput']:.1f} |"
         )
@@ -99,7 +109,7 @@ def render_markdown(r: dict) -> str:
     for label, x, drop in export_rows(r["export"]):
         p = x["parity"]
         lines.append(
-            f"| {label} | {x['file']} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
+            f"| {label} | {_text(x['file'])} ({_mb(x['size_bytes'])}) | {p['max_abs_diff']:.2e} | "
             f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} | {100 * drop:+.2f} pt |"
         )
     guard = r["export"].get("int8", {}).get("quantization", {}).get("guard")

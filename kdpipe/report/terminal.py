@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kdpipe.report.markdown import basis_text
 
 
 def print_summary(r: dict, console: Console) -> None:
+    """On a console without markup (cli.stdout): names from the report are printed as they are."""
     s = r["summary"]
     table = Table(title=f"{r['teacher']['arch']} -> {r['student']['arch']} on {r['data']['name']}")
     for col in (
@@ -41,9 +43,16 @@ def print_summary(r: dict, console: Console) -> None:
         )
     console.print(table)
     console.print(
-        f"accuracy retention [bold]{100 * s['accuracy_retention']:.2f}%[/bold]   "
-        f"speedup vs teacher [bold]{s['speedup_vs_teacher']:.2f}x[/bold] "
-        f"(batch {s['speedup_basis']['batch_size']}, {basis_text(s['speedup_basis'])})   "
-        f"params [bold]{s['param_compression']:.1f}x[/bold] fewer   "
-        f"file [bold]{s['size_compression']:.1f}x[/bold] smaller"
+        Text.assemble(
+            "accuracy retention ",
+            (f"{100 * s['accuracy_retention']:.2f}%", "bold"),
+            "   speedup vs teacher ",
+            (f"{s['speedup_vs_teacher']:.2f}x", "bold"),
+            f" (batch {s['speedup_basis']['batch_size']}, {basis_text(s['speedup_basis'])})   "
+            "params ",
+            (f"{s['param_compression']:.1f}x", "bold"),
+            " fewer   file ",
+            (f"{s['size_compression']:.1f}x", "bold"),
+            " smaller",
+        )
     )

@@ -97,3 +97,35 @@ def test_page_renders_in_headless_chromium(first_run, tmp_path: Path) -> None:
         timeout=120,
     )
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_names_in_a_report_are_text_not_markup(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Names come from users' folders and files, and `kdpipe report` renders a report.json that
+    # may come from anyone (a pull request's CI artifact): nothing in them may become HTML on
+    # the page or rich markup on the terminal (a `[/x]` was an internal MarkupError).
+    import json
+
+    from kdpipe.cli import stdout
+    from kdpipe.report.terminal import print_summary
+
+    out, _, _ = first_run
+    copy = tmp_path / "run[/x]"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.onnx", "*.pt"))
+    report = json.loads((copy / "report.json").read_text())
+    report["data"]["name"] = "<img src=x onerror=alert(1)>"
+    report["teacher"]["arch"] = "[/x][bold]t<script>alert(2)</script>"
+    (copy / "report.json").write_text(json.dumps(report))
+    proc = kdpipe_here(capsys, "report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    assert f"report: {copy / 'report.md'}" in proc.stdout  # the path as it is
+    html = (copy / "report.html").read_text()
+    assert "<img src=x" not in html and "<script>alert" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "[/x][bold]t&lt;script&gt;" in html
+    md = (copy / "report.md").read_text()
+    assert "<img src=x" not in md and "on &lt;img src=x onerror=alert(1)&gt;" in md
+    with stdout.capture() as seen:
+        print_summary(report, stdout)
+    assert "[/x][bold]t<script>alert(2)</script> -> " in seen.get()
