@@ -37,7 +37,9 @@ def _plain_log_ticks(axis) -> None:  # noqa: ANN001 (a matplotlib Axis)
 
 
 def _label(row: dict) -> str:
-    return f"{row['model']} {row['backend']} {row['precision']}"
+    # "$" escaped: matplotlib reads text between two of them as TeX (a file named
+    # "$\x$.onnx" made savefig fail).
+    return f"{row['model']} {row['backend']} {row['precision']}".replace("$", r"\$")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -116,6 +116,8 @@ def test_names_in_a_report_are_text_not_markup(
     report = json.loads((copy / "report.json").read_text())
     report["data"]["name"] = "<img src=x onerror=alert(1)>"
     report["teacher"]["arch"] = "[/x][bold]t<script>alert(2)</script>"
+    for row in report["models"] + report["latency"]:  # TeX for matplotlib between two "$"
+        row["model"] = row["model"].replace("student", r"$\student$")
     (copy / "report.json").write_text(json.dumps(report))
     proc = kdpipe_here(capsys, "report", str(copy))
     assert proc.returncode == 0, proc.stderr
@@ -124,6 +126,7 @@ def test_names_in_a_report_are_text_not_markup(
     assert "<img src=x" not in html and "<script>alert" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "[/x][bold]t&lt;script&gt;" in html
+    assert html.count("data:image/png") == 4 and r"$\student$" in html
     md = (copy / "report.md").read_text()
     assert "<img src=x" not in md and "on &lt;img src=x onerror=alert(1)&gt;" in md
     with stdout.capture() as seen:
