@@ -45,7 +45,7 @@ from kdpipe.runs import (
     set_writer,
     write_text,
 )
-from kdpipe.structured import ParseError, parse
+from kdpipe.structured import SETTINGS_BYTES, ParseError, parse, read_text
 from kdpipe.teacher import (
     cached_teacher_dir,
     load_teacher,
@@ -341,8 +341,8 @@ def load_run_config(run_dir: Path) -> dict:
             "pass the --out of a kdpipe run",
         )
     try:
-        data = parse(path.read_text(encoding="utf-8"), "yaml") or {}
-    except (OSError, ParseError) as e:
+        data = parse(read_text(path, SETTINGS_BYTES), "yaml") or {}
+    except (OSError, ParseError, UnicodeDecodeError) as e:
         raise ConfigError(
             f"{path} is unreadable ({type(e).__name__})", "re-run kdpipe run"
         ) from None

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.structured import ParseError, format_of, parse
+from kdpipe.structured import SETTINGS_BYTES, ParseError, format_of, parse, read_text
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
@@ -207,7 +207,7 @@ class RunConfig(_Section):
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML or TOML config file into a plain dict."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = parse(read_text(path, SETTINGS_BYTES), format_of(path.suffix))
     except OSError as e:
         raise ConfigError(
             f"cannot read config file {path}: {e.strerror}", "check the path"
@@ -216,10 +216,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} is not text (not UTF-8)", "pass a YAML or TOML file"
         ) from None
-    try:
-        data = parse(text, format_of(path.suffix))
     except ParseError as e:
-        raise ConfigError(f"config file {path} is not valid: {e}", "fix its syntax") from None
+        raise ConfigError(f"config file {path} is not valid: {e}", e.hint) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -264,6 +262,18 @@ def build_config(
         raise _config_error(e, command) from None
 
 
+def _sections_with(key: str, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Where `key` is a valid key deeper in the config (`epochs` -> distill.train.epochs and
+    teacher.train.epochs): a key written at the wrong level is the commonest config slip."""
+    found = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            found += [f"{prefix}{name}.{key}"] if key in ann.model_fields else []
+            found += _sections_with(key, ann, f"{prefix}{name}.")
+    return found
+
+
 def _config_error(e: ValidationError, command: str) -> ConfigError:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
@@ -274,8 +284,16 @@ def _config_error(e: ValidationError, command: str) -> ConfigError:
             ann = field.annotation if field else None
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 parent = ann
-        hint = did_you_mean(str(err["loc"][-1]), parent.model_fields) or (
-            f"valid keys here: {', '.join(parent.model_fields)}"
+        key = str(err["loc"][-1])
+        here = "".join(f"{part}." for part in err["loc"][:-1])
+        # A valid key written above its section (`epochs:` at the top, `distill: {lr: ...}`)
+        # is named with the sections below that take it; else the nearest keys here.
+        elsewhere = _sections_with(key, parent, here)
+        hint = (
+            f"'{key}' belongs in a section: {', '.join(elsewhere)}"
+            if elsewhere
+            else did_you_mean(key, parent.model_fields)
+            or f"valid keys here: {', '.join(parent.model_fields)}"
         )
         return ConfigError(f"unknown config key '{where}'", hint)
     value = err.get("input")

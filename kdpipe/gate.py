@@ -33,7 +33,16 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from kdpipe.errors import ConfigError, KdpipeError, closest
-from kdpipe.structured import Open, ParseError, first_problem, format_of, is_number, parse
+from kdpipe.structured import (
+    SETTINGS_BYTES,
+    Open,
+    ParseError,
+    first_problem,
+    format_of,
+    is_number,
+    parse,
+    read_text,
+)
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -55,13 +64,15 @@ def load_report(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"report {path} does not exist", "pass the report.json of a kdpipe run")
     try:
-        report = parse(path.read_text(encoding="utf-8"), "json")
+        report = parse(read_text(path), "json")
         if not isinstance(report.get("metrics"), dict):
             raise ValueError("no 'metrics' map")
         for metric, value in report["metrics"].items():  # a budget must never compare a string
             if not is_number(value):
                 raise ValueError(f"metric '{metric}' is {reprlib.repr(value)}, not a number")
         _GateView.model_validate(report)
+    except OSError as e:
+        raise ConfigError(f"cannot read report {path}: {e.strerror}", "check the path") from None
     except ValidationError as e:
         raise ConfigError(
             f"report {path} is corrupt or too old ({first_problem(e)})",
@@ -107,14 +118,17 @@ class _GateView(Open):
 
 def load_budgets(path: Path) -> dict[str, dict[str, float]]:
     try:
-        text = path.read_text(encoding="utf-8")
-        data = parse(text, format_of(path.suffix))
+        data = parse(read_text(path, SETTINGS_BYTES), format_of(path.suffix))
     except OSError as e:
         raise ConfigError(
             f"cannot read budgets file {path}: {e.strerror}", "check the path"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"budgets file {path} is not text (not UTF-8)", "pass a YAML, TOML or JSON file"
+        ) from None
     except ParseError as e:
-        raise ConfigError(f"budgets file {path} is not valid: {e}", "fix its syntax") from None
+        raise ConfigError(f"budgets file {path} is not valid: {e}", e.hint) from None
     if isinstance(data, dict) and "budgets" in data:
         data = data["budgets"]
     if not isinstance(data, dict) or not data:

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 from kdpipe.errors import ConfigError, DataError, ExportError, first_line
 from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
 from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
-from kdpipe.structured import Open, first_problem, parse
+from kdpipe.structured import Open, first_problem, parse, read_text
 
 
 @dataclass
@@ -36,8 +36,10 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
     if not meta.is_file():
         raise ConfigError(f"{path} is not a kdpipe bundle (no bundle.json)", "pass RUN_DIR/export")
     try:
-        bundle = parse(meta.read_text(encoding="utf-8"), "json")
+        bundle = parse(read_text(meta), "json")
         _Bundle.model_validate(bundle)
+    except OSError as e:
+        raise ConfigError(f"cannot read {meta}: {e.strerror}", "check the path") from None
     except ValidationError as e:
         raise ConfigError(
             f"{meta} is corrupt ({first_problem(e)})", "re-run kdpipe export"

@@ -21,7 +21,7 @@ from typing import Any
 from kdpipe import __version__, ui
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME
-from kdpipe.structured import is_number, parse
+from kdpipe.structured import is_number, parse, read_text
 
 STAGES = ("teacher", "distill", "export", "profile", "report")
 
@@ -124,7 +124,7 @@ def _json_default(obj: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     """A JSON file's values; a file that is not JSON (or nested too deeply) is a ValueError."""
-    return parse(path.read_text(encoding="utf-8"), "json")
+    return parse(read_text(path), "json")
 
 
 def file_sha256(path: Path) -> str:

@@ -6,11 +6,15 @@ trusting them: yaml.safe_load executes nothing, but two short files still took t
   line) met 10^12 values: the process grew past 4 GB in a minute. A document may expand to
   MAX_VALUES values at most, and may not refer to itself.
 - Nesting: `[[[[...]]]]` deep enough raised RecursionError in every parser (an internal error).
+- Size: `--config /dev/zero` read until memory ran out, and a data file passed by mistake
+  was read whole before the parser failed on it. At most `limit` bytes are read.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+from pathlib import Path
 from typing import Any
 
 import tomllib
@@ -21,10 +25,33 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from kdpipe.errors import first_line
 
 MAX_VALUES = 100_000  # kdpipe's own files hold hundreds
+MAX_BYTES = 64 << 20  # reports and run files; a long run's report.json is ~100 KB
+SETTINGS_BYTES = 1 << 20  # configs and budgets, written by hand
 
 
 class ParseError(ValueError):
     """The file is not valid YAML / TOML / JSON, or too large once expanded."""
+
+    hint = "fix its syntax"
+
+
+class TooLarge(ParseError):
+    """More bytes than kdpipe reads of such a file: most likely another file."""
+
+    hint = "pass the right file"
+
+
+def read_text(path: Path, limit: int = MAX_BYTES) -> str:
+    """The UTF-8 text of `path`, of at most `limit` bytes (a ParseError beyond; read in one
+    bounded call, so a pipe — `--config <(...)` — works and an endless device stops).
+    OSError and UnicodeDecodeError (a ValueError) go to the caller."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    # Text first: a binary file (weights passed as a config) is "not text" at any size.
+    text = codecs.getincrementaldecoder("utf-8")().decode(data[:limit], final=len(data) <= limit)
+    if len(data) > limit:
+        raise TooLarge(f"it is larger than {limit / (1 << 20):g} MiB; is it the right file?")
+    return text
 
 
 def parse(text: str, fmt: str) -> Any:

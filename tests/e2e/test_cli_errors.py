@@ -39,6 +39,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         + "distill: {method: *l9}\n"
     )
     (d / "deep.toml").write_text("distill = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    (d / "flat.yaml").write_text("epochs: 3\n")  # distill.train.epochs, written at the top
     png = np.zeros((8, 8), dtype=np.uint8)
     for name, classes in (("single", ["a"]), ("broken", ["a", "b"]), ("empty", [])):
         for c in classes:
@@ -90,6 +91,8 @@ CASES = {
     "missing config": (["--config", "/nonexistent.yaml"], "cannot read config file"),
     "yaml alias bomb": (["--config", "{dir}/laughs.yaml"], "expands to more than 100000 values"),
     "config nested too deeply": (["--config", "{dir}/deep.toml"], "is nested too deeply"),
+    "endless config": (["--config", "/dev/zero"], "is larger than 1 MiB; is it the right file?"),
+    "config key above its section": (["--config", "{dir}/flat.yaml"], "belongs in a section"),
     "bad force": (["--force", "everything"], "unknown stage"),
     "takd without assistant": (["--method", "takd"], "needs at least one teacher assistant"),
     "peers without dml": (["--peers", "resnet18"], "--peers is for deep mutual learning"),

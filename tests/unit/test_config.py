@@ -40,6 +40,26 @@ def test_typo_suggests_the_key() -> None:
     assert "batch_sizes" in e.value.hint
 
 
+def test_a_key_at_the_wrong_level_names_its_section() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'epochs'") as e:
+        build_config({"epochs": 3}, {})
+    assert (
+        e.value.hint == "'epochs' belongs in a section: teacher.train.epochs, distill.train.epochs"
+    )
+    with pytest.raises(ConfigError, match="unknown config key 'distill.lr'") as e:
+        build_config({"distill": {"lr": 0.1}}, {})  # the section it was written in first
+    assert e.value.hint == "'lr' belongs in a section: distill.train.lr"
+
+
+def test_config_files_are_read_up_to_a_size(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)  # 2 MB of comments: valid YAML, not a config
+    with pytest.raises(ConfigError, match="larger than 1 MiB; is it the right file"):
+        load_config_file(big)
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_config_file(Path("/dev/zero"))  # endless: was read until memory ran out
+
+
 @pytest.mark.parametrize(
     "key,value",
     [
