@@ -70,11 +70,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def absent(path: object, folder: bool) -> str:
     """Why `path` is not the folder (or file) wanted: "does not exist", or what it is instead."""
     p = Path(str(path))
-    if folder and p.exists():
-        return "is a file, not a folder"
-    if not folder and p.is_dir():
-        return "is a folder, not a file"
-    return "does not exist"
+    if not p.exists():
+        return "does not exist"
+    if folder:
+        return "is a file, not a folder" if p.is_file() else "is not a folder"
+    # a device, a pipe, a socket: nothing kdpipe could read as a whole file
+    return "is a folder, not a file" if p.is_dir() else "is not a regular file"
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

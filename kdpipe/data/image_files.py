@@ -4,6 +4,9 @@ imagefolder:`."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 from PIL import Image
 
 from kdpipe.errors import DataError
@@ -28,6 +31,9 @@ def _ends_with(file: str, marker: bytes) -> bool:
 def unreadable(file: str) -> str | None:
     """Why `file` cannot be used as an image (Pillow's words), or None when it decodes whole."""
     try:
+        # A named pipe called x.png blocked the run forever in open(); a device never ends.
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            return "not a regular file (a pipe, socket or device)"
         with open_image(file) as img:
             fmt = img.format or ""
             img.verify()

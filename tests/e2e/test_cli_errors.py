@@ -76,6 +76,8 @@ CASES = {
     "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
     "out is a file": (["--out", "{blocker}"], "is a file, not a folder"),
     "weights are a folder": (["--teacher-weights", "{dir}"], "is a folder, not a file"),
+    "weights are a device": (["--teacher-weights", "/dev/zero"], "is not a regular file"),
+    "data folder is a device": (["--data", "imagefolder:/dev/null"], "/dev/null is not a folder"),
     "data folder is a file": (["--data", "imagefolder:{blocker}"], "is a file, not a folder"),
     "binary config": (["--config", "{wrong}"], "is not text"),
     "zero epochs": (["--epochs", "0"], "distill.train.epochs"),

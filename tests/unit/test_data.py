@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 from pathlib import Path
 
@@ -161,6 +162,31 @@ def test_undecodable_images_are_skipped_with_a_warning_or_fail_when_strict(
     assert "skipped 2 image(s)" in capsys.readouterr().err.replace("\n", " ")
     with pytest.raises(DataError, match="2 image\\(s\\) under .* cannot be decoded"):
         load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, strict=True), seed=0)
+
+
+def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # open() of a FIFO waits for a writer: a pipe named x.png held the run forever.
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    os.mkfifo(tmp_path / "a" / "pipe.png")
+
+    def waited(*_: object) -> None:
+        raise TimeoutError("waited on the pipe")  # fail, never hang the suite
+
+    before = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert sum(splits.info.sizes.values()) == 12
+    err = " ".join(capsys.readouterr().err.split())
+    assert "skipped 1 image(s)" in err and "not a regular file" in err
 
 
 def test_files_cut_short_are_found_where_verify_reads_no_pixels(
