@@ -97,8 +97,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             "val_accuracy": result.val_accuracy,
             "history": result.history,
         }
-        save_state(model, cached / "model.pt")
-        write_json(cached / "metrics.json", metrics)
+        _keep_in_cache(model, metrics, cached)
     logits, labels = predict_logits(model, data.test)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:
@@ -107,6 +106,21 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     save_state(model, stage_dir / "model.pt")
     write_json(stage_dir / "metrics.json", metrics)
     return TeacherResult(model.eval(), metrics)
+
+
+def _keep_in_cache(model: nn.Module, metrics: dict[str, Any], cached: Path) -> None:
+    """Keep the trained teacher for later runs, if the cache can take it: a cache that is not
+    writable (a read-only home, KDPIPE_CACHE naming a file, a full disk) costs the reuse, not
+    the run. Before, the error ended the run right after training, and every rerun trained
+    the teacher's last epoch again only to fail at the same place."""
+    try:
+        save_state(model, cached / "model.pt")
+        write_json(cached / "metrics.json", metrics)
+    except OSError as e:
+        ui.warn(
+            f"teacher: not kept in the cache {cache_root()} ({e.strerror or e}), so later "
+            "runs train it again; point KDPIPE_CACHE at a writable folder"
+        )
 
 
 def _from_cache(arch: str, k: int, cached: Path) -> tuple[nn.Module, dict[str, Any]] | None:

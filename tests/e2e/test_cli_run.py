@@ -150,6 +150,24 @@ def test_new_run_dir_reuses_the_cached_teacher(
     assert not (b / "export").exists()  # --until distill stops there
 
 
+def test_a_cache_that_cannot_be_written_costs_the_reuse_not_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # KDPIPE_CACHE naming a file (or a read-only home) was an internal error right after the
+    # teacher trained, and every rerun failed at the same place.
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a folder")
+    env = {"KDPIPE_CACHE": str(blocker)}
+    out = tmp_path / "run"
+    args = ("run", *TINY, "--teacher-epochs", "1", "--epochs", "1", "--image-size", "16")
+    proc = kdpipe_here(capsys, *args, "--out", str(out), "--until", "distill", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = " ".join(proc.stderr.split())
+    assert f"teacher: not kept in the cache {blocker} (Not a directory)" in err
+    assert "teacher-logit table not stored" in err
+    assert (out / "distill" / "student.pt").is_file() and blocker.read_text().startswith("a file")
+
+
 def test_gate_on_a_real_run(first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, _, env = first_run
     r = json.loads((out / "report.json").read_text())
