@@ -7,6 +7,7 @@ Every failure the user can fix prints `error: ...` and `hint: ...` on stderr and
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 import traceback
@@ -821,6 +822,11 @@ def version() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors become one line and exit code 2, like every other bad input."""
+    # File names that are not UTF-8 (Latin-1 from an old archive) are printed as the bytes
+    # they are on disk, which the next tool in a pipe can open; a strict stdout (most UTF-8
+    # locales) made `kdpipe predict` fail on them. stderr already escapes them.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         code = app(args=argv, standalone_mode=False)
     except typer.Exit as e:

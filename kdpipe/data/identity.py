@@ -83,7 +83,10 @@ def _array(h: Any, a: np.ndarray) -> None:
 def _files(h: Any, paths: Iterable[str | Path]) -> None:
     for p in paths:
         st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # fsencode: a file name that is not UTF-8 (Latin-1 from an old archive) comes back as
+        # the bytes it is on disk; str.encode() refused it (an internal error).
+        h.update(os.fsencode(os.path.abspath(p)))
+        h.update(f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
 
 def describe_transform(t: Any) -> str:

@@ -110,6 +110,18 @@ def test_predict_without_torch_matches_pytorch(first_run, tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     proc = kdpipe("predict", str(out / "export"), str(tmp_path / "empty"), env=env)
     assert proc.returncode == 2 and "no image files in" in proc.stderr
+    # A file name that is not UTF-8 (Latin-1 bytes), printed through a strict stdout (most
+    # UTF-8 locales): the name comes out as the bytes it is on disk.
+    latin = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png")
+    shutil.copy(paths[0], latin)
+    raw = subprocess.run(
+        [sys.executable, "-m", "kdpipe", "predict", str(out / "export"), latin],
+        env={**env, "PYTHONIOENCODING": "utf-8:strict"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert raw.stdout.startswith(os.fsencode(latin) + b"\t")
 
 
 def test_predict_refuses_modified_or_corrupt_models(first_run, tmp_path: Path) -> None:

@@ -189,6 +189,24 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(
     assert "skipped 1 image(s)" in err and "not a regular file" in err
 
 
+def test_file_names_that_are_not_utf8_are_read_and_identified(tmp_path: Path) -> None:
+    # Latin-1 names from an old archive: hashing the folder's identity (the teacher-logit
+    # cache key) was an internal UnicodeEncodeError.
+    from kdpipe.data.identity import image_identity
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            name = os.fsdecode(bytes(tmp_path / c) + b"/caf\xe9" + str(i).encode() + b".png")
+            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(name)
+    splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
+    assert sum(splits.info.sizes.values()) == 12
+    first = image_identity(splits.train)
+    assert first and first == image_identity(splits.train)
+    os.utime(splits.train.dataset.samples[splits.train.indices[0]][0], ns=(0, 0))
+    assert image_identity(splits.train) != first  # a file changed: another key
+
+
 def test_files_cut_short_are_found_where_verify_reads_no_pixels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
