@@ -195,6 +195,17 @@ class RunConfig(_Section):
     profile: ProfileConfig = ProfileConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @field_validator("out", "name")
+    @classmethod
+    def _utf8(cls, value: Path | str | None) -> Path | str | None:
+        # A name that is not UTF-8 (bytes from a Latin-1 shell) passes the file system but not
+        # onnx and onnxruntime, whose C++ takes UTF-8 paths: the run failed at export.
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid UTF-8; onnx cannot write files under it") from None
+        return value
+
     def run_name(self) -> str:
         data = self.data.spec.split(":", 1)[0]
         t, s = model_label(self.teacher.arch), model_label(self.student.arch)

@@ -77,6 +77,9 @@ CASES = {
     "out is a file": (["--out", "{blocker}"], "is a file, not a folder"),
     "weights are a folder": (["--teacher-weights", "{dir}"], "is a folder, not a file"),
     "weights are a device": (["--teacher-weights", "/dev/zero"], "is not a regular file"),
+    # bytes from a Latin-1 shell: onnx's C++ takes UTF-8 paths (the run failed at export)
+    "out is not UTF-8": (["--out", "{dir}/caf\udce9"], "is not valid UTF-8"),
+    "name is not UTF-8": (["--name", "caf\udce9"], "is not valid UTF-8"),
     "data folder is a device": (["--data", "imagefolder:/dev/null"], "/dev/null is not a folder"),
     "data folder is a file": (["--data", "imagefolder:{blocker}"], "is a file, not a folder"),
     "binary config": (["--config", "{wrong}"], "is not text"),
