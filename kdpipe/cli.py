@@ -75,6 +75,12 @@ def errors_reported(debug: bool) -> Iterator[None]:
                 "to resume",
                 1,
             )
+        if isinstance(e, OSError) and e.filename and e.strerror:  # a path the system refused
+            _fail(
+                f"cannot use {e.filename}: {e.strerror}",
+                "check the path: a file (not a folder) in a folder you can write to",
+                2,
+            )
         first = (str(e).strip().splitlines() or [""])[0][:300]
         if out_of_memory(e):  # the most common failure on a GPU, and not a bug either
             _fail(

@@ -58,7 +58,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     (and only on the process that writes: rank 0 of a distributed run). A write the disk
     refuses (full, over quota) names `path` in its OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a folder that takes no files (/proc, read-only): name the file
+        e.filename = str(path)
+        raise
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -82,6 +86,8 @@ def naming(path: Path, *stand_ins: Path) -> Iterator[None]:
     except OSError as e:
         if e.filename is None or e.filename in {str(p) for p in stand_ins}:
             e.filename = str(path)
+            if e.filename2 == str(path):  # a rename onto `path` (a folder of that name)
+                e.filename2 = None
         raise
 
 

@@ -95,6 +95,18 @@ def test_broken_budget_exits_1_with_a_table_and_junit(tmp_path: Path) -> None:
     )
 
 
+def test_a_junit_path_the_system_refuses_is_one_line(tmp_path: Path) -> None:
+    # A folder, or a folder that takes no files: "internal error: IsADirectoryError ... '/x' ->
+    # '/x'" and a FileNotFoundError naming kdpipe's temporary file.
+    report = crafted_run(tmp_path)
+    b = budgets(tmp_path, "budgets:\n  student.accuracy: {min: 0.5}\n")
+    for junit, why in ((tmp_path, "Is a directory"), (Path("/proc/gate.xml"), "No such file")):
+        proc = kdpipe("gate", str(report), "--budgets", str(b), "--junit", str(junit))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"error: cannot use {junit}: {why}"), proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
 def test_noise_inside_the_interval_passes_unless_strict(tmp_path: Path) -> None:
     report = crafted_run(tmp_path, spread=1.0)
     value = json.loads(report.read_text())["metrics"][f"{STUDENT}.p95_ms"]

@@ -93,3 +93,15 @@ def test_a_write_error_without_a_file_name_names_the_file_being_made(tmp_path: P
     with pytest.raises(OSError) as e, naming(tmp_path / "student.int8.onnx"):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "other"))
     assert e.value.filename == str(tmp_path / "other")  # a name it has is kept
+
+
+def test_a_path_the_system_refuses_names_the_file_not_its_temporary_name(tmp_path: Path) -> None:
+    from kdpipe.runs import write_text
+
+    with pytest.raises(IsADirectoryError) as e:
+        write_text(tmp_path, "x")  # the rename onto a folder of that name
+    assert (e.value.filename, e.value.filename2) == (str(tmp_path), None)
+    with pytest.raises(OSError) as e:
+        write_text(Path("/proc/report.md"), "x")  # a folder that takes no new files
+    assert e.value.filename == "/proc/report.md"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
