@@ -40,6 +40,14 @@ stdout = Console(
 )
 
 
+def reader_gone() -> int:
+    """The reader of stdout stopped (`kdpipe predict ... | head -1`): stop quietly, exit 1 —
+    what rich does when its own output meets a closed pipe — not "internal error:
+    BrokenPipeError". Later writes (the interpreter's last flush) go nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
+
+
 def _fail(message: str, hint: str, code: int) -> None:
     ui.error(message, hint)
     raise typer.Exit(code)
@@ -64,6 +72,8 @@ def errors_reported(debug: bool) -> Iterator[None]:
         _fail(e.message, e.hint, e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", "finished stages are kept; run the same command again to resume", 130)
+    except BrokenPipeError:
+        raise typer.Exit(reader_gone()) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
@@ -835,8 +845,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
         code = app(args=argv, standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered for a pipe, while a closed one can be told
     except typer.Exit as e:
         code = e.exit_code
+    except BrokenPipeError:
+        code = reader_gone()
     except typer.Abort:
         ui.error("aborted")
         code = 130

@@ -184,3 +184,19 @@ def test_a_bundle_json_edited_out_of_shape_is_one_line(
     (bundle / "bundle.json").write_text(json.dumps(meta))
     proc = kdpipe_here(capsys, "predict", str(bundle), str(img), "--precision", "int8")
     assert proc.returncode == 2 and "names 3 classes but the model gives 10 scores" in proc.stderr
+
+
+def test_a_reader_that_stops_early_ends_predict_quietly(first_run, tmp_path: Path) -> None:
+    # `kdpipe predict ... | head -1`: the closed pipe was "internal error: BrokenPipeError".
+    out, _, _ = first_run
+    paths, _ = _digits_test_pngs(tmp_path / "imgs")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdpipe", "predict", str(out / "export"), str(tmp_path / "imgs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "internal error" not in err and "Traceback" not in err and "Exception" not in err, err
