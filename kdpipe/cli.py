@@ -383,9 +383,10 @@ def run(
 
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
             from kdpipe.api import validate
-            from kdpipe.launch import relaunch
+            from kdpipe.launch import check_devices, relaunch
 
             validate(cfg, nproc)  # --until, --force and --out were checked above
+            check_devices(nproc, cfg.runtime.device)
             raise typer.Exit(relaunch(nproc, sys.argv[1:], max_restarts))
         if max_restarts and "WORLD_SIZE" not in os.environ:
             raise ConfigError(

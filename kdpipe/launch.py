@@ -30,6 +30,31 @@ def without_launcher_options(argv: list[str]) -> list[str]:
     return out
 
 
+def check_devices(nproc: int, device: str) -> None:
+    """`--nproc N` must fit this machine: one GPU per process (a process past the last GPU
+    failed with "invalid device ordinal"), or on the CPU at most one process per core (each
+    process holds its own models and data: 64 of them on 2 cores would exhaust the memory
+    long before they sped anything up)."""
+    import torch
+
+    from kdpipe.errors import ConfigError
+
+    if device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise ConfigError(
+                f"--nproc {nproc} processes but this machine has {gpus} GPU{'s' * (gpus > 1)}",
+                f"give --nproc {gpus} or fewer (one GPU per process), or --device cpu",
+            )
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if nproc > (cores or 1):
+        raise ConfigError(
+            f"--nproc {nproc} processes but this process may use {cores} CPU core(s)",
+            f"give --nproc {cores} or fewer: each process holds its own models and data",
+        )
+
+
 def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     """Run `kdpipe <argv>` (minus the launcher's options) on `nproc` processes; their exit
     status. After a failure (a process killed, out of memory, a lost peer) the launcher

@@ -64,6 +64,12 @@ class Runtime:
                 ui.info(f"note: {' and '.join(ignored)} apply to CUDA runs; ignored on the CPU")
             return cls(torch.device("cpu"), None, workers, rc.detect_anomaly, False, teacher_dtype)
         d = distributed.current()
+        if d.local_rank >= torch.cuda.device_count():  # torchrun --nproc-per-node > GPUs
+            raise ConfigError(
+                f"process {d.local_rank} of this machine has no GPU of its own "
+                f"({torch.cuda.device_count()} here)",
+                "start at most one process per GPU (--nproc-per-node), or use --device cpu",
+            )
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels

@@ -168,3 +168,29 @@ def test_an_out_dir_that_other_ranks_do_not_see_is_refused_on_every_rank(tmp_pat
     assert "a filesystem every node mounts" in rank0[1]
     assert not (tmp_path / "node1").exists()  # the other "machine" got nothing
     assert not list((tmp_path / "node0").rglob(".kdpipe-shared-*"))  # the probe is gone
+
+
+def test_nproc_must_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 processes on 2 cores each hold their own models and data (the memory goes first);
+    # a process past the last GPU failed with "invalid device ordinal".
+    from kdpipe.config import RuntimeConfig
+    from kdpipe.distill import distributed
+    from kdpipe.distill.stepper import Runtime
+    from kdpipe.errors import ConfigError
+    from kdpipe.launch import check_devices
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_devices(2, "auto")
+    with pytest.raises(ConfigError, match="--nproc 3 processes but this process may use 2 CPU"):
+        check_devices(3, "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="--nproc 2 processes but this machine has 1 GPU$"):
+        check_devices(2, "auto")
+    check_devices(2, "cpu")  # on the CPU the cores count, not the GPUs
+    # torchrun started by hand with more processes than GPUs: rank 1 is told, not crashed.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(1, 2, 1))
+    with pytest.raises(ConfigError, match="process 1 of this machine has no GPU of its own"):
+        Runtime.from_config(RuntimeConfig(), workers=0)
