@@ -114,6 +114,10 @@ class TensorRTRunner:
         self._torch = torch
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self._logger)
+        # A plan may come from anyone (`kdpipe profile x.plan`): a version-compatible one can
+        # embed a lean runtime, host code TensorRT would run. Never allowed here (TensorRT's
+        # default, said so it stays so).
+        self.runtime.engine_host_code_allowed = False
         self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if self.engine is None:
             raise ExportError(
