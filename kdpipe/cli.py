@@ -88,7 +88,7 @@ def errors_reported(debug: bool) -> Iterator[None]:
         if isinstance(e, OSError) and e.filename and e.strerror:  # a path the system refused
             _fail(
                 f"cannot use {e.filename}: {e.strerror}",
-                "check the path: a file (not a folder) in a folder you can write to",
+                "check that path: a file where a file is expected, in a folder kdpipe may use",
                 2,
             )
         first = (str(e).strip().splitlines() or [""])[0][:300]
