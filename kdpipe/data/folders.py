@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from kdpipe import ui
-from kdpipe.data.image_files import is_image_file, load_rgb, unreadable
+from kdpipe.data.image_files import is_image_file, load_rgb, unreadable_files
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
 from kdpipe.errors import DataError, absent
@@ -23,7 +23,7 @@ from kdpipe.errors import DataError, absent
 def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:
     """Check every file decodes (image_files.unreadable: headers, checksums, whole files, pixel
     count); skip the bad ones with a count and a warning, or fail when `strict`."""
-    bad = {file: why for file, _ in ds.samples if (why := unreadable(file))}
+    bad = unreadable_files([file for file, _ in ds.samples])
     if not bad:
         return
     first, why = next(iter(bad.items()))

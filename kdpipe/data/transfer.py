@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from kdpipe import ui
-from kdpipe.data.image_files import is_image_file, load_rgb, unreadable
+from kdpipe.data.image_files import is_image_file, load_rgb, unreadable_files
 from kdpipe.data.splits import DataInfo, stratified_indices
 from kdpipe.data.transforms import eval_transform
 from kdpipe.errors import DataError, absent
@@ -82,7 +82,8 @@ class UnlabeledFolder(Dataset):
                 "check the path after imagefolder:",
             )
         found = sorted(p for p in root.rglob("*") if is_image_file(p.name))
-        bad = {p: why for p in found if (why := unreadable(str(p)))}
+        verdicts = unreadable_files([str(p) for p in found])
+        bad = {p: verdicts[str(p)] for p in found if str(p) in verdicts}
         self.files = [p for p in found if p not in bad]
         if not self.files:
             raise DataError(f"no images found under transfer folder {root}", "add .png/.jpg files")

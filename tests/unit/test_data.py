@@ -207,6 +207,39 @@ def test_file_names_that_are_not_utf8_are_read_and_identified(tmp_path: Path) ->
     assert image_identity(splits.train) != first  # a file changed: another key
 
 
+def test_a_folder_checked_once_is_not_opened_again_until_a_file_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rerun (a resume, another student) opened every image again: ~1 min for ImageNet here.
+    from kdpipe.data import image_files
+
+    folder = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(folder / c / f"{i}.png")
+    (folder / "a" / "notes.png").write_bytes(b"not an image")
+    opened: list[str] = []
+    check = image_files.unreadable
+    monkeypatch.setattr(image_files, "unreadable", lambda f: opened.append(f) or check(f))
+    spec = DataConfig(spec=f"imagefolder:{folder}", image_size=8)
+    for expected_opens in (13, 0):  # checked, then known
+        opened.clear()
+        splits = load_data(spec, seed=0)
+        assert len(opened) == expected_opens and sum(splits.info.sizes.values()) == 12
+        err = " ".join(capsys.readouterr().err.split())
+        assert "skipped 1 image(s)" in err and "notes.png" in err  # said on every run
+    os.utime(folder / "b" / "3.png", ns=(0, 0))  # a file changed: the folder is checked again
+    opened.clear()
+    load_data(spec, seed=0)
+    assert len(opened) == 13
+    for stored in Path(os.environ["KDPIPE_CACHE"], "image-checks").glob("*.json"):
+        stored.write_text("[not, verdicts")  # damaged since: checked again, not trusted
+    opened.clear()
+    load_data(spec, seed=0)
+    assert len(opened) == 13
+
+
 def test_files_cut_short_are_found_where_verify_reads_no_pixels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
