@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.structured import SETTINGS_BYTES, ParseError, format_of, parse, read_text
+from kdpipe.structured import read_settings
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
@@ -217,18 +217,7 @@ class RunConfig(_Section):
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML or TOML config file into a plain dict."""
-    try:
-        data = parse(read_text(path, SETTINGS_BYTES), format_of(path.suffix))
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read config file {path}: {e.strerror}", "check the path"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"config file {path} is not text (not UTF-8)", "pass a YAML or TOML file"
-        ) from None
-    except ParseError as e:
-        raise ConfigError(f"config file {path} is not valid: {e}", e.hint) from None
+    data = read_settings(path, "config file", "YAML or TOML")
     if data is None:
         return {}
     if not isinstance(data, dict):

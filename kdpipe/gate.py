@@ -33,16 +33,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from kdpipe.errors import ConfigError, KdpipeError, closest
-from kdpipe.structured import (
-    SETTINGS_BYTES,
-    Open,
-    ParseError,
-    first_problem,
-    format_of,
-    is_number,
-    parse,
-    read_text,
-)
+from kdpipe.structured import Open, first_problem, is_number, parse, read_settings, read_text
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -117,18 +108,7 @@ class _GateView(Open):
 
 
 def load_budgets(path: Path) -> dict[str, dict[str, float]]:
-    try:
-        data = parse(read_text(path, SETTINGS_BYTES), format_of(path.suffix))
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read budgets file {path}: {e.strerror}", "check the path"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"budgets file {path} is not text (not UTF-8)", "pass a YAML, TOML or JSON file"
-        ) from None
-    except ParseError as e:
-        raise ConfigError(f"budgets file {path} is not valid: {e}", e.hint) from None
+    data = read_settings(path, "budgets file", "YAML, TOML or JSON")
     if isinstance(data, dict) and "budgets" in data:
         data = data["budgets"]
     if not isinstance(data, dict) or not data:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from kdpipe.errors import first_line
+from kdpipe.errors import ConfigError, first_line
 
 MAX_VALUES = 100_000  # kdpipe's own files hold hundreds
 MAX_BYTES = 64 << 20  # reports and run files; a long run's report.json is ~100 KB
@@ -52,6 +52,21 @@ def read_text(path: Path, limit: int = MAX_BYTES) -> str:
     if len(data) > limit:
         raise TooLarge(f"it is larger than {limit / (1 << 20):g} MiB; is it the right file?")
     return text
+
+
+def read_settings(path: Path, what: str, formats: str) -> Any:
+    """A hand-written settings file (`what`: "config file", "budgets file") parsed by its
+    suffix; unreadable, not text, invalid or too large is a ConfigError naming it."""
+    try:
+        return parse(read_text(path, SETTINGS_BYTES), format_of(path.suffix))
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}", "check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{what} {path} is not text (not UTF-8)", f"pass a {formats} file"
+        ) from None
+    except ParseError as e:
+        raise ConfigError(f"{what} {path} is not valid: {e}", e.hint) from None
 
 
 def parse(text: str, fmt: str) -> Any:

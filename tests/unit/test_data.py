@@ -51,6 +51,16 @@ def _write_images(root: Path, classes: list[str], per_class: int, size: int = 20
             img.save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
+def _two_classes(root: Path, per_class: int, step: int = 20, stem: bytes = b"") -> None:
+    """Class folders a/ and b/ of `per_class` grey 8x8 PNGs, file i of value i * step, named
+    `stem` + i (bytes: a name need not be UTF-8)."""
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            name = os.fsdecode(bytes(root / c) + b"/" + stem + b"%d.png" % i)
+            Image.fromarray(np.full((8, 8), i * step, dtype=np.uint8)).save(name)
+
+
 def test_imagefolder_single_folder(tmp_path: Path) -> None:
     _write_images(tmp_path / "imgs", ["cat", "dog", "fox"], 20)
     d = load_data(DataConfig(spec=f"imagefolder:{tmp_path / 'imgs'}", image_size=24), seed=0)
@@ -151,10 +161,7 @@ def test_undecodable_images_are_skipped_with_a_warning_or_fail_when_strict(
 ) -> None:
     from kdpipe.errors import DataError
 
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(10):
-            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    _two_classes(tmp_path, 10)
     (tmp_path / "a" / "cut.png").write_bytes((tmp_path / "a" / "0.png").read_bytes()[:40])
     (tmp_path / "b" / "notes.jpg").write_bytes(b"not an image")
     splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
@@ -168,10 +175,7 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # open() of a FIFO waits for a writer: a pipe named x.png held the run forever.
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(6):
-            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    _two_classes(tmp_path, 6)
     os.mkfifo(tmp_path / "a" / "pipe.png")
 
     def waited(*_: object) -> None:
@@ -194,11 +198,7 @@ def test_file_names_that_are_not_utf8_are_read_and_identified(tmp_path: Path) ->
     # cache key) was an internal UnicodeEncodeError.
     from kdpipe.data.identity import image_identity
 
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(6):
-            name = os.fsdecode(bytes(tmp_path / c) + b"/caf\xe9" + str(i).encode() + b".png")
-            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(name)
+    _two_classes(tmp_path, 6, stem=b"caf\xe9")
     splits = load_data(DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8), seed=0)
     assert sum(splits.info.sizes.values()) == 12
     first = image_identity(splits.train)
@@ -214,10 +214,7 @@ def test_a_folder_checked_once_is_not_opened_again_until_a_file_changes(
     from kdpipe.data import image_files
 
     folder = tmp_path / "imgs"
-    for c in ("a", "b"):
-        (folder / c).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(folder / c / f"{i}.png")
+    _two_classes(folder, 6)
     (folder / "a" / "notes.png").write_bytes(b"not an image")
     opened: list[str] = []
     check = image_files.unreadable
@@ -302,10 +299,7 @@ def test_decompression_bombs_are_skipped_and_large_photos_read_without_warnings(
     from kdpipe.predict import preprocess
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bombs above 2000 pixels
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(6):
-            Image.fromarray(np.full((8, 8), i * 30, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    _two_classes(tmp_path, 6, step=30)
     Image.new("L", (50, 50)).save(tmp_path / "a" / "bomb.png")  # 2500 pixels
     Image.new("L", (40, 40), 200).save(tmp_path / "b" / "large.png")  # 1600: warned by Pillow
     with warnings.catch_warnings():
@@ -328,12 +322,7 @@ def test_files_reached_through_symbolic_links_are_used_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A link back up the tree made ImageFolder list each image ~20 times, in every split.
-    for c in ("a", "b"):
-        (tmp_path / "one" / c).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(np.full((8, 8), i * 30, dtype=np.uint8)).save(
-                tmp_path / "one" / c / f"{i}.png"
-            )
+    _two_classes(tmp_path / "one", 6, step=30)
     (tmp_path / "one" / "a" / "again").symlink_to(".")
     (tmp_path / "elsewhere").mkdir()
     Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(tmp_path / "elsewhere" / "x.png")
