@@ -27,7 +27,7 @@ from kdpipe import __version__, ui
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import autocast_to
-from kdpipe.runs import cache_root, save_torch
+from kdpipe.runs import DamagedFile, cache_root, load_torch, save_torch
 
 
 @torch.inference_mode()
@@ -109,7 +109,7 @@ def _read(path: Path, n: int, k: int) -> Tensor | None:
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch(path)
         t = saved["logits"]
         ok = (
             isinstance(t, Tensor)
@@ -117,6 +117,11 @@ def _read(path: Path, n: int, k: int) -> Tensor | None:
             and tuple(t.shape) == (n, k)
             and bool(torch.isfinite(t).all())
         )
+    except DamagedFile as e:
+        ui.warn(
+            f"ignoring teacher-logit table {path}: its record {e.record} fails its CRC-32 check"
+        )
+        return None
     except Exception as e:  # noqa: BLE001 - an unreadable cache file is recomputed, never trusted
         ui.warn(f"ignoring unreadable teacher-logit table {path}: {type(e).__name__}")
         return None

@@ -5,10 +5,12 @@ optimizer, scheduler and grad scaler, the RNG state of every generator in play (
 CUDA, Python, NumPy; the data order is a pure function of seed and epoch, so the position is
 just the stage, epoch and batch), the running loss sums and the history so far. It is written
 to a temporary file and renamed, so a kill at any moment leaves either the previous checkpoint
-or the new one, never half of one; it is read with weights_only=True and only when its key
-(the stage's input fingerprint) matches the run being resumed. While a stage trains, the
-checkpoint directory also holds a spare file of the same size (see `save`); both go when the
-stage ends.
+or the new one, never half of one; it is read with weights_only=True, only when the CRC-32 of
+every record still holds (torch.load itself skips them) and only when its key (the stage's
+input fingerprint) matches the run being resumed. While a stage trains, the checkpoint
+directory also holds a spare file of the same size: the previous checkpoint, which a resume
+falls back on when the last one was damaged after it was written (see `save`, `load`); both
+go when the stage ends.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from kdpipe import faults, ui
-from kdpipe.runs import torch_save_into
+from kdpipe.runs import DamagedFile, load_torch, torch_save_into
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,12 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
     The file written into is the previous checkpoint's, kept as a spare and overwritten in
     place: its disk blocks and cached pages are reused instead of a new file's being allocated
     while the old one is freed. On the CI machine's ext4 (mounted with discard) that took a
-    134 MB checkpoint from 0.13-0.40 s, with spikes to 1.7 s, to a steady 0.05-0.13 s."""
+    134 MB checkpoint from 0.13-0.40 s, with spikes to 1.7 s, to a steady 0.05-0.13 s.
+    torch computes each record's CRC-32 on the way (26 ms of such a checkpoint here), which is
+    how `load` tells a file damaged since from a whole one."""
     spare, keep = _spare_paths(ck)
     try:
-        with open(spare, "r+b" if spare.is_file() else "wb") as f, _without_crc32():
+        with open(spare, "r+b" if spare.is_file() else "wb") as f:
             torch_save_into({"key": ck.key, **state}, f)
             f.truncate()
     except OSError as e:  # a full disk: name the checkpoint (the last one stays whole)
@@ -88,16 +92,6 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
     os.replace(spare, ck.path)
     if kept:
         os.replace(keep, spare)
-
-
-def _without_crc32() -> contextlib.AbstractContextManager:
-    """torch.save without the zip CRC-32 of every record, where torch can (>= 2.6). torch.load
-    never checks those checksums, so they guard nothing here; computing them took 15-25 ms
-    of each 134 MB checkpoint on the CI machine. Whole files are the rename's job."""
-    config = getattr(getattr(torch.utils, "serialization", None), "config", None)
-    if config is None or not hasattr(config, "patch"):
-        return contextlib.nullcontext()
-    return config.patch({"save.compute_crc32": False})
 
 
 def _spare_paths(ck: Checkpointing) -> tuple[Path, Path]:
@@ -132,15 +126,22 @@ class Writer:
     on the 2-core CI machine, 4 digits epochs of resnet18 + AdamW (three 134 MB checkpoints),
     median of 3 alternations: no checkpoints 7.73 s, in place 8.65 s, background 9.65 s."""
 
-    def __init__(self, background: bool = True) -> None:
+    def __init__(self, background: bool = True, resumed_from: Path | None = None) -> None:
         self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # The file training resumed from when it was not the last checkpoint (damaged): it
+        # becomes the checkpoint before anything is written, or the first write would go into
+        # the only whole state on disk. By then every rank has read it (a step came between).
+        self._adopt = resumed_from
 
     def submit(self, ck: Checkpointing, state: dict[str, Any], reached: str | None = None) -> None:
         """Write `state` as it is now (in place, or from a copy taken now); `reached`: the fault
         point passed once the file is on disk."""
         self.wait()
+        if self._adopt is not None and self._adopt != ck.path and self._adopt.is_file():
+            os.replace(self._adopt, ck.path)
+        self._adopt = None
         if not self.background:
             save(ck, state)
             if reached:
@@ -180,28 +181,42 @@ class Writer:
 
 def discard(ck: Checkpointing) -> None:
     ck.path.unlink(missing_ok=True)
-    _remove_partial_writes(ck)
-
-
-def _remove_partial_writes(ck: Checkpointing) -> None:
-    # A process killed mid-write leaves its temporary file (never the checkpoint itself).
     for tmp in ck.path.parent.glob(f".{ck.path.name}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
 
-def load(ck: Checkpointing) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None (absent, unreadable, or of other inputs)."""
-    if ck.path.parent.is_dir():
-        _remove_partial_writes(ck)
-    if not ck.path.is_file():
+def load(ck: Checkpointing) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint to resume from and its file, or None: the last one if it is whole and of
+    these inputs, else the previous one (the spare, or the file a kill between `save`'s renames
+    left). A spare that a kill cut off while it was being overwritten fails its checksums.
+    Any of them is an exact training state, so the resumed run ends the same. Nothing is moved
+    here, as every torchrun rank must find the same files: the Writer puts the file resumed
+    from in the checkpoint's place before it writes (`Writer(resumed_from=...)`)."""
+    if not ck.path.parent.is_dir():
+        return None
+    spare, keep = _spare_paths(ck)
+    for path in (ck.path, spare, keep):
+        state = _read(path, ck.key)
+        if state is not None:
+            if path != ck.path:
+                ui.warn(f"resuming from the checkpoint before it ({path.name})")
+            return state, path
+    return None
+
+
+def _read(path: Path, key: str) -> dict[str, Any] | None:
+    if not path.is_file():
         return None
     try:
-        state = torch.load(ck.path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never trusted
-        ui.warn(f"ignoring unreadable checkpoint {ck.path}: {type(e).__name__}")
+        state = load_torch(path)
+    except DamagedFile as e:
+        ui.warn(f"ignoring checkpoint {path}: its record {e.record} fails its CRC-32 check")
         return None
-    if not isinstance(state, dict) or state.get("key") != ck.key:
-        ui.warn(f"ignoring checkpoint {ck.path}: it belongs to other inputs")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never trusted
+        ui.warn(f"ignoring unreadable checkpoint {path}: {type(e).__name__}")
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        ui.warn(f"ignoring checkpoint {path}: it belongs to other inputs")
         return None
     return state
 

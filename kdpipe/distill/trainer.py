@@ -188,7 +188,8 @@ def fit(
 
     # Where to start: the beginning, or the position a matching checkpoint recorded.
     pos = {"stage": 0, "epoch": 1, "batch": 0}
-    saved = ckpt.load(checkpoint) if checkpoint else None
+    found = ckpt.load(checkpoint) if checkpoint else None
+    saved = found[0] if found else None
     if saved is not None:
         saved = _fits_this_world(saved, per_epoch, d.world, desc, checkpoint)
     sums: dict[str, float] = {}  # an epoch's loss sums so far (from a checkpoint when resuming)
@@ -210,7 +211,7 @@ def fit(
     anomaly = (
         torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
     )
-    writer = ckpt.Writer(background=rt.cuda)
+    writer = ckpt.Writer(background=rt.cuda, resumed_from=found[1] if found else None)
 
     def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
         """Checkpoint the training state as it is now (rank 0 writes; see ckpt.Writer)."""

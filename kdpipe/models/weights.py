@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kdpipe.errors import ModelError, first_line
+from kdpipe.runs import DamagedFile, load_torch
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "student", "net")
 
@@ -24,7 +25,12 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if _is_safetensors(path):
         return _unwrap(_load_safetensors(path), path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch(path)
+    except DamagedFile as e:
+        raise ModelError(
+            f"weights file {path} is damaged: its record {e.record} fails its CRC-32 check",
+            "copy or fetch the file again (it changed after torch.save wrote it)",
+        ) from None
     except pickle.UnpicklingError as e:
         # The safe unpickler names the code a file wants to import as a "global"; any other
         # complaint means the bytes are simply not a pickle torch can read.

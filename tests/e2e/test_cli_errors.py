@@ -28,6 +28,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     junk.write_bytes(b"\x00garbage, not a checkpoint")
     wrong = d / "resnet18_3classes.pt"
     torch.save(create("resnet18", 3).state_dict(), wrong)
+    damaged = d / "resnet18_flipped.pt"  # weights that fit, one bit changed after saving
+    raw = bytearray(wrong.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    damaged.write_bytes(bytes(raw))
     blocker = d / "a_file"
     blocker.write_text("x")
     cfg = d / "typo.yaml"
@@ -53,7 +57,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (foreign / "thesis.tex").write_text("mine")
     evil = d / "evil.pt"
     torch.save({"fc.weight": torch.zeros(1), "x": Payload(d / "pwned")}, evil)
-    return {"junk": junk, "wrong": wrong, "blocker": blocker, "typo": cfg, "dir": d, "evil": evil}
+    return {
+        "junk": junk,
+        "wrong": wrong,
+        "damaged": damaged,
+        "blocker": blocker,
+        "typo": cfg,
+        "dir": d,
+        "evil": evil,
+    }
 
 
 class Payload:
@@ -72,6 +84,10 @@ CASES = {
     "missing cifar files": (["--data", "cifar10:{dir}"], "cifar10 files not found"),
     "garbage weights": (["--teacher-weights", "{junk}"], "not a readable PyTorch file"),
     "mismatched weights": (["--teacher", "resnet18", "--teacher-weights", "{wrong}"], "do not fit"),
+    "damaged weights": (
+        ["--teacher", "resnet18", "--teacher-weights", "{damaged}"],
+        "fails its CRC-32 check",
+    ),
     "missing weights": (["--student-weights", "/nonexistent.pt"], "does not exist"),
     "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
     "out is a file": (["--out", "{blocker}"], "is a file, not a folder"),

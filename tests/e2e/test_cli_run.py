@@ -106,17 +106,17 @@ def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
     teacher = b / "teacher" / "model.pt"
     teacher.write_bytes(teacher.read_bytes()[:1000])  # cut short: its size says so
     student = b / "distill" / "student.pt"
-    data = student.read_bytes()
-    student.write_bytes(data[:-200] + bytes(200))  # same size, zip directory gone: unreadable
+    _flip_a_bit(student)  # same size: only its SHA-256 in stage.json tells
     (cached,) = cache.glob("teachers/*/model.pt")
-    cached.write_bytes(cached.read_bytes()[:-200] + bytes(200))
+    _flip_a_bit(cached)  # a weight changed: torch.load takes it, its CRC-32 does not hold
     proc = kdpipe_here(
         capsys, "run", *TINY, "--out", str(b), env={**env, "KDPIPE_CACHE": str(cache)}
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     err = " ".join(proc.stderr.split())
     assert "not the" in err and "the stage wrote; running the stage again" in err
-    assert "distill: its outputs in" in err and "ignoring the cached resnet18" in err
+    assert "changed since the stage wrote it (its SHA-256 differs)" in err
+    assert "ignoring the cached resnet18" in err and "fails its CRC-32 check" in err
     r = json.loads((b / "report.json").read_text())
     assert [r["stages"][s]["reused"] for s in ("teacher", "distill", "export")] == [
         False,
@@ -128,6 +128,12 @@ def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
     again = torch.load(student, weights_only=True)
     first = torch.load(out / "distill" / "student.pt", weights_only=True)
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the middle of a weights file: inside a tensor
+    path.write_bytes(bytes(data))
 
 
 def test_new_run_dir_reuses_the_cached_teacher(

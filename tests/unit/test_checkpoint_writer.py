@@ -20,8 +20,10 @@ def test_written_state_is_the_state_at_submit(tmp_path: Path, background: bool) 
     writer.submit(ck, {"model": {"w": weights}, "history": [1]})
     weights.add_(100.0)  # training goes on and changes the live tensor in place
     writer.wait()
-    saved = ckpt.load(ck)
-    assert saved is not None and saved["key"] == "k1"
+    found = ckpt.load(ck)
+    assert found is not None and found[1] == ck.path
+    saved = found[0]
+    assert saved["key"] == "k1"
     # In place: written before submit returned; background: written from a snapshot.
     assert torch.equal(saved["model"]["w"], torch.arange(6.0))
     assert not list(tmp_path.glob(".last.pt.*.tmp"))
@@ -55,7 +57,7 @@ def test_each_checkpoint_is_written_into_the_previous_ones_file(tmp_path: Path) 
     # A smaller state leaves no tail of the larger one behind.
     ckpt.save(ck, {"epoch": 5})
     assert torch.load(ck.path, weights_only=True) == {"key": "k", "epoch": 5}
-    assert ckpt.load(ck) is not None and not spare.exists()  # resuming clears the spare
+    assert ckpt.load(ck) == ({"key": "k", "epoch": 5}, ck.path) and spare.exists()
     ckpt.discard(ck)
     assert not list(tmp_path.iterdir())
 
@@ -87,5 +89,67 @@ def test_a_full_disk_is_an_oserror_naming_the_checkpoint_and_the_last_one_stays_
         ckpt.save(ck, {"w": torch.zeros(1000)})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(ck.path)
     monkeypatch.undo()
-    saved = ckpt.load(ck)
-    assert saved is not None and torch.equal(saved["w"], torch.arange(4.0))
+    found = ckpt.load(ck)
+    assert found is not None and torch.equal(found[0]["w"], torch.arange(4.0))
+
+
+def _flip_inside(path: Path, pattern: bytes) -> None:
+    """Change one bit in the middle of the bytes of a tensor filled with one value (the file's
+    size stays, as after a bad sector or a bit flip in memory on the way to the disk)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(pattern * 64) + 32 * len(pattern)
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_damaged_after_writing_is_not_resumed_the_one_before_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ck = ckpt.Checkpointing(tmp_path / "last.pt", key="k")
+    spare = tmp_path / ".last.pt.spare.tmp"
+    for epoch in (1, 2):
+        ckpt.save(ck, {"epoch": epoch, "w": torch.full((1000,), float(epoch))})
+    two = torch.tensor(2.0).numpy().tobytes()
+    _flip_inside(ck.path, two)
+    assert torch.load(ck.path, weights_only=True)["epoch"] == 2  # torch alone takes it
+    found = ckpt.load(ck)
+    assert found is not None and found[1] == spare
+    assert found[0]["epoch"] == 1 and torch.equal(found[0]["w"], torch.full((1000,), 1.0))
+    assert "fails its CRC-32 check" in " ".join(capsys.readouterr().err.split())
+    # The first write after resuming goes beside the file resumed from, not into it: a kill
+    # during that write must still leave a whole checkpoint.
+    writer = ckpt.Writer(background=False, resumed_from=found[1])
+    real_save = ckpt.torch_save_into
+    during: list[tuple[int, Path]] = []
+
+    def watched(obj: object, f: object) -> None:
+        now = ckpt.load(ck)
+        assert now is not None
+        during.append((now[0]["epoch"], now[1]))
+        real_save(obj, f)
+
+    monkeypatch.setattr(ckpt, "torch_save_into", watched)
+    writer.submit(ck, {"epoch": 3, "w": torch.full((1000,), 3.0)})
+    assert during == [(1, ck.path)]  # while epoch 3 was written, epoch 1 was the checkpoint
+    monkeypatch.undo()
+    after = ckpt.load(ck)
+    assert after is not None and after[0]["epoch"] == 3 and after[1] == ck.path
+    assert torch.load(spare, weights_only=True)["epoch"] == 1
+
+
+def test_a_spare_cut_off_while_being_overwritten_is_never_resumed(tmp_path: Path) -> None:
+    ck = ckpt.Checkpointing(tmp_path / "last.pt", key="k")
+    spare = tmp_path / ".last.pt.spare.tmp"
+    for epoch in (1, 2):
+        ckpt.save(ck, {"epoch": epoch, "w": torch.full((4000,), float(epoch))})
+    # What a kill half-way through the next save leaves: epoch 3's first bytes over epoch 1's
+    # file (same layout), the rest and the zip directory still epoch 1's.
+    third = tmp_path / "third.pt"
+    torch.save({"key": "k", "epoch": 3, "w": torch.full((4000,), 3.0)}, third)
+    new, old = third.read_bytes(), bytearray(spare.read_bytes())
+    old[: len(new) // 2] = new[: len(new) // 2]
+    spare.write_bytes(bytes(old))
+    ck.path.unlink()  # and the last checkpoint lost as well
+    mixed = torch.load(spare, weights_only=True)  # torch alone loads a state never saved
+    assert mixed["epoch"] == 3 and float(mixed["w"][-1]) == 1.0
+    assert ckpt.load(ck) is None

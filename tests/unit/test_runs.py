@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from kdpipe.runs import RunDir, atomic_path, fingerprint, write_json, write_text
+from kdpipe.runs import (
+    DamagedFile,
+    RunDir,
+    atomic_path,
+    damaged_record,
+    fingerprint,
+    load_torch,
+    write_json,
+    write_text,
+)
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
@@ -37,6 +48,54 @@ def test_stage_done_only_with_same_fingerprint_and_outputs(tmp_path: Path) -> No
     assert not rd.is_done("distill", fp)
 
 
+def test_an_output_changed_in_place_makes_its_stage_run_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rd = RunDir(tmp_path)
+    onnx = tmp_path / "export" / "student.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(bytes(range(256)) * 8)
+    rd.mark_done("export", "fp", ["student.onnx"], 1.0)
+    assert rd.is_done("export", "fp")
+    data = bytearray(onnx.read_bytes())
+    data[1000] ^= 0x01  # same size, one bit: a bad sector, an editor, a copy gone wrong
+    onnx.write_bytes(bytes(data))
+    assert not rd.is_done("export", "fp")
+    assert "changed since the stage wrote it" in capsys.readouterr().err
+    # stage.json written before digests were kept: the size check alone, as before
+    record = json.loads((tmp_path / "export" / "stage.json").read_text())
+    del record["sha256"]
+    (tmp_path / "export" / "stage.json").write_text(json.dumps(record))
+    assert rd.is_done("export", "fp")
+
+
+def test_only_torch_zip_files_with_checksums_are_checked(tmp_path: Path) -> None:
+    import torch
+    import torch.utils.serialization
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(100)}, plain)
+    assert damaged_record(plain) is None
+    raw = bytearray(plain.read_bytes())
+    raw[raw.index(torch.ones(1).numpy().tobytes() * 8) + 4] ^= 0x01
+    plain.write_bytes(bytes(raw))
+    assert damaged_record(plain) == "plain/data/0"
+    with pytest.raises(DamagedFile, match="plain/data/0 fails its CRC-32 check"):
+        load_torch(plain)
+    unchecked = tmp_path / "unchecked.pt"  # saved without checksums: nothing to check
+    with torch.utils.serialization.config.patch({"save.compute_crc32": False}):
+        torch.save({"w": torch.ones(100)}, unchecked)
+    assert damaged_record(unchecked) is None and load_torch(unchecked)["w"].sum() == 100
+    # Compressed records are never torch's: left to torch.load (a zip bomb is not read here).
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/data.pkl", b"\0" * 10_000_000)
+    assert damaged_record(bomb) is None
+    assert damaged_record(tmp_path / "absent.pt") is None
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    assert damaged_record(tmp_path / "junk.pt") is None
+
+
 def test_a_malicious_or_foreign_checkpoint_is_never_resumed(tmp_path: Path) -> None:
     import torch
 
@@ -54,7 +113,8 @@ def test_a_malicious_or_foreign_checkpoint_is_never_resumed(tmp_path: Path) -> N
     assert ckpt.load(ck) is None
     (ck.path.parent / ".last.pt.x1.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
     ckpt.save(ck, {"epoch": 2})
-    assert ckpt.load(ck) == {"key": "abc", "epoch": 2}
+    assert ckpt.load(ck) == ({"key": "abc", "epoch": 2}, ck.path)
+    ckpt.discard(ck)  # the stage's end clears what a kill left
     assert not list(ck.path.parent.glob(".*.tmp"))
 
 

@@ -137,6 +137,14 @@ def test_damaged_or_planted_files_are_recomputed_never_trusted(
     assert t.source == "computed" and torch.equal(t.logits, expected)
     assert "ignoring unreadable teacher-logit table" in capsys.readouterr().err
 
+    torch.save({"logits": expected}, path)  # whole, then one bit of a logit changes on disk:
+    raw = bytearray(path.read_bytes())  # it still loads, fits and is finite
+    raw[raw.index(expected.numpy().tobytes()) + 1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    t = teacher_outputs(teacher, data, num_classes=4)
+    assert t.source == "computed" and torch.equal(t.logits, expected)
+    assert "fails its CRC-32 check" in " ".join(capsys.readouterr().err.split())
+
     torch.save({"logits": torch.zeros(3, 4)}, path)  # whole, but of other data
     t = teacher_outputs(teacher, data, num_classes=4)
     assert t.source == "computed" and torch.equal(t.logits, expected)
