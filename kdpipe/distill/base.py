@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.distill.distributed import gather_rows
 from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import (
     FeatureTaps,
@@ -146,6 +147,14 @@ class Distiller(nn.Module, abc.ABC):
         if self.params.get("ce", 0.0):
             out["ce"] = self.params["ce"] * ce_loss(b.z_s, b.labels)
         return out
+
+    def whole_batch(self, rows: Tensor) -> Tensor:
+        """`rows` of every torchrun rank while training (rank order; gradients go back to the
+        rank that owns them: distributed.gather_rows), else `rows`. For losses that relate
+        the samples of a batch to each other, which would otherwise see each rank's share of
+        it: on N processes they compute what one process computes over the same global batch.
+        Never gathered in evaluation, which one rank may do alone."""
+        return gather_rows(rows)[0] if self.training else rows
 
     @classmethod
     def reads(cls) -> str:

@@ -112,8 +112,9 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         d = current()
+        rows = rows.contiguous()  # feature maps may be channels-last; gathered dense
         parts = [torch.empty_like(rows) for _ in range(d.world)]
-        dist.all_gather(parts, rows.contiguous())
+        dist.all_gather(parts, rows)
         ctx.rows, ctx.rank = rows.shape[0], d.rank
         return torch.cat(parts)
 

@@ -46,13 +46,14 @@ def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in distiller.state_dict().items() if "teacher_model." not in k}
 
 
-def _worker(rank: int, world: int, port: int, out: str, method: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, methods: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        state = _train(Path(out) / f"rank{rank}", method)
-        torch.save(state, Path(out) / f"student{rank}.pt")
+        for m in methods:
+            state = _train(Path(out) / m / f"rank{rank}", m)
+            torch.save(state, Path(out) / m / f"student{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -70,25 +71,31 @@ def _tensors(value: object) -> list[torch.Tensor]:
     return [value] if isinstance(value, torch.Tensor) else []
 
 
-# CRD compares each sample with the whole global batch and queues it: under torchrun each
-# rank gathers the others' embeddings, so its queues must match across ranks and 1 process.
-@pytest.mark.parametrize("method", ["kd", "crd"])
-def test_two_gloo_processes_match_one_process(tmp_path: Path, method: str) -> None:
-    single = _train(tmp_path / "single", method)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), method), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"student{r}.pt", weights_only=True) for r in (0, 1)]
+# CRD, RKD, SP, CC and PKT compare each sample with the whole global batch (and CRD queues
+# it): under torchrun each rank gathers the others' rows, so the result (and CRD's queues)
+# must match across ranks and 1 process. Methods that share a spawn share its start-up cost.
+@pytest.mark.parametrize("methods", [["kd"], ["crd"], ["rkd", "sp", "cc", "pkt"]], ids=str)
+def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), methods), nprocs=2, join=True)
+    for method in methods:
+        _same_as_one_process(tmp_path / method, method)
+
+
+def _same_as_one_process(out: Path, method: str) -> None:
+    single = _train(out / "single", method)
+    ranks = [torch.load(out / f"student{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == single.keys()
     for name, value in single.items():
         mine, theirs = _tensors(ranks[0][name]), _tensors(ranks[1][name])
-        assert len(mine) == len(theirs) == len(_tensors(value)), name
+        assert len(mine) == len(theirs) == len(_tensors(value)), (method, name)
         for a, b, one in zip(mine, theirs, _tensors(value), strict=True):
-            assert torch.equal(a, b), name  # ranks stay in sync
+            assert torch.equal(a, b), (method, name)  # ranks stay in sync
             if name.endswith("_extra_state"):  # a queue: the same rows, in another order
                 a, one = a[a[:, 0].argsort()], one[one[:, 0].argsort()]
-            assert torch.allclose(a, one, atol=1e-5, rtol=1e-4), name
+            assert torch.allclose(a, one, atol=1e-5, rtol=1e-4), (method, name)
     # Files are written once: rank 0's log has one line per epoch, rank 1 wrote nothing.
-    assert len((tmp_path / "rank0" / "log.jsonl").read_text().splitlines()) == CFG.epochs
-    assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").rglob("*.*"))
+    assert len((out / "rank0" / "log.jsonl").read_text().splitlines()) == CFG.epochs
+    assert not (out / "rank1").exists() or not any((out / "rank1").rglob("*.*"))
 
 
 def _claim(out: Path, rank: int, with_hint: bool = False) -> str:

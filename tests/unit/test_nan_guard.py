@@ -43,7 +43,7 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_path: P
     cfg = TrainConfig(epochs=3, batch_size=8)
     with pytest.raises(TrainingError, match="loss term 'kd' became nan at train epoch 2 step 2"):
         fit(d, data, data, cfg, seed=0, desc="t", checkpoint=ck)
-    saved = load_checkpoint(ck)
+    saved, _ = load_checkpoint(ck) or (None, None)
     assert saved is not None and (saved["epoch"], saved["batch"]) == (2, 0)  # the epoch-1 end
     assert all(torch.isfinite(p).all() for p in student.parameters())  # no NaN update
 
@@ -87,5 +87,5 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path) -> None
     mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in (0, 1)]
     assert outcomes == ["True loss term 'kd' became nan at train epoch 2 step 2 on rank 1"] * 2
-    saved = load_checkpoint(Checkpointing(tmp_path / "last.pt", key="k"))
+    saved, _ = load_checkpoint(Checkpointing(tmp_path / "last.pt", key="k")) or (None, None)
     assert saved is not None and (saved["epoch"], saved["batch"]) == (2, 0)

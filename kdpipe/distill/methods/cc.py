@@ -42,5 +42,5 @@ class CorrelationCongruence(Distiller):
     weight_key = "weight"
 
     def loss(self, b: Batch) -> dict[str, Tensor]:
-        e_s, e_t = b.s["embedding"][0], b.t["embedding"][0]
+        e_s, e_t = (self.whole_batch(x["embedding"][0]) for x in (b.s, b.t))
         return {"cc": cc_loss(e_s, e_t, self.params["gamma"], int(self.params["order"]))}

@@ -39,4 +39,5 @@ class ProbabilisticKT(Distiller):
     weight_key = "weight"
 
     def loss(self, b: Batch) -> dict[str, Tensor]:
-        return {"pkt": pkt_loss(b.s["embedding"][0], b.t["embedding"][0])}
+        e_s, e_t = (self.whole_batch(x["embedding"][0]) for x in (b.s, b.t))
+        return {"pkt": pkt_loss(e_s, e_t)}

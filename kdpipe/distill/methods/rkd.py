@@ -46,7 +46,7 @@ class RelationalKD(Distiller):
     kinds = ("embedding",)
 
     def loss(self, b: Batch) -> dict[str, Tensor]:
-        e_s, e_t = b.s["embedding"][0], b.t["embedding"][0]
+        e_s, e_t = (self.whole_batch(x["embedding"][0]) for x in (b.s, b.t))
         return {
             "rkd_distance": self.params["distance"] * rkd_distance_loss(e_s, e_t),
             "rkd_angle": self.params["angle"] * rkd_angle_loss(e_s, e_t),

@@ -36,4 +36,5 @@ class SimilarityPreserving(Distiller):
     weight_key = "gamma"
 
     def loss(self, b: Batch) -> dict[str, Tensor]:
-        return {"sp": sp_loss(b.s["stages"][-1], b.t["stages"][-1])}
+        f_s, f_t = (self.whole_batch(x["stages"][-1]) for x in (b.s, b.t))
+        return {"sp": sp_loss(f_s, f_t)}
