@@ -199,7 +199,8 @@ def load(ck: Checkpointing) -> tuple[dict[str, Any], Path] | None:
         state = _read(path, ck.key)
         if state is not None:
             if path != ck.path:
-                ui.warn(f"resuming from the checkpoint before it ({path.name})")
+                at = f"epoch {state.get('epoch')} batch {state.get('batch')}"
+                ui.warn(f"resuming from the checkpoint before it ({path.name}: {at})")
             return state, path
     return None
 

@@ -189,7 +189,7 @@ def fit(
     # Where to start: the beginning, or the position a matching checkpoint recorded.
     pos = {"stage": 0, "epoch": 1, "batch": 0}
     found = ckpt.load(checkpoint) if checkpoint else None
-    saved = found[0] if found else None
+    saved, source = found if found else (None, None)
     if saved is not None:
         saved = _fits_this_world(saved, per_epoch, d.world, desc, checkpoint)
     sums: dict[str, float] = {}  # an epoch's loss sums so far (from a checkpoint when resuming)
@@ -200,7 +200,7 @@ def fit(
         sums, seen, elapsed = dict(saved["sums"]), int(saved["seen"]), float(saved["elapsed"])
         result.history = list(saved["history"])
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']} batch {pos['batch']}"
-        ui.info(f"{desc}: resuming from {checkpoint.path} ({result.resumed_from})")  # type: ignore[union-attr]
+        ui.info(f"{desc}: resuming from {source} ({result.resumed_from})")
     if log_path is not None and d.main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
@@ -211,7 +211,7 @@ def fit(
     anomaly = (
         torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
     )
-    writer = ckpt.Writer(background=rt.cuda, resumed_from=found[1] if found else None)
+    writer = ckpt.Writer(background=rt.cuda, resumed_from=source)
 
     def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
         """Checkpoint the training state as it is now (rank 0 writes; see ckpt.Writer)."""

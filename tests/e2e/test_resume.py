@@ -67,6 +67,27 @@ def test_killed_run_resumes_bit_identical(
     assert len(log) == 2  # one line per epoch, none duplicated by the resume
 
 
+def test_a_damaged_last_checkpoint_resumes_from_the_one_before_bit_identical(
+    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+) -> None:
+    # Killed after epoch 1's checkpoint (steps 4 and 8 were checkpointed before it); then one
+    # bit of the last checkpoint changes on disk. torch.load would take it as it is.
+    out = tmp_path / "run"
+    killed = kdpipe(*ARGS, "--out", str(out), env={**cache, "KDPIPE_FAULT": "epoch:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = out / "distill" / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    last.write_bytes(bytes(data))
+    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    err = " ".join(resumed.stderr.split())
+    assert "fails its CRC-32 check" in err and "resuming from the checkpoint before it" in err
+    assert "epoch 1 batch 8" in err  # the step-8 checkpoint, not a start from scratch
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert all(torch.equal(student[k], t) for k, t in uninterrupted.items())
+
+
 @pytest.mark.parametrize(
     ("fault", "code", "where", "position"),
     [
