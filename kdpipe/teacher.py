@@ -19,7 +19,7 @@ from kdpipe.data import DataSplits
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime
+from kdpipe.distill.stepper import Runtime, training_numerics
 from kdpipe.distill.trainer import fit
 from kdpipe.errors import KdpipeError, first_line
 from kdpipe.models.custom import sources
@@ -45,7 +45,11 @@ def teacher_fingerprint(cfg: RunConfig) -> str:
     source = (
         {"weights_sha256": file_sha256(t.weights)}
         if t.weights
-        else {"train": t.train.model_dump(), "label_smoothing": t.label_smoothing}
+        else {
+            "train": t.train.model_dump(),
+            "label_smoothing": t.label_smoothing,
+            **training_numerics(cfg.runtime),  # nothing on a CPU: its cache keys stay as they were
+        }
     )
     return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed, *sources(t.arch))
 

@@ -22,7 +22,7 @@ from kdpipe.distill.cache import TeacherTable, teacher_outputs
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime
+from kdpipe.distill.stepper import Runtime, training_numerics
 from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import agreement, predict_logits, top1, warn_near_chance
@@ -32,7 +32,8 @@ from kdpipe.teacher import save_state
 
 def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
     """Everything that shapes the student: the teacher, the student's own start, the method,
-    the data, the seed, and the content of any model file involved."""
+    the data, the seed, the precisions it trains and the teacher infers in, and the content of
+    any model file involved."""
     d = cfg.distill
     s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
     return fingerprint(
@@ -43,6 +44,7 @@ def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
         d.model_dump(),
         cfg.data.model_dump(),
         cfg.seed,
+        training_numerics(cfg.runtime, with_teacher=True),
         *sources(cfg.student.arch, *d.peers, *d.assistants),
     )
 
@@ -146,6 +148,7 @@ def _assistant_chain(
             arch,
             cfg.distill.model_dump(mode="json"),
             cfg.data.model_dump(),
+            training_numerics(cfg.runtime, with_teacher=True),
             *sources(arch),
         )
         path = stage_dir / "assistants" / f"{model_label(arch)}-{upstream}.pt"

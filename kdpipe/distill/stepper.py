@@ -73,10 +73,36 @@ class Runtime:
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
-        amp = None
-        if rc.amp is not False:
-            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp = amp_dtype(rc, cuda)
         return cls(device, amp, workers, rc.detect_anomaly, rc.compile, teacher_dtype)
+
+
+def amp_dtype(rc: RuntimeConfig, cuda: bool) -> torch.dtype | None:
+    """What the student trains in: bf16 (fp16 where a GPU lacks it) under AMP on CUDA, else
+    full precision (None). AMP is on by default on CUDA and never on the CPU."""
+    if not cuda or rc.amp is False:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def training_numerics(rc: RuntimeConfig, with_teacher: bool = False) -> dict[str, str]:
+    """The runtime choices that change what training computes, resolved for this machine, as
+    a part of a training stage's fingerprint: a rerun with another --teacher-precision, --amp
+    or --compile trains again instead of reusing a student made another way (the result would
+    say one precision and be another's). Full-precision choices are left out, so a CPU run's
+    teacher keeps the fingerprint, and the cache entry, it had before these were kept.
+    `with_teacher`: the teacher's inference precision too (the distillation stage's)."""
+    cuda = torch.cuda.is_available() and rc.device != "cpu"
+    out = {}
+    amp = amp_dtype(rc, cuda)
+    if amp is not None:
+        out["amp"] = str(amp).removeprefix("torch.")
+    if cuda and rc.compile:
+        out["compile"] = "on"
+    if with_teacher:
+        teacher = teacher_precision(rc.teacher_precision, cuda)
+        out["teacher"] = str(teacher).removeprefix("torch.") if teacher else "float32"
+    return out
 
 
 def autocast_to(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -130,6 +130,40 @@ def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
 
 
+def test_another_teacher_precision_distills_again_instead_of_reusing(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    out, _, env = first_run
+    b = tmp_path / "b"
+    shutil.copytree(out, b)
+    stage = {d: json.loads((out / d / "stage.json").read_text()) for d in ("teacher", "distill")}
+    first = json.loads((out / "distill" / "metrics.json").read_text())["teacher_precision"]
+    other = "fp32" if first == "bf16" else "bf16"  # `auto` chose `first` on this machine
+    args = ["run", *TINY, "--out", str(b), "--until", "distill", "--teacher-precision"]
+    proc = kdpipe_here(capsys, *args, other, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((b / "distill" / "metrics.json").read_text())["teacher_precision"] == other
+    again = {d: json.loads((b / d / "stage.json").read_text()) for d in ("teacher", "distill")}
+    assert again["teacher"] == stage["teacher"]  # the teacher's training does not depend on it
+    assert again["distill"]["fingerprint"] != stage["distill"]["fingerprint"]
+    # The same precision again, or asked by name for what `auto` resolved to: reused.
+    proc = kdpipe_here(capsys, *args, other, env=env)
+    assert (
+        proc.returncode == 0
+        and json.loads((b / "distill" / "stage.json").read_text()) == again["distill"]
+    )
+    c = tmp_path / "c"
+    shutil.copytree(out, c)
+    args[args.index(str(b))] = str(c)
+    proc = kdpipe_here(capsys, *args, first, env=env)
+    assert (
+        proc.returncode == 0
+        and json.loads((c / "distill" / "stage.json").read_text()) == stage["distill"]
+    )
+
+
 def _flip_a_bit(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # the middle of a weights file: inside a tensor
