@@ -71,6 +71,14 @@ class DataConfig(_Section):
     # Fail on an image file that cannot be decoded instead of skipping it with a warning.
     strict: bool = False
 
+    def content(self) -> dict[str, Any]:
+        """The fields that decide which images, at which size, in which split: what stage
+        fingerprints hold. How they are loaded (`workers`: no random augmentation, and the
+        order is the sampler's) and whether a bad file fails the run (`strict`: checked each
+        time data loads, reused stages or not) change no result, so they enter at their
+        defaults: another --workers reuses the trained teacher instead of training it again."""
+        return self.model_dump() | {"workers": 0, "strict": False}
+
 
 class TeacherConfig(_Section):
     arch: ModelName = "resnet50"

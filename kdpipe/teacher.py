@@ -51,7 +51,7 @@ def teacher_fingerprint(cfg: RunConfig) -> str:
             **training_numerics(cfg.runtime),  # nothing on a CPU: its cache keys stay as they were
         }
     )
-    return fingerprint("teacher", t.arch, source, cfg.data.model_dump(), cfg.seed, *sources(t.arch))
+    return fingerprint("teacher", t.arch, source, cfg.data.content(), cfg.seed, *sources(t.arch))
 
 
 def cached_teacher_dir(cfg: RunConfig, fp: str) -> Path:

@@ -42,7 +42,7 @@ def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
         cfg.student.arch,
         s_weights,
         d.model_dump(),
-        cfg.data.model_dump(),
+        cfg.data.content(),
         cfg.seed,
         training_numerics(cfg.runtime, with_teacher=True),
         *sources(cfg.student.arch, *d.peers, *d.assistants),
@@ -147,7 +147,7 @@ def _assistant_chain(
             upstream,
             arch,
             cfg.distill.model_dump(mode="json"),
-            cfg.data.model_dump(),
+            cfg.data.content(),
             training_numerics(cfg.runtime, with_teacher=True),
             *sources(arch),
         )

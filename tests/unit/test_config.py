@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.config import build_config, load_config_file
+from kdpipe.config import RunConfig, build_config, load_config_file
 from kdpipe.errors import ConfigError
 
 
@@ -101,3 +101,18 @@ def test_a_section_given_in_part_keeps_its_other_defaults() -> None:
     assert cfg.distill.train.epochs == default.distill.train.epochs == 8
     from_file = build_config({"teacher": {"train": {"batch_size": 64}}}, {})
     assert from_file.teacher.train.batch_size == 64 and from_file.teacher.train.epochs == 8
+
+
+def test_how_data_is_loaded_does_not_change_what_a_stage_is() -> None:
+    # More DataLoader workers, or --strict-data, train nothing again (and miss no cache).
+    from kdpipe.distill.stage import distill_fingerprint
+    from kdpipe.teacher import teacher_fingerprint
+
+    base = RunConfig()
+    t0 = teacher_fingerprint(base)
+    d0 = distill_fingerprint(base, t0)
+    for change in ({"workers": 4}, {"strict": True}):
+        cfg = RunConfig(data=base.data.model_copy(update=change))
+        assert teacher_fingerprint(cfg) == t0 and distill_fingerprint(cfg, t0) == d0, change
+    other = RunConfig(data=base.data.model_copy(update={"image_size": 48}))
+    assert teacher_fingerprint(other) != t0 and distill_fingerprint(other, t0) != d0
