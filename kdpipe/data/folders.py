@@ -7,6 +7,7 @@ train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,29 @@ def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
             f"no images found in {path}: {str(e).splitlines()[0]}",
             "put images (.png, .jpg, ...) in one sub-folder per class, e.g. PATH/cat/1.png",
         ) from None
+    _check_class_names(ds.classes, path)
     _drop_repeated(ds, path)
     _drop_undecodable(ds, path, strict)
     return ds
+
+
+def _check_class_names(classes: list[str], path: Path) -> None:
+    """Class folder names become the labels: one per line in labels.txt, UTF-8 text in
+    bundle.json and the reports. A line break or control character in one shifted every label
+    after it in labels.txt; a name that is not UTF-8 (an old Latin-1 archive) could not be
+    written at all, an internal error once everything had trained. Refused up front."""
+    for name in classes:
+        kinds = {unicodedata.category(c) for c in name}
+        if "Cs" in kinds:  # os.fsdecode's stand-ins for bytes that are not UTF-8
+            problem = "is not UTF-8"
+        elif kinds & {"Cc", "Zl", "Zp"}:
+            problem = "holds a line break or control character"
+        else:
+            continue
+        raise DataError(
+            f"class folder {name!r} in {path} {problem}, so it cannot be a label",
+            "rename the folder (labels.txt keeps one class name per line, in UTF-8)",
+        )
 
 
 def load_imagefolder(

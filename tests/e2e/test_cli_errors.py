@@ -51,6 +51,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for i in range(4):
                 Image.fromarray(png + i).save(d / name / c / f"{i}.png")
     (d / "empty" / "a").mkdir(parents=True)
+    for folder in (b"newline/a\nb", b"newline/c", b"latin1/caf\xe9", b"latin1/the"):
+        os.makedirs(os.fsencode(d) + b"/" + folder)
+        for i in range(4):
+            Image.fromarray(png + i).save(os.fsencode(d) + b"/" + folder + b"/%d.png" % i)
     (d / "broken" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     foreign = d / "foreign"
     foreign.mkdir()
@@ -147,6 +151,12 @@ CASES = {
         "cannot be decoded",
     ),
     "malicious weights": (["--teacher", "resnet18", "--teacher-weights", "{evil}"], "refused"),
+    # Class folder names are the labels (labels.txt: one per line, UTF-8).
+    "class name with a line break": (
+        ["--data", "imagefolder:{dir}/newline"],
+        "'a\\nb' in",
+    ),
+    "class name not UTF-8": (["--data", "imagefolder:{dir}/latin1"], "is not UTF-8"),
     # Models that cannot take the data's 32x32 images are refused before the teacher trains.
     "student too small for input": (["--student", "alexnet"], "--image-size 64"),
     "fixed-size student": (["--student", "vit_b_16"], "Expected 224 but got 32"),
