@@ -128,8 +128,9 @@ class _GatherRows(torch.autograd.Function):
 def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's `rows` (same count on each: training steps are equal-sized) in rank order,
     differentiable, and where this rank's own rows start. One process: (rows, 0). For losses
-    that compare each sample with the whole global batch (CRD's in-batch negatives), so a run
-    on N processes computes what one process computes over the same global batch."""
+    that compare each sample with the whole global batch (CRD's in-batch negatives; RKD, SP,
+    CC and PKT through `Distiller.whole_batch`), so a run on N processes computes what one
+    process computes over the same global batch."""
     d = current()
     if not d.active:
         return rows, 0
