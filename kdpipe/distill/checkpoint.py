@@ -95,7 +95,7 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
 
 
 def _spare_paths(ck: Checkpointing) -> tuple[Path, Path]:
-    # Named like atomic_path's temporary files, so cleanup after a kill finds them too.
+    # Named like atomic_path's temporary files; `discard` removes them with the checkpoint.
     ck.path.parent.mkdir(parents=True, exist_ok=True)
     return (
         ck.path.parent / f".{ck.path.name}.spare.tmp",
