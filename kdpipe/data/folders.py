@@ -6,9 +6,11 @@ train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test
 
 from __future__ import annotations
 
+import csv
 import os
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
@@ -79,19 +81,56 @@ def _drop_repeated(ds: ImageFolder, path: Path, held_out: set[object] | None = N
         _keep(ds, kept)
 
 
-def _image_folder(path: Path, size: int, strict: bool = False) -> ImageFolder:
+class _LabelledFlat(ImageFolder):
+    """Images side by side in one folder, their classes from a table (file stem -> class), as
+    ImageNet's validation images come; the same class indices as the training folder's."""
+
+    def __init__(self, root: str, labels: dict[str, str], classes: list[str], **kw: Any) -> None:
+        self._labels, self._classes = labels, classes  # read by the two methods below
+        super().__init__(root, **kw)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        return self._classes, {c: i for i, c in enumerate(self._classes)}
+
+    def make_dataset(  # type: ignore[override]
+        self, directory: str | Path, class_to_idx: dict[str, int], **_: Any
+    ) -> list[tuple[str, int]]:
+        files = sorted(e.name for e in os.scandir(directory) if e.is_file())
+        named = [(f, self._labels.get(f.rsplit(".", 1)[0])) for f in files if is_image_file(f)]
+        unknown = sorted({c for _, c in named if c is not None and c not in class_to_idx})
+        if unknown:
+            raise DataError(
+                f"images in {directory} are labelled {unknown[:3]}, not classes of train/",
+                "use the validation table that belongs to this training set",
+            )
+        samples = [(os.path.join(directory, f), class_to_idx[c]) for f, c in named if c]
+        if not samples:
+            raise DataError(
+                f"none of the images in {directory} has a row in the validation table",
+                "use the validation table that belongs to these images",
+            )
+        if len(samples) < len(named):
+            ui.warn(f"skipped {len(named) - len(samples)} image(s) in {directory} the table lacks")
+        return samples
+
+
+def _image_folder(
+    path: Path, size: int, strict: bool = False, flat: tuple[dict, list] | None = None
+) -> ImageFolder:
+    """The images under `path`, a class per sub-folder; with `flat` (labels by file stem,
+    class names), images side by side labelled by that table."""
     if not path.is_dir():
         raise DataError(
             f"image folder {path} {absent(path, folder=True)}",
             "point imagefolder:PATH at a folder with one sub-folder of images per class",
         )
+    kw: dict[str, Any] = {
+        "transform": eval_transform(size, IMAGENET_MEAN, IMAGENET_STD),
+        "loader": load_rgb,
+        "is_valid_file": is_image_file,
+    }
     try:
-        ds = ImageFolder(
-            str(path),
-            transform=eval_transform(size, IMAGENET_MEAN, IMAGENET_STD),
-            loader=load_rgb,
-            is_valid_file=is_image_file,
-        )
+        ds = _LabelledFlat(str(path), *flat, **kw) if flat else ImageFolder(str(path), **kw)
     except (FileNotFoundError, OSError) as e:
         raise DataError(
             f"no images found in {path}: {str(e).splitlines()[0]}",
@@ -130,11 +169,18 @@ def load_imagefolder(
     test_fraction: float,
     name: str,
     strict: bool = False,
+    val_labels: dict[str, str] | None = None,
 ) -> DataSplits:
+    """`val_labels`: val/ holds its images side by side, their classes by file stem."""
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" in split_dirs and len(split_dirs) > 1:
         train_full = _image_folder(split_dirs["train"], size, strict)
-        held = {s: _image_folder(p, size, strict) for s, p in split_dirs.items() if s != "train"}
+        flat = {"val": (val_labels, train_full.classes)} if val_labels else {}
+        held = {
+            s: _image_folder(p, size, strict, flat.get(s))
+            for s, p in split_dirs.items()
+            if s != "train"
+        }
         for split, ds in held.items():
             if ds.classes != train_full.classes:
                 raise DataError(
@@ -188,7 +234,10 @@ def load_imagefolder(
 def load_imagenet(
     root: Path, seed: int, size: int, val_fraction: float, strict: bool = False
 ) -> DataSplits:
-    """ImageNet in its usual ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*."""
+    """ImageNet as ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG, or with val/ as it is
+    distributed — 50 000 images side by side — labelled by Kaggle's LOC_val_solution.csv in
+    ROOT or up to three folders above it (Kaggle's download keeps it beside ILSVRC/, with the
+    images under ILSVRC/Data/CLS-LOC/)."""
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(
@@ -196,4 +245,37 @@ def load_imagenet(
                 "lay ImageNet out as ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG",
             )
     # With train/ and val/ present the test fraction is unused: val is the held-out split.
-    return load_imagefolder(root, seed, size, val_fraction, 0.1, "imagenet", strict)
+    return load_imagefolder(
+        root, seed, size, val_fraction, 0.1, "imagenet", strict, _flat_val_labels(root)
+    )
+
+
+SOLUTION = "LOC_val_solution.csv"
+
+
+def _flat_val_labels(root: Path) -> dict[str, str] | None:
+    """Classes of val/'s images by file stem when val/ has no class folders, else None."""
+    val = root / "val"
+    with os.scandir(val) as entries:
+        if any(e.is_dir() for e in entries):
+            return None
+    table = next(
+        (d / SOLUTION for d in (root, *root.parents[:3]) if (d / SOLUTION).is_file()), None
+    )
+    if table is None:
+        raise DataError(
+            f"ImageNet's {val} holds images without class folders, and no {SOLUTION} "
+            f"was found in {root} or the 3 folders above it",
+            f"put Kaggle's {SOLUTION} in {root}, or sort val/ into val/<wnid>/ folders",
+        )
+    labels: dict[str, str] = {}
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):  # ImageId, PredictionString ("wnid x0 y0 x1 y1 ...")
+                labels[row["ImageId"]] = row["PredictionString"].split()[0]
+    except (KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, csv.Error):
+        raise DataError(
+            f"{table} is not ImageNet's validation solution",
+            "it must have the columns ImageId,PredictionString (the first word: the wnid)",
+        ) from None
+    return labels

@@ -368,3 +368,68 @@ def test_transfer_folder_skips_files_cut_short_and_reads_any_mode(
     # 40000/65535 of full scale, not clipped to white: digits normalize by their own mean/std.
     expected = (40000 / 257 / 255 - info.mean[0]) / info.std[0]
     assert abs(float(x.mean()) - expected) < 0.05
+
+
+WNIDS = ("n01440764", "n01443537")
+
+
+def _imagenet_train(root: Path) -> None:
+    """ImageNet's train/ layout, class k's JPEGs of grey value 60 + 120 k (8x8)."""
+    for k, wnid in enumerate(WNIDS):
+        (root / "train" / wnid).mkdir(parents=True)
+        for i in range(6):
+            grey = np.full((8, 8), 60 + 120 * k, dtype=np.uint8)
+            Image.fromarray(grey).save(root / "train" / wnid / f"{wnid}_{i}.JPEG")
+
+
+def _mean_by_label(split: object) -> dict[int, float]:
+    x, y = stacked(split)
+    return {int(c): float(x[y == c].mean()) for c in y.unique()}
+
+
+def test_imagenet_with_val_in_class_folders(tmp_path: Path) -> None:
+    _imagenet_train(tmp_path)
+    for k, wnid in enumerate(WNIDS):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        for i in range(3):
+            grey = np.full((8, 8), 60 + 120 * k, dtype=np.uint8)
+            Image.fromarray(grey).save(tmp_path / "val" / wnid / f"v{i}.JPEG")
+    d = load_data(DataConfig(spec=f"imagenet:{tmp_path}", image_size=8), seed=0)
+    assert d.info.class_names == list(WNIDS) and d.info.name == "imagenet"
+    assert d.info.sizes == {"train": 12, "val": 6, "test": 6}
+    means = _mean_by_label(d.val)
+    assert means[0] < means[1]  # the darker images are class 0's in val as in train
+
+
+def test_imagenet_as_kaggle_ships_it_val_flat_labelled_by_its_table(tmp_path: Path) -> None:
+    # imagenet-object-localization-challenge/{LOC_val_solution.csv, ILSVRC/Data/CLS-LOC/...}
+    root = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    _imagenet_train(root)
+    (root / "val").mkdir()
+    rows = ["ImageId,PredictionString"]
+    for i in range(8):  # alternate classes, so file order alone cannot give the labels
+        k = (i * 5) % 3 % 2
+        stem = f"ILSVRC2012_val_{i + 1:08d}"
+        grey = np.full((8, 8), 60 + 120 * k, dtype=np.uint8)
+        Image.fromarray(grey).save(root / "val" / f"{stem}.JPEG")
+        rows.append(f"{stem},{WNIDS[k]} 1 2 30 40 {WNIDS[k]} 5 6 7 8")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "val" / "extra.JPEG")
+    cfg = DataConfig(spec=f"imagenet:{root}", image_size=8)
+    with pytest.raises(DataError, match="holds images without class folders") as e:
+        load_data(cfg, seed=0)
+    assert "LOC_val_solution.csv" in e.value.hint
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    d = load_data(cfg, seed=0)
+    assert d.info.class_names == list(WNIDS) and d.info.sizes["val"] == 8  # extra.JPEG: no row
+    x, y = stacked(d.val)
+    expected = torch.tensor([(i * 5) % 3 % 2 for i in range(8)])
+    assert torch.equal(y, expected)
+    assert torch.equal(x.flatten(1).mean(1) > x.mean(), expected.bool())  # labels fit pixels
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\nILSVRC2012_val_00000001,n99999999 1 2 3 4\n"
+    )
+    with pytest.raises(DataError, match="not classes of train"):
+        load_data(cfg, seed=0)
+    (tmp_path / "LOC_val_solution.csv").write_text("id;label\nx;y\n")
+    with pytest.raises(DataError, match="is not ImageNet's validation solution"):
+        load_data(cfg, seed=0)
