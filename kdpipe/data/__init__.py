@@ -49,7 +49,7 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
             path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder", cfg.strict
         )
     if kind == "imagenet":
-        from kdpipe.data.folders import load_imagenet
+        from kdpipe.data.imagenet import load_imagenet
 
         return load_imagenet(path, seed, size, cfg.val_fraction, cfg.strict)
     from kdpipe.data import torchvision_sets

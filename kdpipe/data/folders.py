@@ -1,4 +1,4 @@
-"""Image files on disk: `imagefolder:PATH` (class sub-folders) and `imagenet:ROOT` (train/ val/).
+"""Image files on disk: `imagefolder:PATH` (class sub-folders); ImageNet builds on it (imagenet.py).
 
 `imagefolder:PATH` takes either one folder of class sub-folders, split stratified into
 train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test/` splits.
@@ -6,7 +6,6 @@ train/val/test by the seed, or a folder holding `train/` and `val/` and/or `test
 
 from __future__ import annotations
 
-import csv
 import os
 import unicodedata
 from pathlib import Path
@@ -229,53 +228,3 @@ def load_imagefolder(
         preprocessing=describe(size, IMAGENET_MEAN, IMAGENET_STD),
     )
     return DataSplits(train, val, test, info)
-
-
-def load_imagenet(
-    root: Path, seed: int, size: int, val_fraction: float, strict: bool = False
-) -> DataSplits:
-    """ImageNet as ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG, or with val/ as it is
-    distributed — 50 000 images side by side — labelled by Kaggle's LOC_val_solution.csv in
-    ROOT or up to three folders above it (Kaggle's download keeps it beside ILSVRC/, with the
-    images under ILSVRC/Data/CLS-LOC/)."""
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(
-                f"ImageNet folder {root / split} not found",
-                "lay ImageNet out as ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG",
-            )
-    # With train/ and val/ present the test fraction is unused: val is the held-out split.
-    return load_imagefolder(
-        root, seed, size, val_fraction, 0.1, "imagenet", strict, _flat_val_labels(root)
-    )
-
-
-SOLUTION = "LOC_val_solution.csv"
-
-
-def _flat_val_labels(root: Path) -> dict[str, str] | None:
-    """Classes of val/'s images by file stem when val/ has no class folders, else None."""
-    val = root / "val"
-    with os.scandir(val) as entries:
-        if any(e.is_dir() for e in entries):
-            return None
-    table = next(
-        (d / SOLUTION for d in (root, *root.parents[:3]) if (d / SOLUTION).is_file()), None
-    )
-    if table is None:
-        raise DataError(
-            f"ImageNet's {val} holds images without class folders, and no {SOLUTION} "
-            f"was found in {root} or the 3 folders above it",
-            f"put Kaggle's {SOLUTION} in {root}, or sort val/ into val/<wnid>/ folders",
-        )
-    labels: dict[str, str] = {}
-    try:
-        with open(table, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):  # ImageId, PredictionString ("wnid x0 y0 x1 y1 ...")
-                labels[row["ImageId"]] = row["PredictionString"].split()[0]
-    except (KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, csv.Error):
-        raise DataError(
-            f"{table} is not ImageNet's validation solution",
-            "it must have the columns ImageId,PredictionString (the first word: the wnid)",
-        ) from None
-    return labels

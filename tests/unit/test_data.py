@@ -433,3 +433,44 @@ def test_imagenet_as_kaggle_ships_it_val_flat_labelled_by_its_table(tmp_path: Pa
     (tmp_path / "LOC_val_solution.csv").write_text("id;label\nx;y\n")
     with pytest.raises(DataError, match="is not ImageNet's validation solution"):
         load_data(cfg, seed=0)
+
+
+def test_imagenet_from_image_net_org_val_flat_labelled_by_the_devkit(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    import scipy.io
+
+    root = tmp_path / "imagenet"
+    _imagenet_train(root)
+    (root / "val").mkdir()
+    classes = [(k * 2) % 3 % 2 for k in range(7)]
+    for i, k in enumerate(classes, start=1):
+        grey = np.full((8, 8), 60 + 120 * k, dtype=np.uint8)
+        Image.fromarray(grey).save(root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    # The devkit numbers classes by ILSVRC2012_ID (here 7 for the first wnid, 3 for the second)
+    # and lists non-leaf synsets too, which are no class.
+    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    synsets = np.array(
+        [(7, WNIDS[0], "tench", 0), (1001, "n00001740", "entity", 2), (3, WNIDS[1], "goldfish", 0)],
+        dtype=fields,
+    ).reshape(-1, 1)
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"synsets": synsets})
+    truth = "".join(f"{(7, 3)[k]}\n" for k in classes).encode()
+    with tarfile.open(tmp_path / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        for name, data in (
+            ("meta.mat", meta.getvalue()),
+            ("ILSVRC2012_validation_ground_truth.txt", truth),
+        ):
+            info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/data/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    d = load_data(DataConfig(spec=f"imagenet:{root}", image_size=8), seed=0)
+    x, y = stacked(d.val)
+    assert torch.equal(y, torch.tensor(classes))
+    assert torch.equal(x.flatten(1).mean(1) > x.mean(), y.bool())  # each label fits its pixels
+    assert not (root / "val" / WNIDS[0]).exists()  # nothing moved or extracted
+    (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="is not ImageNet's 2012 devkit"):
+        load_data(DataConfig(spec=f"imagenet:{root}", image_size=8), seed=0)
