@@ -2,7 +2,10 @@
 training and in `kdpipe predict` (which runs without torch: numpy and Pillow only here).
 
 Pillow's own `convert("RGB")` clips a 16-bit greyscale image at 255 (nearly all white);
-here it is scaled to 0..255 first, so a 16-bit scan is seen as its 8-bit copy would be.
+here it is scaled to 0..255 first, so a 16-bit scan is seen as its 8-bit copy would be. A
+floating-point ("F") image with every value in [0, 1] — the convention of scikit-image and of
+torchvision's float tensors, and what scientific TIFFs usually hold — is scaled by 255 (Pillow
+read it as 0..1 out of 255: black); one with larger values is read as 0..255, as Pillow does.
 """
 
 from __future__ import annotations
@@ -50,4 +53,8 @@ def eight_bit(img: Image.Image, mode: str = "RGB") -> Image.Image:
     if img.mode in WIDE_MODES:
         wide = np.asarray(img, dtype=np.float64) / 257
         img = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        real = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255, neginf=0)
+        scale = 255 if real.size and real.max() <= 1 else 1
+        img = Image.fromarray((real * scale).clip(0, 255).round().astype(np.uint8))
     return img.convert(mode)

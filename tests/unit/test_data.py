@@ -287,6 +287,21 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_and_late_breakage_is_named(
         load_rgb(str(tmp_path / "gone.png"))
 
 
+def test_floating_point_tiffs_in_zero_to_one_are_scaled_not_read_as_black(tmp_path: Path) -> None:
+    from kdpipe.data.folders import load_rgb
+    from kdpipe.predict import preprocess
+
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)  # a scientific TIFF's range
+    wide = unit * 300  # values beyond 1: read as 0..255, clipped, as Pillow reads them
+    for name, values, expected in (("unit", unit, unit * 255), ("wide", wide, wide.clip(0, 255))):
+        Image.fromarray(values, mode="F").save(tmp_path / f"{name}.tif")
+        rgb = np.asarray(load_rgb(str(tmp_path / f"{name}.tif")))
+        np.testing.assert_allclose(rgb[..., 1].astype(float), expected, atol=0.51)
+        pre = {"resize": [8, 8], "color": "rgb", "interpolation": "bilinear", "scale": 1.0}
+        x = preprocess(tmp_path / f"{name}.tif", {**pre, "mean": [0.0] * 3, "std": [1.0] * 3})
+        np.testing.assert_array_equal(x, rgb.transpose(2, 0, 1).astype(np.float32))
+
+
 def test_decompression_bombs_are_skipped_and_large_photos_read_without_warnings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
