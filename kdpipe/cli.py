@@ -297,6 +297,13 @@ def run(
         bool | None,
         Opt("--detect-anomaly", help="Autograd anomaly mode (slow; finds NaN sources)."),
     ] = None,
+    augment: Annotated[
+        str | None,
+        Opt(
+            help="Random training augmentation: none | crop | flip | crop-flip (a shifted "
+            "crop in a padded border, a horizontal flip; the teacher then runs every batch)."
+        ),
+    ] = None,
     strict_data: Annotated[
         bool | None,
         Opt("--strict-data", help="Fail on an undecodable image instead of skipping it."),
@@ -361,6 +368,7 @@ def run(
             "runtime.checkpoint_every": checkpoint_every,
             "runtime.detect_anomaly": detect_anomaly,
             "data.strict": strict_data,
+            "data.augment": augment,
             "out": out,
             "name": name,
         }

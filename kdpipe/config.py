@@ -70,14 +70,22 @@ class DataConfig(_Section):
     workers: int = Field(0, ge=0, le=64)
     # Fail on an image file that cannot be decoded instead of skipping it with a warning.
     strict: bool = False
+    # Random training augmentation (data/augment.py): a shifted crop in a padded border
+    # and/or a horizontal flip. Not for digits' flips: a mirrored 2 is no 2.
+    augment: Literal["none", "crop", "flip", "crop-flip"] = "none"
 
     def content(self) -> dict[str, Any]:
         """The fields that decide which images, at which size, in which split: what stage
         fingerprints hold. How they are loaded (`workers`: no random augmentation, and the
         order is the sampler's) and whether a bad file fails the run (`strict`: checked each
         time data loads, reused stages or not) change no result, so they enter at their
-        defaults: another --workers reuses the trained teacher instead of training it again."""
-        return self.model_dump() | {"workers": 0, "strict": False}
+        defaults: another --workers reuses the trained teacher instead of training it again.
+        `augment` does change results, but enters only when on, so that runs made before it
+        existed keep their fingerprints (and their cached teachers)."""
+        content = self.model_dump() | {"workers": 0, "strict": False}
+        if self.augment == "none":
+            del content["augment"]
+        return content
 
 
 class TeacherConfig(_Section):

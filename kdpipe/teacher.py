@@ -15,7 +15,7 @@ from torch import nn
 
 from kdpipe import models, ui
 from kdpipe.config import RunConfig, model_label
-from kdpipe.data import DataSplits
+from kdpipe.data import DataSplits, augment
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
@@ -93,6 +93,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             checkpoint=Checkpointing(
                 stage_dir / "checkpoints" / "last.pt", fp, cfg.runtime.checkpoint_every
             ),
+            augment=augment.for_training(cfg.data.augment, data.info, data.train, cfg.seed),
         )
         metrics = {
             "source": "trained",

@@ -33,6 +33,13 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 
 def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     """Load the three splits named by `cfg.spec`, deterministic given `seed`."""
+    splits = _load(cfg, seed)
+    # random augmentation (applied by the trainer) gives a sample another tensor each epoch
+    splits.deterministic = cfg.augment == "none"
+    return splits
+
+
+def _load(cfg: DataConfig, seed: int) -> DataSplits:
     kind, path = parse_spec(cfg.spec)
     size = cfg.image_size or DEFAULT_SIZE.get(kind, 32)
     if kind == "digits":

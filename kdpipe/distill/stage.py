@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from kdpipe import models, ui
 from kdpipe.config import RunConfig, model_label
-from kdpipe.data import DataSplits
+from kdpipe.data import DataSplits, augment
 from kdpipe.data.transfer import student_training_set
 from kdpipe.distill import distributed
 from kdpipe.distill.base import Distiller, Layers
@@ -116,6 +116,8 @@ def _train(
             f"distill: teacher logits for {len(table.logits)} training images {where} "
             f"({table.seconds:.1f} s), reused every epoch"
         )
+    elif teacher is not None and distiller.needs_teacher and not data.deterministic:
+        ui.info(f"distill: the teacher runs on every batch (--augment {cfg.data.augment})")
     result = fit(
         distiller,
         train,
@@ -127,6 +129,7 @@ def _train(
         teacher_cache=table.logits if table else None,
         runtime=runtime,
         checkpoint=checkpoint,
+        augment=augment.for_training(cfg.data.augment, data.info, train, cfg.seed),
     )
     return result, table
 

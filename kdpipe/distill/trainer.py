@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
+from kdpipe.data.augment import BatchAugment
 from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed, precise_bn
 from kdpipe.distill.base import Distiller
@@ -167,10 +168,12 @@ def fit(
     teacher_cache: Tensor | None = None,
     runtime: Runtime | None = None,
     checkpoint: Checkpointing | None = None,
+    augment: BatchAugment | None = None,
 ) -> FitResult:
     """Train `distiller` stage by stage (most methods have one stage of cfg.epochs; FitNets,
     AB, FT and FSP first run an initialization stage); return the per-epoch history. With
-    `checkpoint`, resume from a matching checkpoint and write new ones as training goes."""
+    `checkpoint`, resume from a matching checkpoint and write new ones as training goes;
+    with `augment`, each training batch is augmented on the device (data/augment.py)."""
     rt = runtime or Runtime()
     d = distributed.current()
     torch.manual_seed(seed)
@@ -272,6 +275,8 @@ def fit(
                     distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
                     stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
                     x = x.to(rt.device, non_blocking=True)
+                    if augment is not None:
+                        x = augment(x, idx, key)
                     if x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = y.to(rt.device, non_blocking=True)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdpipe.config import TrainConfig
+from kdpipe.data.augment import BatchAugment
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
@@ -37,12 +38,25 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
 
 
 def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
-    """The distiller's whole trained state: student, extras, and CRD's queues (extra state)."""
+    """The distiller's whole trained state: student, extras, and CRD's queues (extra state).
+    `METHOD+AUGMENT` trains with that augmentation (each rank augments its share)."""
+    method, _, kind = method.partition("+")
     student, teacher = _net(1), _net(2)
     distiller = get(method)(student, teacher, input_shape=(3, 8, 8))
     train, val = _data()
+    aug = BatchAugment(kind, len(train), (8, 8), [0.0] * 3, seed=0) if kind else None
     ck = Checkpointing(out / "ckpt" / "last.pt", key="k", every=1)
-    fit(distiller, train, val, CFG, seed=0, desc="t", log_path=out / "log.jsonl", checkpoint=ck)
+    fit(
+        distiller,
+        train,
+        val,
+        CFG,
+        seed=0,
+        desc="t",
+        log_path=out / "log.jsonl",
+        checkpoint=ck,
+        augment=aug,
+    )
     return {k: v for k, v in distiller.state_dict().items() if "teacher_model." not in k}
 
 
@@ -74,7 +88,10 @@ def _tensors(value: object) -> list[torch.Tensor]:
 # CRD, RKD, SP, CC and PKT compare each sample with the whole global batch (and CRD queues
 # it): under torchrun each rank gathers the others' rows, so the result (and CRD's queues)
 # must match across ranks and 1 process. Methods that share a spawn share its start-up cost.
-@pytest.mark.parametrize("methods", [["kd"], ["crd"], ["rkd", "sp", "cc", "pkt"]], ids=str)
+# kd+crop-flip: each rank augments its share of the batch as one process would the whole.
+@pytest.mark.parametrize(
+    "methods", [["kd", "kd+crop-flip"], ["crd"], ["rkd", "sp", "cc", "pkt"]], ids=str
+)
 def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), methods), nprocs=2, join=True)
     for method in methods:
