@@ -106,6 +106,7 @@ CASES = {
     "zero epochs": (["--epochs", "0"], "distill.train.epochs"),
     "zero teacher lr": (["--teacher-lr", "0"], "teacher.train.lr"),
     "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
+    "unknown augmentation": (["--augment", "rotate"], "invalid value for data.augment"),
     "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
     "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
     "unknown method param": (["--set", "temp=3", "--teacher-epochs", "1"], "no parameter 'temp'"),
