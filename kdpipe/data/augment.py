@@ -39,20 +39,23 @@ class BatchAugment:
         self.n, self.seed = n, seed
         self._drawn: tuple[int, Tensor, Tensor] | None = None
 
-    def draws(self, key: int) -> tuple[Tensor, Tensor]:
+    def draws(self, key: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
         """Per image of the epoch `key`: its flip (bool) and its crop's (top, left) corner in
-        the padded image, 0..2*pad (pad, pad: the image as it was)."""
-        if self._drawn is None or self._drawn[0] != key:
+        the padded image, 0..2*pad (pad, pad: the image as it was). Drawn on the CPU once per
+        epoch and kept on `device`, so a step copies nothing to a GPU and never waits on it."""
+        device = torch.device(device)
+        if self._drawn is None or self._drawn[0] != key or self._drawn[1].device != device:
             state = np.random.SeedSequence([self.seed, key, 0x4B44]).generate_state(2)
             g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
             flips = torch.rand(self.n, generator=g) < 0.5
             corners = torch.randint(0, 2 * self.pad + 1, (self.n, 2), generator=g)
-            self._drawn = (key, flips, corners)
+            self._drawn = (key, flips.to(device), corners.to(device))
         return self._drawn[1], self._drawn[2]
 
     def __call__(self, x: Tensor, idx: Tensor, key: int) -> Tensor:
-        """The batch `x` (N, C, H, W) of training images `idx`, as epoch `key` sees them."""
-        flips, corners = (t[idx.cpu()].to(x.device) for t in self.draws(key))
+        """The batch `x` (N, C, H, W) of training images `idx` (on x's device), as epoch
+        `key` sees them."""
+        flips, corners = (t[idx] for t in self.draws(key, x.device))
         if self.crop:
             x = self._shifted(x, corners)
         if self.flip:

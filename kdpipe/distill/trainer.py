@@ -275,12 +275,14 @@ def fit(
                     distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
                     stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
                     x = x.to(rt.device, non_blocking=True)
+                    # non_blocking: a plain copy of pinned memory waits for the GPU to finish
+                    idx = idx.to(rt.device, non_blocking=True)
                     if augment is not None:
                         x = augment(x, idx, key)
                     if x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = y.to(rt.device, non_blocking=True)
-                    cached = teacher_cache[idx.to(rt.device)] if teacher_cache is not None else None
+                    cached = teacher_cache[idx] if teacher_cache is not None else None
                     distiller.logged.clear()
                     terms = distiller.train_step(x, y, cached, opt)
                     sched.step()
