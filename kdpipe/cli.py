@@ -304,6 +304,13 @@ def run(
             "crop in a padded border, a horizontal flip; the teacher then runs every batch)."
         ),
     ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        Opt(
+            "--sync-bn",
+            help="Under --nproc/torchrun: BatchNorm over the global batch, as one process.",
+        ),
+    ] = None,
     strict_data: Annotated[
         bool | None,
         Opt("--strict-data", help="Fail on an undecodable image instead of skipping it."),
@@ -367,6 +374,7 @@ def run(
             "runtime.teacher_precision": teacher_precision,
             "runtime.checkpoint_every": checkpoint_every,
             "runtime.detect_anomaly": detect_anomaly,
+            "runtime.sync_bn": sync_bn,
             "data.strict": strict_data,
             "data.augment": augment,
             "out": out,

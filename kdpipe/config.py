@@ -186,7 +186,9 @@ class ProfileConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    """How training runs; none of it changes a stage's fingerprint."""
+    """How training runs. What of it changes what training computes (AMP's dtype, --compile,
+    the teacher's precision, --sync-bn) enters the training stages' fingerprints through
+    `stepper.training_numerics`; the rest (device, checkpoints, anomaly mode) does not."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # CUDA: autocast in bf16 where supported, else fp16 with a grad scaler (None: on for CUDA).
@@ -197,6 +199,9 @@ class RuntimeConfig(_Section):
     teacher_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(0, ge=0)  # also checkpoint every N steps (0: epoch ends)
     detect_anomaly: bool = False
+    # Under torchrun, BatchNorm normalizes over the global batch (distill/sync_bn.py), not
+    # each process's share: N processes then train what one process would.
+    sync_bn: bool = False
 
 
 class RunConfig(_Section):

@@ -38,6 +38,7 @@ class Runtime:
     detect_anomaly: bool = False
     compile: bool = False
     teacher_dtype: torch.dtype | None = None  # the teacher's inference precision; None = fp32
+    sync_bn: bool = False  # BatchNorm over the global batch under torchrun (sync_bn.py)
 
     @property
     def cuda(self) -> bool:
@@ -58,11 +59,21 @@ class Runtime:
         if rc.device == "cuda" and not cuda:
             raise ConfigError("--device cuda but no CUDA device is available", "use --device cpu")
         teacher_dtype = teacher_precision(rc.teacher_precision, cuda)
+        if rc.sync_bn and not distributed.current().active:
+            ui.info("note: --sync-bn applies to runs on several processes (--nproc, torchrun)")
         if not cuda:
             ignored = [f for f, on in (("--compile", rc.compile), ("--amp", rc.amp)) if on]
             if ignored:
                 ui.info(f"note: {' and '.join(ignored)} apply to CUDA runs; ignored on the CPU")
-            return cls(torch.device("cpu"), None, workers, rc.detect_anomaly, False, teacher_dtype)
+            return cls(
+                torch.device("cpu"),
+                None,
+                workers,
+                rc.detect_anomaly,
+                False,
+                teacher_dtype,
+                sync_bn=rc.sync_bn,
+            )
         d = distributed.current()
         if d.local_rank >= torch.cuda.device_count():  # torchrun --nproc-per-node > GPUs
             raise ConfigError(
@@ -74,7 +85,9 @@ class Runtime:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
         amp = amp_dtype(rc, cuda)
-        return cls(device, amp, workers, rc.detect_anomaly, rc.compile, teacher_dtype)
+        return cls(
+            device, amp, workers, rc.detect_anomaly, rc.compile, teacher_dtype, sync_bn=rc.sync_bn
+        )
 
 
 def amp_dtype(rc: RuntimeConfig, cuda: bool) -> torch.dtype | None:
@@ -99,6 +112,8 @@ def training_numerics(rc: RuntimeConfig, with_teacher: bool = False) -> dict[str
         out["amp"] = str(amp).removeprefix("torch.")
     if cuda and rc.compile:
         out["compile"] = "on"
+    if rc.sync_bn:
+        out["sync_bn"] = "on"
     if with_teacher:
         teacher = teacher_precision(rc.teacher_precision, cuda)
         out["teacher"] = str(teacher).removeprefix("torch.") if teacher else "float32"

@@ -32,7 +32,7 @@ from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
 from kdpipe.data.augment import BatchAugment
 from kdpipe.distill import checkpoint as ckpt
-from kdpipe.distill import distributed, precise_bn
+from kdpipe.distill import distributed, precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
@@ -236,7 +236,8 @@ def fit(
         }
         writer.submit(checkpoint, state, reached)
 
-    with ui.progress() as bar, anomaly, writer.finished_on_error(), stopping.deferred():
+    synced = sync_bn.global_statistics(distiller, rt.sync_bn and d.active)
+    with ui.progress() as bar, anomaly, writer.finished_on_error(), stopping.deferred(), synced:
         task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
         for stage_index, (stage_name, epochs) in enumerate(plan):
             if stage_index < pos["stage"]:

@@ -18,14 +18,23 @@ from kdpipe.config import TrainConfig
 from kdpipe.data.augment import BatchAugment
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
+from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
 
 
-def _net(seed: int) -> nn.Module:
-    # No BatchNorm and no dropout: those see per-rank batches, so only this is exact.
+def _net(seed: int, bn: bool = False) -> nn.Module:
+    # No dropout, and BatchNorm only where asked: it sees each rank's share of the batch
+    # unless --sync-bn makes it see the whole. (No bias before it: its gradient is rounding
+    # noise, which Adam scales up to full steps, different in any two runs.)
     torch.manual_seed(seed)
+    if bn:
+        return nn.Sequential(
+            *(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+            nn.AdaptiveAvgPool2d(1),
+            *(nn.Flatten(), nn.BatchNorm1d(8), nn.Linear(8, 5)),
+        )
     return nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
     )
@@ -39,11 +48,13 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
 
 def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
     """The distiller's whole trained state: student, extras, and CRD's queues (extra state).
-    `METHOD+AUGMENT` trains with that augmentation (each rank augments its share)."""
-    method, _, kind = method.partition("+")
-    student, teacher = _net(1), _net(2)
+    `METHOD+OPTION...`: `crop-flip` augments (each rank its share), `bn` gives both models
+    BatchNorm, `sync` trains with --sync-bn."""
+    method, *options = method.split("+")
+    student, teacher = _net(1, "bn" in options), _net(2, "bn" in options)
     distiller = get(method)(student, teacher, input_shape=(3, 8, 8))
     train, val = _data()
+    kind = "crop-flip" if "crop-flip" in options else ""
     aug = BatchAugment(kind, len(train), (8, 8), [0.0] * 3, seed=0) if kind else None
     ck = Checkpointing(out / "ckpt" / "last.pt", key="k", every=1)
     fit(
@@ -56,7 +67,13 @@ def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
         log_path=out / "log.jsonl",
         checkpoint=ck,
         augment=aug,
+        runtime=Runtime(sync_bn="sync" in options),
     )
+    # swapped back after training: what is saved and exported is the model as built
+    assert {type(m) for m in student.modules() if "BatchNorm" in type(m).__name__} <= {
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+    }
     return {k: v for k, v in distiller.state_dict().items() if "teacher_model." not in k}
 
 
@@ -89,13 +106,20 @@ def _tensors(value: object) -> list[torch.Tensor]:
 # it): under torchrun each rank gathers the others' rows, so the result (and CRD's queues)
 # must match across ranks and 1 process. Methods that share a spawn share its start-up cost.
 # kd+crop-flip: each rank augments its share of the batch as one process would the whole.
+# kd+bn+sync: BatchNorm over the global batch (--sync-bn); kd+bn, without it, must differ.
 @pytest.mark.parametrize(
-    "methods", [["kd", "kd+crop-flip"], ["crd"], ["rkd", "sp", "cc", "pkt"]], ids=str
+    "methods",
+    [["kd", "kd+crop-flip", "kd+bn+sync", "kd+bn"], ["crd"], ["rkd", "sp", "cc", "pkt"]],
+    ids=str,
 )
 def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), methods), nprocs=2, join=True)
     for method in methods:
-        _same_as_one_process(tmp_path / method, method)
+        if method == "kd+bn":
+            with pytest.raises(AssertionError, match=r"kd\+bn"):  # each rank normalized its half
+                _same_as_one_process(tmp_path / method, method)
+        else:
+            _same_as_one_process(tmp_path / method, method)
 
 
 def _same_as_one_process(out: Path, method: str) -> None:
