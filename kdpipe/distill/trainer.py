@@ -236,7 +236,7 @@ def fit(
         }
         writer.submit(checkpoint, state, reached)
 
-    synced = sync_bn.global_statistics(distiller, rt.sync_bn and d.active)
+    synced = sync_bn.global_statistics(distiller, rt.sync_bn and d.active, rt.cuda)
     with ui.progress() as bar, anomaly, writer.finished_on_error(), stopping.deferred(), synced:
         task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
         for stage_index, (stage_name, epochs) in enumerate(plan):
