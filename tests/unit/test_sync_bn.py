@@ -44,3 +44,13 @@ def test_the_swap_keeps_tensors_and_outputs_and_is_undone(cuda: bool) -> None:
     assert {n: type(m) for n, m in pair.named_modules()} == classes
     assert not hasattr(pair.student_model.bn1, "process_group")
     assert sync_bn.global_statistics(pair, on=False).__enter__() == 0
+
+
+def test_the_flag_reaches_training_and_its_fingerprint() -> None:
+    from kdpipe.config import RuntimeConfig
+    from kdpipe.distill.stepper import Runtime, training_numerics
+
+    on, off = RuntimeConfig(sync_bn=True), RuntimeConfig(device="cpu")
+    assert Runtime.from_config(on, 0).sync_bn and not Runtime.from_config(off, 0).sync_bn
+    # a 2-process run without it trained another model: not reused for one with it
+    assert training_numerics(on)["sync_bn"] == "on" and "sync_bn" not in training_numerics(off)
