@@ -241,13 +241,24 @@ def kdpipe_amp(epochs: int = 3) -> None:
                 images_per_s=round(m["images_per_s"], 1),
                 test_accuracy=round(m["test_accuracy"], 4),
             )
+    # --augment on the GPU: the draws live on the device, the teacher runs every batch
+    out = WORK / "distill-32px-amp-augment"
+    args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--amp"]
+    args += ["--augment", "crop-flip", "--teacher-weights", str(teacher), "--out", str(out)]
+    ok, err = _kdpipe(args, ENV, 180)
+    if ok:
+        m = json.loads((out / "distill" / "metrics.json").read_text())
+        row(kind=out.name, status="ok", images_per_s=round(m["images_per_s"], 1))
+    else:
+        row(kind=out.name, status="failed", error=err)
     if torch.cuda.device_count() > 1:
         n = str(torch.cuda.device_count())
-        out = WORK / f"distill-ddp{n}"
-        args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--amp"]
-        args += ["--teacher-weights", str(teacher), "--nproc", n, "--out", str(out)]
-        ok, err = _kdpipe(args, ENV, 240)
-        row(kind=f"distill-ddp{n}", status="ok" if ok else "failed", error=err)
+        for extra in ([], ["--sync-bn"]):  # torch's SyncBatchNorm over NCCL
+            name = f"distill-ddp{n}" + "".join(x.replace("--", "-") for x in extra)
+            args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--amp"]
+            args += ["--teacher-weights", str(teacher), "--nproc", n, *extra]
+            ok, err = _kdpipe([*args, "--out", str(WORK / name)], ENV, 240)
+            row(kind=name, status="ok" if ok else "failed", error=err)
     else:
         row(kind="distill-ddp", status="skipped", reason="one GPU: NCCL needs a GPU per rank")
 
