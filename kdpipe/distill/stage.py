@@ -100,13 +100,15 @@ def _train(
         else:
             ui.info("note: --compile skipped: feature taps need the student in eager mode")
     table: TeacherTable | None = None
-    if (
+    # only logits are cached, and only the teacher's
+    cacheable = (
         teacher is not None
         and distiller.logits_only
         and distiller.needs_teacher
         and cfg.distill.cache_teacher
-        and data.deterministic
-    ):
+    )
+    if cacheable and data.deterministic:
+        assert teacher is not None
         table = teacher_outputs(teacher, train, data.info.num_classes, runtime.teacher_dtype)
         where = {
             "disk": f"read from {table.path}",
@@ -116,7 +118,7 @@ def _train(
             f"distill: teacher logits for {len(table.logits)} training images {where} "
             f"({table.seconds:.1f} s), reused every epoch"
         )
-    elif teacher is not None and distiller.needs_teacher and not data.deterministic:
+    elif cacheable:  # but no sample is the same twice
         ui.info(f"distill: the teacher runs on every batch (--augment {cfg.data.augment})")
     result = fit(
         distiller,

@@ -91,7 +91,7 @@ def convert(module: nn.Module, cuda: bool = False, skip: str = "teacher_model") 
     for name, child in list(module.named_children()):
         if name == skip:
             continue
-        if isinstance(child, _BN) and not hasattr(child, "original"):
+        if isinstance(child, _BN) and type(child) not in _originals:
             child.__class__ = _global_class(type(child), cuda)
             if cuda:  # what SyncBatchNorm's __init__ sets: None, the whole world
                 vars(child)["process_group"] = None
@@ -104,21 +104,22 @@ def convert(module: nn.Module, cuda: bool = False, skip: str = "teacher_model") 
 def revert(module: nn.Module) -> None:
     """Give every layer `convert` changed its own class back."""
     for m in module.modules():
-        original = getattr(type(m), "original", None)
-        if original is not None:
-            m.__class__ = original
+        if type(m) in _originals:
+            m.__class__ = _originals[type(m)]
             m.__dict__.pop("process_group", None)
 
 
 _classes: dict[tuple[type[_BN], bool], type[_BN]] = {}
+_originals: dict[type[nn.Module], type[_BN]] = {}  # each class made here -> the class it stands for
 
 
 def _global_class(cls: type[_BN], cuda: bool) -> type[_BN]:
     """The class a layer of class `cls` (BatchNorm1d/2d/3d, or a model's own subclass) gets:
     a subclass of both the synchronizing class and `cls`, so isinstance(layer, cls) still
-    holds while training, remembering `cls` for `revert`."""
+    holds while training; `revert` finds `cls` again in _originals."""
     if (cls, cuda) not in _classes:
         sync: type[_BN] = nn.SyncBatchNorm if cuda else GlobalBatchNorm
         name = f"{sync.__name__}{cls.__name__}"
-        _classes[cls, cuda] = type(name, (sync, cls), {"original": cls})
+        made = type(name, (sync, cls), {})
+        _classes[cls, cuda], _originals[made] = made, cls
     return _classes[cls, cuda]
