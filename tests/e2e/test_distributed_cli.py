@@ -27,10 +27,12 @@ def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
         *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
         *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
         *("--until", "export", "--precision", "fp32", "--out", str(out)),
+        "--sync-bn",  # BatchNorm over both ranks' rows (tests/unit/test_distributed.py)
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("stopped after export") == 1  # rank 1 stays silent
+    assert "--sync-bn applies" not in proc.stderr  # the note for one process
     assert (out / "export" / "student.onnx").is_file()
     for stage in ("teacher", "distill"):
         assert (out / stage / "stage.json").is_file()
