@@ -97,7 +97,7 @@ def test_augmented_runs_run_the_teacher_every_batch(
 ) -> None:
     out = tmp_path / "aug"
     loud = [a for a in TINY if a != "--quiet"]
-    env = {"KDPIPE_CACHE": str(tmp_path / "cache")}  # the first run's cache keeps one teacher
+    env = {"KDPIPE_CACHE": str(tmp_path / "cache")}  # not first_run's: a test counts its teachers
     proc = kdpipe_here(
         capsys, "run", *loud, "--augment", "crop", "--until", "distill", "--out", str(out), env=env
     )
