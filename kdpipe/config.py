@@ -17,6 +17,8 @@ from kdpipe.structured import read_settings
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
+# Random training augmentation (data/augment.py); "none" first
+Augment = Literal["none", "crop", "flip", "crop-flip"]
 Backend = Literal["onnx", "tensorrt"]
 BACKENDS: tuple[Backend, ...] = ("onnx",)  # TensorRT on request, where a GPU exists
 
@@ -72,7 +74,7 @@ class DataConfig(_Section):
     strict: bool = False
     # Random training augmentation (data/augment.py): a shifted crop in a padded border
     # and/or a horizontal flip. Not for digits' flips: a mirrored 2 is no 2.
-    augment: Literal["none", "crop", "flip", "crop-flip"] = "none"
+    augment: Augment = "none"
 
     def content(self) -> dict[str, Any]:
         """The fields that decide which images, at which size, in which split: what stage

@@ -12,15 +12,17 @@ and the teacher runs on every batch (api/distill stage)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdpipe.config import Augment
 from kdpipe.data.splits import DataInfo
 
-AUGMENTS = ("none", "crop", "flip", "crop-flip")
+AUGMENTS: tuple[str, ...] = get_args(Augment)  # "none" and the kinds, as config accepts them
 
 
 class BatchAugment:
