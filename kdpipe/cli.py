@@ -300,9 +300,15 @@ def run(
     augment: Annotated[
         str | None,
         Opt(
-            help="Random training augmentation: none | crop | flip | crop-flip (a shifted "
-            "crop in a padded border, a horizontal flip; the teacher then runs every batch)."
+            help="Random training augmentation: none | crop | flip | crop-flip | resized-crop "
+            "| resized-crop-flip (a shifted crop in a padded border, CIFAR's; a crop of random "
+            "area and aspect resized back, ImageNet's; a horizontal flip). The teacher then "
+            "runs every batch."
         ),
+    ] = None,
+    crop_scale: Annotated[
+        float | None,
+        Opt(help="resized-crop's smallest crop, a fraction of the image area (default 0.08)."),
     ] = None,
     sync_bn: Annotated[
         bool | None,
@@ -377,6 +383,7 @@ def run(
             "runtime.sync_bn": sync_bn,
             "data.strict": strict_data,
             "data.augment": augment,
+            "data.crop_scale": crop_scale,
             "out": out,
             "name": name,
         }

@@ -18,7 +18,7 @@ from kdpipe.structured import read_settings
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request
 # Random training augmentation (data/augment.py); "none" first
-Augment = Literal["none", "crop", "flip", "crop-flip"]
+Augment = Literal["none", "crop", "flip", "crop-flip", "resized-crop", "resized-crop-flip"]
 Backend = Literal["onnx", "tensorrt"]
 BACKENDS: tuple[Backend, ...] = ("onnx",)  # TensorRT on request, where a GPU exists
 
@@ -73,8 +73,11 @@ class DataConfig(_Section):
     # Fail on an image file that cannot be decoded instead of skipping it with a warning.
     strict: bool = False
     # Random training augmentation (data/augment.py): a shifted crop in a padded border
-    # and/or a horizontal flip. Not for digits' flips: a mirrored 2 is no 2.
+    # (CIFAR's recipe) or a crop of random area and aspect resized back (ImageNet's), and/or a
+    # horizontal flip. Not for digits' flips: a mirrored 2 is no 2.
     augment: Augment = "none"
+    # resized-crop's smallest crop, as a fraction of the image's area (torchvision's 0.08)
+    crop_scale: float = Field(0.08, gt=0, le=1)
 
     def content(self) -> dict[str, Any]:
         """The fields that decide which images, at which size, in which split: what stage
@@ -82,11 +85,14 @@ class DataConfig(_Section):
         order is the sampler's) and whether a bad file fails the run (`strict`: checked each
         time data loads, reused stages or not) change no result, so they enter at their
         defaults: another --workers reuses the trained teacher instead of training it again.
-        `augment` does change results, but enters only when on, so that runs made before it
-        existed keep their fingerprints (and their cached teachers)."""
+        `augment` does change results, but enters only when on (and `crop_scale` only with a
+        resized crop), so that runs made before they existed keep their fingerprints (and
+        their cached teachers)."""
         content = self.model_dump() | {"workers": 0, "strict": False}
         if self.augment == "none":
             del content["augment"]
+        if not self.augment.startswith("resized"):
+            del content["crop_scale"]
         return content
 
 

@@ -93,7 +93,9 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             checkpoint=Checkpointing(
                 stage_dir / "checkpoints" / "last.pt", fp, cfg.runtime.checkpoint_every
             ),
-            augment=augment.for_training(cfg.data.augment, data.info, data.train, cfg.seed),
+            augment=augment.for_training(
+                cfg.data.augment, data.info, data.train, cfg.seed, cfg.data.crop_scale
+            ),
         )
         metrics = {
             "source": "trained",

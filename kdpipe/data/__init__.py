@@ -34,6 +34,10 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     """Load the three splits named by `cfg.spec`, deterministic given `seed`."""
     splits = _load(cfg, seed)
+    if cfg.crop_scale != DataConfig().crop_scale and not cfg.augment.startswith("resized"):
+        from kdpipe import ui
+
+        ui.info(f"note: --crop-scale applies to resized crops (--augment {cfg.augment})")
     # random augmentation (applied by the trainer) gives a sample another tensor each epoch
     splits.deterministic = cfg.augment == "none"
     return splits

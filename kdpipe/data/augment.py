@@ -1,6 +1,8 @@
 """Random augmentation of training batches: a crop shifted within a padded border and a
 horizontal flip, the recipe CIFAR distillation papers train with (RandomCrop(32, padding=4)
-and RandomHorizontalFlip in RepDistiller and mdistiller).
+and RandomHorizontalFlip in RepDistiller and mdistiller); or a crop of random area and aspect
+resized back to the image size, ImageNet's recipe (torchvision's RandomResizedCrop: 8-100 %
+of the area, aspect 3/4-4/3, bilinear), done to the images as loaded (at --image-size).
 
 It runs on whole batches on the training device, after loading, so image files are decoded
 once per epoch as before and a GPU does the work. What each image gets is a pure function of
@@ -18,51 +20,109 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import roi_align
 
 from kdpipe.config import Augment
 from kdpipe.data.splits import DataInfo
 
 AUGMENTS: tuple[str, ...] = get_args(Augment)  # "none" and the kinds, as config accepts them
+RATIO = (3 / 4, 4 / 3)  # resized crops' aspect ratios (width / height), torchvision's
+TRIES = 10  # resized crop: draws of area and aspect before falling back to a central crop
+
+
+def resized_crop_boxes(
+    g: torch.Generator, n: int, size: tuple[int, int], scale: tuple[float, float]
+) -> Tensor:
+    """(n, 4) crops (left, top, width, height) in whole pixels of an image of `size` (H, W),
+    drawn as torchvision's RandomResizedCrop.get_params draws one, for n images at once: up to
+    TRIES draws of an area (a fraction in `scale`) and a log-uniform aspect ratio; the first
+    that fits places the crop uniformly; none fits: the central crop of the whole image with
+    its aspect clamped to RATIO."""
+    h, w = size
+    area = torch.empty(n, TRIES).uniform_(*scale, generator=g) * (h * w)
+    log_ratio = torch.empty(n, TRIES).uniform_(*np.log(RATIO).tolist(), generator=g)
+    cw = torch.sqrt(area * log_ratio.exp()).round()
+    ch = torch.sqrt(area / log_ratio.exp()).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = fits.int().argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+    cw, ch = cw.gather(1, first)[:, 0], ch.gather(1, first)[:, 0]
+    u = torch.rand(n, 2, generator=g)  # where a fitting crop goes
+    left, top = (u[:, 0] * (w - cw + 1)).floor(), (u[:, 1] * (h - ch + 1)).floor()
+    # the fallback: the whole image, cut to the nearest allowed aspect, centred
+    fw = min(w, round(h * RATIO[1])) if w / h > RATIO[1] else w
+    fh = min(h, round(w / RATIO[0])) if w / h < RATIO[0] else h
+    none = ~fits.any(1)
+    cw, ch = cw.masked_fill(none, fw), ch.masked_fill(none, fh)
+    left = left.masked_fill(none, (w - fw) // 2)
+    top = top.masked_fill(none, (h - fh) // 2)
+    return torch.stack([left, top, cw, ch], 1).long()
 
 
 class BatchAugment:
     """Augments batches of one training set of `n` images of `size` (H, W)."""
 
     def __init__(
-        self, kind: str, n: int, size: tuple[int, int], fill: Sequence[float], seed: int
+        self,
+        kind: str,
+        n: int,
+        size: tuple[int, int],
+        fill: Sequence[float],
+        seed: int,
+        crop_scale: float = 0.08,
     ) -> None:
         if kind not in AUGMENTS or kind == "none":
             raise ValueError(f"augmentation {kind!r}: use one of {', '.join(AUGMENTS[1:])}")
-        self.crop, self.flip = "crop" in kind, "flip" in kind
+        self.resized = kind.startswith("resized-crop")
+        self.crop, self.flip = kind.startswith("crop"), kind.endswith("flip")
         # 4 pixels at 32 (the papers' padding), in proportion at other sizes
         self.pad = max(1, min(size) // 8)
         # the border is black: a pixel of 0 after the dataset's normalization
         self.fill = torch.tensor(list(fill), dtype=torch.float32)
-        self.n, self.seed = n, seed
-        self._drawn: tuple[int, Tensor, Tensor] | None = None
+        self.n, self.size, self.seed, self.scale = n, size, seed, (crop_scale, 1.0)
+        self._drawn: tuple[int, Tensor, Tensor, Tensor] | None = None
 
-    def draws(self, key: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """Per image of the epoch `key`: its flip (bool) and its crop's (top, left) corner in
-        the padded image, 0..2*pad (pad, pad: the image as it was). Drawn on the CPU once per
-        epoch and kept on `device`, so a step copies nothing to a GPU and never waits on it."""
+    def draws(self, key: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+        """Per image of the epoch `key`: its flip (bool), its shifted crop's (top, left)
+        corner in the padded image, 0..2*pad (pad, pad: the image as it was), and its resized
+        crop (left, top, width, height; empty unless resized). Drawn on the CPU once per epoch
+        and kept on `device`, so a step copies nothing to a GPU and never waits on it."""
         device = torch.device(device)
         if self._drawn is None or self._drawn[0] != key or self._drawn[1].device != device:
             state = np.random.SeedSequence([self.seed, key, 0x4B44]).generate_state(2)
             g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
             flips = torch.rand(self.n, generator=g) < 0.5
             corners = torch.randint(0, 2 * self.pad + 1, (self.n, 2), generator=g)
-            self._drawn = (key, flips.to(device), corners.to(device))
-        return self._drawn[1], self._drawn[2]
+            boxes = (
+                resized_crop_boxes(g, self.n, self.size, self.scale)
+                if self.resized
+                else torch.empty(0, 4, dtype=torch.long)
+            )
+            self._drawn = (key, flips.to(device), corners.to(device), boxes.to(device))
+        return self._drawn[1], self._drawn[2], self._drawn[3]
 
     def __call__(self, x: Tensor, idx: Tensor, key: int) -> Tensor:
         """The batch `x` (N, C, H, W) of training images `idx` (on x's device), as epoch
         `key` sees them."""
-        flips, corners = (t[idx] for t in self.draws(key, x.device))
+        flips, corners, boxes = self.draws(key, x.device)
         if self.crop:
-            x = self._shifted(x, corners)
+            x = self._shifted(x, corners[idx])
+        if self.resized:
+            x = self._resized(x, boxes[idx])
         if self.flip:
-            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(-1), x)
         return x
+
+    def _resized(self, x: Tensor, boxes: Tensor) -> Tensor:
+        """Each image's crop enlarged back to the image's size, bilinear: output pixel
+        centres spread evenly over the crop, interpolated between the image's pixels (those
+        just outside the crop included, as a continuous image would be cut; torchvision's
+        crop-then-resize repeats the crop's edge pixels instead). One roi_align over the
+        batch: a crop is never larger than the image, so one sample per output pixel."""
+        b, _, h, w = x.shape
+        left, top, cw, ch = boxes.to(x.dtype).unbind(1)
+        batch = torch.arange(b, device=x.device, dtype=x.dtype)
+        rois = torch.stack([batch, left, top, left + cw, top + ch], 1)
+        return roi_align(x.contiguous(), rois, (h, w), sampling_ratio=-1, aligned=True)
 
     def _shifted(self, x: Tensor, corners: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -79,10 +139,12 @@ class BatchAugment:
         return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
-def for_training(kind: str, info: DataInfo, train: Dataset, seed: int) -> BatchAugment | None:
+def for_training(
+    kind: str, info: DataInfo, train: Dataset, seed: int, crop_scale: float = 0.08
+) -> BatchAugment | None:
     """The augmentation `--augment KIND` asks for, over the training set `train`."""
     if kind == "none":
         return None
     black = [-m / s for m, s in zip(info.mean, info.std, strict=True)]
     size = (info.input_size[1], info.input_size[2])
-    return BatchAugment(kind, len(train), size, black, seed)  # type: ignore[arg-type]
+    return BatchAugment(kind, len(train), size, black, seed, crop_scale)  # type: ignore[arg-type]

@@ -131,7 +131,9 @@ def _train(
         teacher_cache=table.logits if table else None,
         runtime=runtime,
         checkpoint=checkpoint,
-        augment=augment.for_training(cfg.data.augment, data.info, train, cfg.seed),
+        augment=augment.for_training(
+            cfg.data.augment, data.info, train, cfg.seed, cfg.data.crop_scale
+        ),
     )
     return result, table
 

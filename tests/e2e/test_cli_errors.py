@@ -107,6 +107,7 @@ CASES = {
     "zero teacher lr": (["--teacher-lr", "0"], "teacher.train.lr"),
     "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
     "unknown augmentation": (["--augment", "rotate"], "invalid value for data.augment"),
+    "crop scale above 1": (["--crop-scale", "1.5"], "data.crop_scale"),
     "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
     "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
     "unknown method param": (["--set", "temp=3", "--teacher-epochs", "1"], "no parameter 'temp'"),

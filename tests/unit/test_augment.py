@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from kdpipe import faults
 from kdpipe.config import DataConfig, TrainConfig
 from kdpipe.data import load_data
-from kdpipe.data.augment import BatchAugment
+from kdpipe.data.augment import BatchAugment, resized_crop_boxes
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
@@ -26,12 +26,12 @@ def test_a_crop_shifts_the_image_inside_a_black_border() -> None:
     x = torch.arange(16.0).view(1, 1, 4, 4)
     # The corner chosen for image 0 in epoch 0, pinned to (0, 2): one row of border on top,
     # the image moved one column left, a column of border on the right.
-    aug._drawn = (0, torch.tensor([False]), torch.tensor([[0, 2]]))
+    aug._drawn = (0, torch.tensor([False]), torch.tensor([[0, 2]]), torch.empty(0, 4))
     expected = torch.tensor(
         [[-9, -9, -9, -9], [1, 2, 3, -9], [5, 6, 7, -9], [9, 10, 11, -9]], dtype=torch.float32
     )
     assert torch.equal(aug(x, torch.tensor([0]), 0)[0, 0], expected)
-    aug._drawn = (0, torch.tensor([False]), torch.tensor([[1, 1]]))  # (pad, pad): unchanged
+    aug._drawn = (0, torch.tensor([False]), torch.tensor([[1, 1]]), torch.empty(0, 4))  # unchanged
     assert torch.equal(aug(x, torch.tensor([0]), 0), x)
 
 
@@ -41,7 +41,7 @@ def test_every_image_gets_its_own_window_and_flip() -> None:
     aug = BatchAugment("crop-flip", n=n, size=(h, w), fill=fill, seed=5)
     x = torch.randn(n, c, h, w)
     out = aug(x, torch.arange(n), key=3)
-    flips, corners = aug.draws(3)
+    flips, corners, _ = aug.draws(3)
     p = aug.pad
     assert p == 1 and set(corners.flatten().tolist()) == {0, 1, 2}
     assert 16 < int(flips.sum()) < 48  # about half are mirrored
@@ -53,17 +53,75 @@ def test_every_image_gets_its_own_window_and_flip() -> None:
         assert torch.equal(out[i], window.flip(-1) if flips[i] else window), i
 
 
-def test_an_image_is_augmented_alike_in_any_batch_and_anew_each_epoch() -> None:
+def test_resized_crops_are_drawn_as_torchvision_draws_them() -> None:
+    """Area 8-100 % of the image, aspect 3/4-4/3 (up to whole-pixel rounding), inside the
+    image; over many draws, the same area and aspect as torchvision's get_params gives."""
+    from PIL import Image
+    from torchvision.transforms import RandomResizedCrop
+
+    n, h, w = 20_000, 24, 40
+    boxes = resized_crop_boxes(torch.Generator().manual_seed(0), n, (h, w), (0.08, 1))
+    left, top, cw, ch = boxes.unbind(1)
+    assert (left >= 0).all() and (top >= 0).all() and (left + cw <= w).all()
+    assert (top + ch <= h).all() and (cw > 0).all() and (ch > 0).all()
+    # each side is the drawn one rounded to a whole pixel (+-0.5)
+    assert ((cw + 0.5) * (ch + 0.5) >= 0.08 * h * w).all()
+    assert ((cw - 0.5) / (ch + 0.5) <= 4 / 3).all() and ((cw + 0.5) / (ch - 0.5) >= 3 / 4).all()
+    area, aspect = (cw * ch) / (h * w), cw / ch
+    torch.manual_seed(0)
+    image = Image.new("RGB", (w, h))
+    ref = torch.tensor(
+        [RandomResizedCrop.get_params(image, [0.08, 1], [3 / 4, 4 / 3]) for _ in range(n)]
+    )
+    ref_area, ref_aspect = (ref[:, 3] * ref[:, 2]) / (h * w), ref[:, 3] / ref[:, 2]
+    # both means have a standard error of ~0.002 at 20,000 draws
+    assert abs(area.mean() - ref_area.mean()) < 0.01
+    assert abs(aspect.mean() - ref_aspect.mean()) < 0.01
+    assert abs((area > 0.5).float().mean() - (ref_area > 0.5).float().mean()) < 0.02
+
+
+def test_a_resized_crop_falls_back_to_the_centre_when_no_draw_fits() -> None:
+    # 8 x 32 at 99.9-100 % of the area: no crop of aspect <= 4/3 fits in 10 tries, so
+    # torchvision's fallback: full height, width 8 * 4/3 -> 11, centred: left (32 - 11) // 2
+    boxes = resized_crop_boxes(torch.Generator().manual_seed(0), 3, (8, 32), (0.999, 1.0))
+    assert boxes.tolist() == [[10, 0, 11, 8]] * 3
+
+
+def test_a_resized_crop_is_the_bilinear_enlargement_of_its_window() -> None:
+    x = torch.randn(3, 2, 8, 12)
+    aug = BatchAugment("resized-crop", n=3, size=(8, 12), fill=[0.0, 0.0], seed=0)
+    boxes = torch.tensor([[0, 0, 12, 8], [2, 1, 5, 4], [7, 3, 5, 5]])  # left, top, w, h
+    flips = torch.zeros(3, dtype=torch.bool)
+    aug._drawn = (0, flips, torch.zeros(3, 2, dtype=torch.long), boxes)
+    out = aug(x, torch.arange(3), 0)
+    assert torch.allclose(out[0], x[0], atol=1e-6)  # the whole image: itself
+    # torch's own bilinear sampling (grid_sample) at the output pixel centres spread over
+    # each window, in the whole image's coordinates
+    for i in (1, 2):
+        left, top, cw, ch = boxes[i].tolist()
+        theta = torch.tensor(
+            [[cw / 12, 0, (2 * left + cw) / 12 - 1], [0, ch / 8, (2 * top + ch) / 8 - 1]]
+        )
+        grid = F.affine_grid(theta[None], [1, 2, 8, 12], align_corners=False)
+        ref = F.grid_sample(x[i : i + 1], grid, padding_mode="border", align_corners=False)
+        assert torch.allclose(out[i], ref[0], atol=1e-5), i
+    # inside the window away from its edges: F.interpolate of the window itself
+    window = F.interpolate(x[1:2, :, 1:5, 2:7], size=(8, 12), mode="bilinear")
+    assert torch.allclose(out[1, :, 2:-2, 3:-3], window[0, :, 2:-2, 3:-3], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["crop-flip", "resized-crop-flip"])
+def test_an_image_is_augmented_alike_in_any_batch_and_anew_each_epoch(kind: str) -> None:
     """What DDP (each rank a share of the batch) and resuming (later batches only) rely on."""
     n = 40
     x = torch.randn(n, 3, 32, 32)
-    whole = BatchAugment("crop-flip", n, (32, 32), [0.0] * 3, seed=1)(x, torch.arange(n), 7)
-    other = BatchAugment("crop-flip", n, (32, 32), [0.0] * 3, seed=1)
+    whole = BatchAugment(kind, n, (32, 32), [0.0] * 3, seed=1)(x, torch.arange(n), 7)
+    other = BatchAugment(kind, n, (32, 32), [0.0] * 3, seed=1)
     idx = torch.tensor([33, 2, 17, 5])
-    assert torch.equal(other(x[idx], idx, 7), whole[idx])
-    assert not torch.equal(other(x, torch.arange(n), 8), whole)  # epoch 8 draws again
-    reseeded = BatchAugment("crop-flip", n, (32, 32), [0.0] * 3, seed=2)
-    assert not torch.equal(reseeded(x, torch.arange(n), 7), whole)
+    assert torch.allclose(other(x[idx], idx, 7), whole[idx], atol=1e-6)
+    assert not torch.allclose(other(x, torch.arange(n), 8), whole)  # epoch 8 draws again
+    reseeded = BatchAugment(kind, n, (32, 32), [0.0] * 3, seed=2)
+    assert not torch.allclose(reseeded(x, torch.arange(n), 7), whole)
 
 
 def test_augmentation_turns_the_teacher_table_off_and_enters_fingerprints_only_when_on() -> None:
@@ -71,6 +129,8 @@ def test_augmentation_turns_the_teacher_table_off_and_enters_fingerprints_only_w
     assert not load_data(DataConfig(augment="crop"), 0).deterministic
     assert "augment" not in DataConfig().content()  # runs from before keep their teachers
     assert DataConfig(augment="flip").content()["augment"] == "flip"
+    assert "crop_scale" not in DataConfig(augment="crop").content()
+    assert DataConfig(augment="resized-crop", crop_scale=0.3).content()["crop_scale"] == 0.3
     with pytest.raises(ValueError, match="crop, flip, crop-flip"):
         BatchAugment("none", 1, (8, 8), [0.0], seed=0)
 
@@ -79,7 +139,7 @@ class _Stop(Exception):
     pass
 
 
-def _train(out: Path, kind: str = "crop-flip") -> dict[str, torch.Tensor]:
+def _train(out: Path, kind: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5))
     student(torch.zeros(1, 3, 8, 8))
@@ -102,10 +162,11 @@ def _train(out: Path, kind: str = "crop-flip") -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in student.state_dict().items()}
 
 
+@pytest.mark.parametrize("kind", ["crop-flip", "resized-crop-flip"])
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    whole = _train(tmp_path / "whole")
+    whole = _train(tmp_path / "whole", kind)
     plain = _train(tmp_path / "plain", "none")  # the trainer did augment
     assert not all(torch.equal(plain[k], v) for k, v in whole.items())
     steps = {"n": 0}
@@ -118,8 +179,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(
 
     monkeypatch.setattr(faults, "reached", crash)
     with pytest.raises(_Stop):
-        _train(tmp_path / "cut")
+        _train(tmp_path / "cut", kind)
     monkeypatch.undo()
-    resumed = _train(tmp_path / "cut")
+    resumed = _train(tmp_path / "cut", kind)
     for name, tensor in whole.items():
         assert torch.equal(resumed[name], tensor), name

@@ -48,13 +48,13 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
 
 def _train(out: Path, method: str) -> dict[str, torch.Tensor]:
     """The distiller's whole trained state: student, extras, and CRD's queues (extra state).
-    `METHOD+OPTION...`: `crop-flip` augments (each rank its share), `bn` gives both models
-    BatchNorm, `sync` trains with --sync-bn."""
+    `METHOD+OPTION...`: `crop-flip` and `resized-crop-flip` augment (each rank its share),
+    `bn` gives both models BatchNorm, `sync` trains with --sync-bn."""
     method, *options = method.split("+")
     student, teacher = _net(1, "bn" in options), _net(2, "bn" in options)
     distiller = get(method)(student, teacher, input_shape=(3, 8, 8))
     train, val = _data()
-    kind = "crop-flip" if "crop-flip" in options else ""
+    kind = next((o for o in options if "crop" in o), "")
     aug = BatchAugment(kind, len(train), (8, 8), [0.0] * 3, seed=0) if kind else None
     ck = Checkpointing(out / "ckpt" / "last.pt", key="k", every=1)
     fit(
@@ -105,11 +105,15 @@ def _tensors(value: object) -> list[torch.Tensor]:
 # CRD, RKD, SP, CC and PKT compare each sample with the whole global batch (and CRD queues
 # it): under torchrun each rank gathers the others' rows, so the result (and CRD's queues)
 # must match across ranks and 1 process. Methods that share a spawn share its start-up cost.
-# kd+crop-flip: each rank augments its share of the batch as one process would the whole.
+# kd+(resized-)crop-flip: each rank augments its share of the batch as one process would.
 # kd+bn+sync: BatchNorm over the global batch (--sync-bn); kd+bn, without it, must differ.
 @pytest.mark.parametrize(
     "methods",
-    [["kd", "kd+crop-flip", "kd+bn+sync", "kd+bn"], ["crd"], ["rkd", "sp", "cc", "pkt"]],
+    [
+        ["kd", "kd+crop-flip", "kd+resized-crop-flip", "kd+bn+sync", "kd+bn"],
+        ["crd"],
+        ["rkd", "sp", "cc", "pkt"],
+    ],
     ids=str,
 )
 def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
