@@ -5,7 +5,10 @@ resized back to the image size, ImageNet's recipe (torchvision's RandomResizedCr
 of the area, aspect 3/4-4/3, bilinear), done to the images as loaded (at --image-size).
 
 It runs on whole batches on the training device, after loading, so image files are decoded
-once per epoch as before and a GPU does the work. What each image gets is a pure function of
+once per epoch as before and a GPU does the work; but a resized crop of an image file (or of a
+CIFAR/MNIST image) is cut while loading, from the image at its own resolution, as torchvision
+cuts it (`cropping` below, read by transforms.ResizeOrCrop): a small crop of a 500 x 375 photo
+keeps the detail that resizing it to 224 first would lose. What each image gets is a pure function of
 (seed, epoch, image index): a resumed run, and a run on any number of processes, see the same
 images as one uninterrupted run. Validation, test, calibration and profiling never augment.
 With augmentation a sample no longer maps to one tensor, so the teacher-logit table is off
@@ -13,7 +16,10 @@ and the teacher runs on every batch (api/distill stage)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
@@ -58,6 +64,45 @@ def resized_crop_boxes(
     return torch.stack([left, top, cw, ch], 1).long()
 
 
+@dataclass
+class SampleDraw:
+    """The training image being loaded, for its resized crop: set by the trainer around each
+    sample it loads (`cropping`), read by the loaders' resize step (transforms.ResizeOrCrop),
+    which records that it cut the crop (`cropped`) so the batch step does not cut another."""
+
+    seed: int
+    key: int  # the epoch (BatchAugment's key)
+    index: int  # the image's index in the training set
+    scale: tuple[float, float]
+    cropped: bool = False
+
+    def box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(left, top, width, height) of the crop in an image of `size` (H, W)."""
+        state = np.random.SeedSequence([self.seed, self.key, self.index, 0x5243]).generate_state(2)
+        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        left, top, w, h = resized_crop_boxes(g, 1, size, self.scale)[0].tolist()
+        return left, top, w, h
+
+
+# Set only while the trainer loads one training image: everywhere else (validation, test,
+# calibration, profiling, the teacher-logit table) images are resized whole.
+_loading: ContextVar[SampleDraw | None] = ContextVar("kdpipe_sample_draw", default=None)
+
+
+@contextmanager
+def cropping(draw: SampleDraw) -> Iterator[SampleDraw]:
+    """Within: the image a dataset loads gets `draw`'s resized crop."""
+    token = _loading.set(draw)
+    try:
+        yield draw
+    finally:
+        _loading.reset(token)
+
+
+def current_draw() -> SampleDraw | None:
+    return _loading.get()
+
+
 class BatchAugment:
     """Augments batches of one training set of `n` images of `size` (H, W)."""
 
@@ -100,14 +145,25 @@ class BatchAugment:
             self._drawn = (key, flips.to(device), corners.to(device), boxes.to(device))
         return self._drawn[1], self._drawn[2], self._drawn[3]
 
-    def __call__(self, x: Tensor, idx: Tensor, key: int) -> Tensor:
+    @property
+    def crops_while_loading(self) -> tuple[int, tuple[float, float]] | None:
+        """(seed, scale) for the trainer's SampleDraws, when images are to be cut while
+        loading (resized crops); None otherwise."""
+        return (self.seed, self.scale) if self.resized else None
+
+    def __call__(self, x: Tensor, idx: Tensor, key: int, cropped: Tensor | None = None) -> Tensor:
         """The batch `x` (N, C, H, W) of training images `idx` (on x's device), as epoch
-        `key` sees them."""
+        `key` sees them. `cropped` (bool per image, on the CPU): the images whose resized crop
+        was cut while loading (SampleDraw); the rest (in-memory tensors, digits) are cut here."""
         flips, corners, boxes = self.draws(key, x.device)
         if self.crop:
             x = self._shifted(x, corners[idx])
-        if self.resized:
-            x = self._resized(x, boxes[idx])
+        if self.resized and (cropped is None or not bool(cropped.all())):
+            cut = self._resized(x, boxes[idx])
+            if cropped is None or not bool(cropped.any()):
+                x = cut
+            else:
+                x = torch.where(cropped.to(x.device).view(-1, 1, 1, 1), x, cut)
         if self.flip:
             x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(-1), x)
         return x

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
-from kdpipe.data.augment import BatchAugment
+from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
 from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed, precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
@@ -53,17 +53,25 @@ class FitResult:
 
 
 class IndexedDataset(Dataset):
-    """Yields (image, label, index) so cached per-sample teacher outputs can be looked up."""
+    """Yields (image, label, index, cropped): the index so cached per-sample teacher outputs
+    can be looked up; with `crops` (seed, scale), each image is loaded within a SampleDraw of
+    (seed, `key`, index), and `cropped` says whether its loader cut the resized crop."""
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
+    def __init__(self, base: Dataset, crops: tuple[int, tuple[float, float]] | None) -> None:
+        self.base, self.crops = base, crops
+        self.key = 0  # the epoch, set before each epoch's DataLoader copies this to workers
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        x, y = self.base[i]
-        return x, y, i
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, bool]:
+        if self.crops is None:
+            x, y = self.base[i]
+            return x, y, i, False
+        seed, scale = self.crops
+        with cropping(SampleDraw(seed, self.key, i, scale)) as draw:
+            x, y = self.base[i]
+        return x, y, i, draw.cropped
 
 
 def epoch_batches(
@@ -177,7 +185,7 @@ def fit(
     rt = runtime or Runtime()
     d = distributed.current()
     torch.manual_seed(seed)
-    dataset = IndexedDataset(train)
+    dataset = IndexedDataset(train, augment.crops_while_loading if augment else None)
     n = len(dataset)
     per_epoch = len(epoch_batches(n, cfg.batch_size, seed, 0))
     place_for_training(distiller, rt.device)
@@ -263,6 +271,7 @@ def fit(
                 log = LossLog(rt.cuda, sums if skip else {}, read=skip)
                 batches = skip
                 key = stage_index * 100_003 + epoch
+                dataset.key = key
                 loader = DataLoader(
                     dataset,
                     batch_sampler=epoch_batches(n, cfg.batch_size, seed, key, skip),  # type: ignore[arg-type]
@@ -272,14 +281,14 @@ def fit(
                     # one, whose state a checkpoint restores (dropout masks depend on it).
                     generator=torch.Generator().manual_seed(key),
                 )
-                for x, y, idx in loader:
+                for x, y, idx, cropped in loader:
                     distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
                     stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
                     x = x.to(rt.device, non_blocking=True)
                     # non_blocking: a plain copy of pinned memory waits for the GPU to finish
                     idx = idx.to(rt.device, non_blocking=True)
                     if augment is not None:
-                        x = augment(x, idx, key)
+                        x = augment(x, idx, key, cropped)
                     if x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = y.to(rt.device, non_blocking=True)

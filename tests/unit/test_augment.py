@@ -6,19 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdpipe import faults
 from kdpipe.config import DataConfig, TrainConfig
 from kdpipe.data import load_data
-from kdpipe.data.augment import BatchAugment, resized_crop_boxes
+from kdpipe.data.augment import BatchAugment, SampleDraw, resized_crop_boxes
+from kdpipe.data.image_files import load_rgb
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
-from kdpipe.distill.trainer import fit
+from kdpipe.distill.trainer import IndexedDataset, fit
 
 
 def test_a_crop_shifts_the_image_inside_a_black_border() -> None:
@@ -108,6 +111,42 @@ def test_a_resized_crop_is_the_bilinear_enlargement_of_its_window() -> None:
     # inside the window away from its edges: F.interpolate of the window itself
     window = F.interpolate(x[1:2, :, 1:5, 2:7], size=(8, 12), mode="bilinear")
     assert torch.allclose(out[1, :, 2:-2, 3:-3], window[0, :, 2:-2, 3:-3], atol=1e-5)
+
+
+def test_image_files_are_cut_at_their_own_resolution_while_loading(tmp_path: Path) -> None:
+    """A training image file gets its crop from the decoded file (60 x 90 here), resized to
+    the run's 16 x 16, as torchvision's RandomResizedCrop cuts a PIL image; validation, and any
+    load outside the trainer, resizes the whole image."""
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            pixels = rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    cfg = DataConfig(spec=f"imagefolder:{tmp_path}", image_size=16, augment="resized-crop")
+    data = load_data(cfg, seed=0)
+    train = IndexedDataset(data.train, crops=(7, (0.08, 1.0)))
+    train.key = 3
+    x, y, i, cropped = train[4]
+    assert cropped and i == 4 and x.shape == (3, 16, 16)
+    left, top, w, h = SampleDraw(7, 3, 4, (0.08, 1.0)).box((60, 90))
+    assert (w, h) != (90, 60)
+    file = data.train.dataset.samples[data.train.indices[4]][0]  # type: ignore[attr-defined]
+    crop = TF.resized_crop(load_rgb(file), top, left, h, w, [16, 16], antialias=True)
+    mean, std = data.info.mean, data.info.std
+    assert torch.allclose(x, TF.normalize(TF.to_tensor(crop), mean, std), atol=1e-6)
+    whole = TF.normalize(TF.to_tensor(TF.resize(load_rgb(file), [16, 16])), mean, std)
+    assert torch.allclose(data.train[4][0], whole, atol=1e-6)  # outside the trainer
+    train.key = 4
+    assert not torch.allclose(train[4][0], x)  # another epoch, another crop
+    # the batch step leaves images cut while loading alone, and cuts the others
+    aug = BatchAugment("resized-crop", 10, (16, 16), [0.0] * 3, seed=7)
+    batch = torch.stack([x, x])
+    out = aug(batch, torch.tensor([4, 5]), 3, cropped=torch.tensor([True, False]))
+    assert torch.equal(out[0], x) and not torch.allclose(out[1], x)
+    assert torch.equal(out[1], aug(batch, torch.tensor([4, 5]), 3)[1])
 
 
 @pytest.mark.parametrize("kind", ["crop-flip", "resized-crop-flip"])
