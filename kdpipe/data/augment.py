@@ -163,7 +163,8 @@ class BatchAugment:
             if cropped is None or not bool(cropped.any()):
                 x = cut
             else:
-                x = torch.where(cropped.to(x.device).view(-1, 1, 1, 1), x, cut)
+                done = cropped.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+                x = torch.where(done, x, cut)
         if self.flip:
             x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(-1), x)
         return x
