@@ -21,6 +21,7 @@ from kdpipe.data.augment import BatchAugment, SampleDraw, resized_crop_boxes
 from kdpipe.data.image_files import load_rgb
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
+from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import IndexedDataset, fit
 
 
@@ -147,6 +148,47 @@ def test_image_files_are_cut_at_their_own_resolution_while_loading(tmp_path: Pat
     out = aug(batch, torch.tensor([4, 5]), 3, cropped=torch.tensor([True, False]))
     assert torch.equal(out[0], x) and not torch.allclose(out[1], x)
     assert torch.equal(out[1], aug(batch, torch.tensor([4, 5]), 3)[1])
+
+
+def test_training_on_image_files_cuts_every_crop_while_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fit() over an image folder: every training image arrives cut (the batch step is never
+    asked to cut one), in DataLoader workers too, and the result differs from no crops."""
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    cfg = DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, augment="resized-crop")
+    data = load_data(cfg, seed=0)
+
+    def train(kind: str, workers: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        n = len(data.train)  # type: ignore[arg-type]
+        aug = BatchAugment(kind, n, (8, 8), [0.0] * 3, seed=0) if kind != "none" else None
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2)
+        fit(
+            get("ce")(net),
+            data.train,
+            data.val,
+            cfg,
+            0,
+            "t",
+            augment=aug,
+            runtime=Runtime(workers=workers),
+        )
+        return [p.detach().clone() for p in net.parameters()]
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("an image file reached the batch step uncut")
+
+    monkeypatch.setattr(BatchAugment, "_resized", refuse)
+    cut, cut_in_workers = train("resized-crop", 0), train("resized-crop", 2)
+    assert all(torch.equal(a, b) for a, b in zip(cut, cut_in_workers, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(cut, train("none", 0), strict=True))
 
 
 @pytest.mark.parametrize("kind", ["crop-flip", "resized-crop-flip"])
