@@ -321,6 +321,14 @@ def run(
         bool | None,
         Opt("--strict-data", help="Fail on an undecodable image instead of skipping it."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        Opt(
+            min=0,
+            help="DataLoader worker processes per training process (default: none on the "
+            "CPU; on a GPU, for image files, the cores less one, at most 8).",
+        ),
+    ] = None,
     nproc: Annotated[
         int | None,
         Opt(min=1, help="Train on N processes here (starts torchrun's elastic launcher)."),
@@ -382,6 +390,7 @@ def run(
             "runtime.detect_anomaly": detect_anomaly,
             "runtime.sync_bn": sync_bn,
             "data.strict": strict_data,
+            "data.workers": workers,
             "data.augment": augment,
             "data.crop_scale": crop_scale,
             "out": out,

@@ -69,7 +69,10 @@ class DataConfig(_Section):
     image_size: int | None = Field(None, ge=8, le=1024)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    workers: int = Field(0, ge=0, le=64)
+    # DataLoader worker processes; None: automatic (none on the CPU or for images already in
+    # memory; on a GPU, for images decoded per sample, the cores this process may use less one,
+    # at most 8: stepper.loader_workers)
+    workers: int | None = Field(None, ge=0, le=64)
     # Fail on an image file that cannot be decoded instead of skipping it with a warning.
     strict: bool = False
     # Random training augmentation (data/augment.py): a shifted crop in a padded border

@@ -19,7 +19,7 @@ from kdpipe.data import DataSplits, augment
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime, training_numerics
+from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
 from kdpipe.distill.trainer import fit
 from kdpipe.errors import KdpipeError, first_line
 from kdpipe.models.custom import sources
@@ -89,7 +89,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             cfg.seed,
             f"teacher {t.arch}",
             log_path=stage_dir / "log.jsonl",
-            runtime=Runtime.from_config(cfg.runtime, cfg.data.workers),
+            runtime=Runtime.from_config(cfg.runtime, cfg.data.workers, data.in_memory),
             checkpoint=Checkpointing(
                 stage_dir / "checkpoints" / "last.pt", fp, cfg.runtime.checkpoint_every
             ),
@@ -105,7 +105,9 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             "history": result.history,
         }
         _keep_in_cache(model, metrics, cached)
-    logits, labels = predict_logits(model, data.test)
+    cuda = next(model.parameters()).device.type == "cuda"  # where training left it
+    workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
+    logits, labels = predict_logits(model, data.test, workers=workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:
         fix = "check --teacher-weights" if t.weights else "raise --teacher-epochs"

@@ -48,4 +48,4 @@ def load(seed: int, image_size: int, val_fraction: float, test_fraction: float) 
             f"8x8 grayscale/16 -> bilinear {image_size}x{image_size} -> 3 channels -> (x-mean)/std"
         ),
     )
-    return DataSplits(subset(train_idx), subset(val_idx), subset(test_idx), info)
+    return DataSplits(subset(train_idx), subset(val_idx), subset(test_idx), info, in_memory=True)

@@ -53,6 +53,9 @@ class DataSplits:
     # True when a sample always maps to the same tensor (no random augmentation), so teacher
     # outputs may be computed once and reused.
     deterministic: bool = True
+    # True when samples are tensors in memory (digits): loading one is an index, so
+    # DataLoader worker processes would cost more than they save.
+    in_memory: bool = False
 
 
 def stratified_indices(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:

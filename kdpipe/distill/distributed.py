@@ -137,6 +137,24 @@ def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherRows.apply(rows), d.rank * rows.shape[0]
 
 
+def share_of(n: int) -> tuple[int, int, int]:
+    """This rank's contiguous share of n rows: (rows per rank, first, end); the last ranks'
+    shares may be short or empty."""
+    d = current()
+    share = -(-n // d.world)
+    return share, min(d.rank * share, n), min((d.rank + 1) * share, n)
+
+
+def sum_over_ranks(value: int) -> int:
+    """A whole number summed over ranks (exact: float64 holds integers to 2**53)."""
+    d = current()
+    if not d.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def broadcast_buffers(module: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every rank."""
     if not current().active:

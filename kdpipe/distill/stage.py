@@ -22,7 +22,7 @@ from kdpipe.distill.cache import TeacherTable, teacher_outputs
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime, training_numerics
+from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
 from kdpipe.distill.trainer import fit
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import agreement, predict_logits, top1, warn_near_chance
@@ -91,7 +91,9 @@ def _train(
     log_path: Path,
     checkpoint: Checkpointing,
 ):  # type: ignore[no-untyped-def]
-    runtime = Runtime.from_config(cfg.runtime, cfg.data.workers)
+    # a transfer folder is decoded per sample, whatever the labeled data is
+    in_memory = data.in_memory and cfg.distill.transfer in (None, "mix")
+    runtime = Runtime.from_config(cfg.runtime, cfg.data.workers, in_memory)
     if teacher is not None:
         teacher.to(runtime.device)
     if runtime.compile:
@@ -109,7 +111,9 @@ def _train(
     )
     if cacheable and data.deterministic:
         assert teacher is not None
-        table = teacher_outputs(teacher, train, data.info.num_classes, runtime.teacher_dtype)
+        table = teacher_outputs(
+            teacher, train, data.info.num_classes, runtime.teacher_dtype, runtime.workers
+        )
         where = {
             "disk": f"read from {table.path}",
             "computed": f"computed once, stored in {table.path}" if table.path else "computed once",
@@ -216,8 +220,10 @@ def run_distill_stage(
     student = distiller.student().eval()
     arch = notes.get("exported_arch", cfg.student.arch)
     save_state(student, stage_dir / "student.pt")
-    s_logits, labels = predict_logits(student, data.test)
-    t_logits, _ = predict_logits(teacher, data.test)
+    cuda = next(student.parameters()).device.type == "cuda"  # where training left it
+    workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
+    s_logits, labels = predict_logits(student, data.test, workers=workers)
+    t_logits, _ = predict_logits(teacher, data.test, workers=workers)
     metrics = {
         "method": d.method_label(),
         "params": distiller.params if not d.terms else d.params,

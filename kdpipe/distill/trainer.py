@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
@@ -38,7 +38,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
 from kdpipe.distill.optimizers import fused
 from kdpipe.distill.stepper import Runtime, Stepper
-from kdpipe.profile.accuracy import predict_logits, top1
+from kdpipe.profile.accuracy import predict_logits
 
 
 @dataclass
@@ -158,6 +158,21 @@ def _fits_this_world(
             "step, but the data order from here on is not an uninterrupted run's"
         )
     return saved
+
+
+def val_accuracy(model: nn.Module, val: Dataset, workers: int) -> float:
+    """Top-1 on `val`. Under torchrun each rank predicts a contiguous share and the correct
+    counts are summed: every rank gets the figure one process gets, for 1/N of the work
+    (each rank predicted the whole set, N times the work for ImageNet's 50,000 images)."""
+    n = len(val)  # type: ignore[arg-type]
+    _, lo, hi = distributed.share_of(n)
+    correct = 0
+    if hi > lo:
+        part = val if (lo, hi) == (0, n) else Subset(val, range(lo, hi))
+        logits, labels = predict_logits(model, part, workers=workers)
+        correct = int((logits.argmax(1) == labels).sum())
+    # as top1() computes it: a float32 mean
+    return float(torch.tensor(distributed.sum_over_ranks(correct), dtype=torch.float32) / n)
 
 
 def stage_epochs(fraction: float, epochs: int) -> int:
@@ -328,8 +343,7 @@ def fit(
                     distiller.students(), train, cfg.batch_size, rt.device, seed
                 )
                 distributed.broadcast_buffers(distiller)
-                val_logits, val_labels = predict_logits(distiller.student(), val)
-                val_acc = top1(val_logits, val_labels)
+                val_acc = val_accuracy(distiller.student(), val, rt.workers)
                 means = distributed.mean_over_ranks(
                     {k: v / max(batches, 1) for k, v in sums.items()}
                 )

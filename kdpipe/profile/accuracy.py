@@ -11,15 +11,20 @@ from kdpipe import ui
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, workers: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Logits [N, K] and labels [N] for every sample of `dataset`, model in eval mode."""
+    """Logits [N, K] and labels [N] for every sample of `dataset`, model in eval mode, read
+    by `workers` DataLoader processes (pinned for a GPU)."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     device = next(model.parameters()).device
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits.append(model(x.to(device)).float().cpu())
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=cuda
+    )
+    for x, y in loader:
+        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)

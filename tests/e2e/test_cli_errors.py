@@ -108,6 +108,7 @@ CASES = {
     "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
     "unknown augmentation": (["--augment", "rotate"], "invalid value for data.augment"),
     "crop scale above 1": (["--crop-scale", "1.5"], "data.crop_scale"),
+    "too many loader workers": (["--workers", "99"], "data.workers"),
     "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
     "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
     "unknown method param": (["--set", "temp=3", "--teacher-epochs", "1"], "no parameter 'temp'"),

@@ -3,6 +3,7 @@ batch, and only rank 0 writes files."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -139,7 +140,11 @@ def _same_as_one_process(out: Path, method: str) -> None:
                 a, one = a[a[:, 0].argsort()], one[one[:, 0].argsort()]
             assert torch.allclose(a, one, atol=1e-5, rtol=1e-4), (method, name)
     # Files are written once: rank 0's log has one line per epoch, rank 1 wrote nothing.
-    assert len((out / "rank0" / "log.jsonl").read_text().splitlines()) == CFG.epochs
+    log = [json.loads(line) for line in (out / "rank0" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == CFG.epochs
+    # validation shared between the ranks (each its half of the images): one process's figures
+    one = [json.loads(line) for line in (out / "single" / "log.jsonl").read_text().splitlines()]
+    assert [e["val_accuracy"] for e in log] == [e["val_accuracy"] for e in one], method
     assert not (out / "rank1").exists() or not any((out / "rank1").rglob("*.*"))
 
 
@@ -246,6 +251,23 @@ def test_nproc_must_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(1, 2, 1))
     with pytest.raises(ConfigError, match="process 1 of this machine has no GPU of its own"):
         Runtime.from_config(RuntimeConfig(), workers=0)
+
+
+def test_loader_workers_follow_the_device_the_data_and_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kdpipe.distill.stepper import loader_workers
+
+    assert loader_workers(3, cuda=False, in_memory=True) == 3  # asked: as asked
+    assert loader_workers(None, cuda=False, in_memory=False) == 0  # the CPU trains on every core
+    assert loader_workers(None, cuda=True, in_memory=True) == 0  # digits: loading is an index
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(None, cuda=True, in_memory=False) == 8  # 15 cores free: at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPUs here: 4 cores each, one drives its GPU
+    assert loader_workers(None, cuda=True, in_memory=False) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert loader_workers(None, cuda=True, in_memory=False) == 1  # still one beside the GPU's
 
 
 METHODS_SHAPE = (3, 16, 16)
