@@ -263,6 +263,33 @@ def kdpipe_amp(epochs: int = 3) -> None:
         row(kind="distill-ddp", status="skipped", reason="one GPU: NCCL needs a GPU per rank")
 
 
+def kdpipe_files(epochs: int = 2, per_class: int = 128, size: int = 160) -> None:
+    """Image files on the GPU: 1,280 JPEGs of 320 x 240 in 10 class folders, resnet18 ->
+    resnet18 at 160 px with ImageNet's random resized crops (cut from each decoded file while
+    loading), the DataLoader workers kdpipe picks against `--workers 0`."""
+    import numpy as np
+    from PIL import Image
+
+    root = WORK / "jpegs"
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        (root / f"c{k}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.normal(20 * k + 40, 40, (240, 320, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{k}" / f"{i}.jpg", quality=90)
+    base = ["run", "--quiet", "--data", f"imagefolder:{root}", "--image-size", str(size)]
+    base += ["--teacher", "resnet18", "--student", "resnet18", "--teacher-epochs", "1"]
+    base += ["--epochs", str(epochs), "--augment", "resized-crop-flip", "--until", "distill"]
+    for workers in ([], ["--workers", "0"]):
+        name = f"files-{size}px-workers-" + (workers[1] if workers else "auto")
+        ok, err = _kdpipe([*base, *workers, "--out", str(WORK / name)], ENV, 240)
+        if not ok:
+            row(kind=name, status="failed", error=err)
+            continue
+        m = json.loads((WORK / name / "distill" / "metrics.json").read_text())
+        row(kind=name, status="ok", images_per_s=round(m["images_per_s"], 1))
+
+
 def kdpipe_full() -> None:
     """The whole pipeline (small settings): its profile stage adds torch-cuda (CUDA events
     and wall time; memory from max_memory_allocated in a fresh process) beside torch-cpu and
@@ -302,6 +329,7 @@ SECTIONS = {
     "train-large": lambda: training_large_batch(),
     "tensorrt": lambda: tensorrt_and_ort_gpu(),
     "kdpipe-amp": lambda: kdpipe_amp(),
+    "kdpipe-files": lambda: kdpipe_files(),
     "kdpipe-full": lambda: kdpipe_full(),
 }
 
