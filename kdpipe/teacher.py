@@ -20,10 +20,10 @@ from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
-from kdpipe.distill.trainer import fit
+from kdpipe.distill.trainer import fit, predict_shared
 from kdpipe.errors import KdpipeError, first_line
 from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import predict_logits, top1, warn_near_chance
+from kdpipe.profile.accuracy import top1, warn_near_chance
 from kdpipe.runs import (
     cache_root,
     file_sha256,
@@ -107,7 +107,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         _keep_in_cache(model, metrics, cached)
     cuda = next(model.parameters()).device.type == "cuda"  # where training left it
     workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
-    logits, labels = predict_logits(model, data.test, workers=workers)
+    logits, labels = predict_shared(model, data.test, workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:
         fix = "check --teacher-weights" if t.weights else "raise --teacher-epochs"

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -147,16 +146,13 @@ def _compute(
     teacher: nn.Module, dataset: Dataset, k: int, dtype: torch.dtype | None, workers: int
 ) -> Tensor:
     """The whole table; under torchrun each rank computes a contiguous share, then all gather."""
-    d = distributed.current()
-    if not d.active:
+    if not distributed.current().active:
         return teacher_logits_table(teacher, dataset, dtype=dtype, workers=workers)
     n = len(dataset)  # type: ignore[arg-type]
-    share, lo, hi = distributed.share_of(n)
+    _, lo, hi = distributed.share_of(n)
     device = next(teacher.parameters()).device
-    mine = torch.zeros(share, k, device=device)  # padded: all_gather needs equal shapes
+    mine = torch.zeros(0, k, device=device)
     if hi > lo:
         share_rows = Subset(dataset, range(lo, hi))
-        mine[: hi - lo] = teacher_logits_table(teacher, share_rows, dtype=dtype, workers=workers)
-    parts = [torch.empty_like(mine) for _ in range(d.world)]
-    dist.all_gather(parts, mine)
-    return torch.cat(parts)[:n].contiguous()
+        mine = teacher_logits_table(teacher, share_rows, dtype=dtype, workers=workers)
+    return distributed.gather_shares(mine, n)

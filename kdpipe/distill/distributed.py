@@ -145,6 +145,20 @@ def share_of(n: int) -> tuple[int, int, int]:
     return share, min(d.rank * share, n), min((d.rank + 1) * share, n)
 
 
+def gather_shares(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's share of n rows (`share_of`; this rank's is `rows`), in rank order: all n
+    rows, on every rank. One all_gather (shares padded to equal length)."""
+    d = current()
+    if not d.active:
+        return rows
+    share, lo, hi = share_of(n)
+    padded = rows.new_zeros((share, *rows.shape[1:]))
+    padded[: hi - lo] = rows
+    parts = [torch.empty_like(padded) for _ in range(d.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[:n].contiguous()
+
+
 def sum_over_ranks(value: int) -> int:
     """A whole number summed over ranks (exact: float64 holds integers to 2**53)."""
     d = current()

@@ -23,9 +23,9 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
-from kdpipe.distill.trainer import fit
+from kdpipe.distill.trainer import fit, predict_shared
 from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import agreement, predict_logits, top1, warn_near_chance
+from kdpipe.profile.accuracy import agreement, top1, warn_near_chance
 from kdpipe.runs import file_sha256, fingerprint, write_json
 from kdpipe.teacher import save_state
 
@@ -222,8 +222,8 @@ def run_distill_stage(
     save_state(student, stage_dir / "student.pt")
     cuda = next(student.parameters()).device.type == "cuda"  # where training left it
     workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
-    s_logits, labels = predict_logits(student, data.test, workers=workers)
-    t_logits, _ = predict_logits(teacher, data.test, workers=workers)
+    s_logits, labels = predict_shared(student, data.test, workers)
+    t_logits, _ = predict_shared(teacher, data.test, workers)
     metrics = {
         "method": d.method_label(),
         "params": distiller.params if not d.terms else d.params,

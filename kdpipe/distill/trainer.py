@@ -175,6 +175,22 @@ def val_accuracy(model: nn.Module, val: Dataset, workers: int) -> float:
     return float(torch.tensor(distributed.sum_over_ranks(correct), dtype=torch.float32) / n)
 
 
+def predict_shared(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Tensor, Tensor]:
+    """predict_logits over all of `dataset` on every rank; under torchrun each rank predicts a
+    contiguous share and the logits and labels are gathered (1/N of the work each)."""
+    if not distributed.current().active:
+        return predict_logits(model, dataset, workers=workers)
+    n = len(dataset)  # type: ignore[arg-type]
+    _, lo, hi = distributed.share_of(n)
+    logits, labels = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    if hi > lo:
+        logits, labels = predict_logits(model, Subset(dataset, range(lo, hi)), workers=workers)
+    # a rank with no share still needs the number of classes for its empty rows
+    k = int(distributed.max_over_ranks(torch.tensor([logits.shape[1]]))[0])
+    logits = logits if logits.shape[1] == k else torch.zeros(0, k)
+    return distributed.gather_shares(logits, n), distributed.gather_shares(labels, n)
+
+
 def stage_epochs(fraction: float, epochs: int) -> int:
     """Epochs of a stage: the main stage runs all of them, an initialization stage a fraction."""
     return epochs if fraction >= 1.0 else max(1, round(fraction * epochs))

@@ -84,10 +84,28 @@ def _worker(rank: int, world: int, port: int, out: str, methods: list[str]) -> N
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         for m in methods:
+            if m == "predict":
+                torch.save(_predictions(), Path(out) / f"predict{rank}.pt")
+                continue
             state = _train(Path(out) / m / f"rank{rank}", m)
             torch.save(state, Path(out) / m / f"student{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _predictions() -> dict[str, torch.Tensor]:
+    """The test-set evaluation (trainer.predict_shared) of 1, 3 and 20 images: under 2 ranks
+    each predicts its share (with 1 image, rank 1 has none) and the rows are gathered."""
+    from kdpipe.distill.trainer import predict_shared
+
+    torch.manual_seed(0)
+    net = _net(1, False)
+    _, val = _data()
+    out = {}
+    for n in (1, 3, 20):
+        logits, labels = predict_shared(net, torch.utils.data.Subset(val, range(n)), workers=0)
+        out[f"logits{n}"], out[f"labels{n}"] = logits, labels
+    return out
 
 
 def _free_port() -> int:
@@ -111,7 +129,7 @@ def _tensors(value: object) -> list[torch.Tensor]:
 @pytest.mark.parametrize(
     "methods",
     [
-        ["kd", "kd+crop-flip", "kd+resized-crop-flip", "kd+bn+sync", "kd+bn"],
+        ["kd", "kd+crop-flip", "kd+resized-crop-flip", "kd+bn+sync", "kd+bn", "predict"],
         ["crd"],
         ["rkd", "sp", "cc", "pkt"],
     ],
@@ -120,7 +138,14 @@ def _tensors(value: object) -> list[torch.Tensor]:
 def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), methods), nprocs=2, join=True)
     for method in methods:
-        if method == "kd+bn":
+        if method == "predict":  # test-set evaluation shared between the ranks
+            one = _predictions()
+            for r in (0, 1):
+                theirs = torch.load(tmp_path / f"predict{r}.pt", weights_only=True)
+                assert theirs.keys() == one.keys()
+                for k, v in one.items():
+                    assert v.shape == theirs[k].shape and torch.allclose(v, theirs[k]), k
+        elif method == "kd+bn":
             with pytest.raises(AssertionError, match=r"kd\+bn"):  # each rank normalized its half
                 _same_as_one_process(tmp_path / method, method)
         else:
