@@ -108,6 +108,40 @@ def test_augmented_runs_run_the_teacher_every_batch(
     assert m["teacher_cache"] is False and m["teacher_cache_source"] is None
 
 
+def test_image_files_train_with_resized_crops_in_loader_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's --augment resized-crop-flip, --crop-scale and --workers reach the trainer: an
+    image folder trained through two DataLoader workers, the settings in the run's config and
+    in the teacher's fingerprint (another --crop-scale trains another teacher; another
+    --workers reuses it)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(("a", "b")):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.normal(90 * k + 60, 40, (30, 40, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+    env = {"KDPIPE_CACHE": str(tmp_path / "cache")}
+    base = [*TINY, "--data", f"imagefolder:{tmp_path / 'imgs'}", "--image-size", "24"]
+    base += ["--augment", "resized-crop-flip", "--until", "teacher"]
+
+    def run(name: str, *extra: str) -> str:
+        out = tmp_path / name
+        proc = kdpipe_here(capsys, "run", *base, *extra, "--out", str(out), env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "teacher" / "metrics.json").read_text())["source"]
+
+    assert run("first", "--crop-scale", "0.3", "--workers", "2") == "trained"
+    config = (tmp_path / "first" / "config.yaml").read_text()
+    assert "crop_scale: 0.3" in config and "augment: resized-crop-flip" in config
+    assert "workers: 2" in config
+    assert run("again", "--crop-scale", "0.3") == "cache"  # workers change no result
+    assert run("other", "--crop-scale", "0.5") == "trained"
+
+
 def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
     first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
