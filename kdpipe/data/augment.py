@@ -2,15 +2,15 @@
 horizontal flip, the recipe CIFAR distillation papers train with (RandomCrop(32, padding=4)
 and RandomHorizontalFlip in RepDistiller and mdistiller); or a crop of random area and aspect
 resized back to the image size, ImageNet's recipe (torchvision's RandomResizedCrop: 8-100 %
-of the area, aspect 3/4-4/3, bilinear), done to the images as loaded (at --image-size).
+of the area by default (--crop-scale), aspect 3/4-4/3, bilinear).
 
 It runs on whole batches on the training device, after loading, so image files are decoded
 once per epoch as before and a GPU does the work; but a resized crop of an image file (or of a
 CIFAR/MNIST image) is cut while loading, from the image at its own resolution, as torchvision
 cuts it (`cropping` below, read by transforms.ResizeOrCrop): a small crop of a 500 x 375 photo
-keeps the detail that resizing it to 224 first would lose. What each image gets is a pure function of
-(seed, epoch, image index): a resumed run, and a run on any number of processes, see the same
-images as one uninterrupted run. Validation, test, calibration and profiling never augment.
+keeps the detail that resizing it to 224 first would lose. What each image gets is a pure
+function of (seed, epoch, image index): a resumed run, and a run on any number of processes,
+see the same images as one uninterrupted run. Validation, test, calibration and profiling never augment.
 With augmentation a sample no longer maps to one tensor, so the teacher-logit table is off
 and the teacher runs on every batch (api/distill stage)."""
 
