@@ -106,12 +106,9 @@ class DeepMutualLearning(Distiller):
         return terms
 
     def finish(self, val: torch.utils.data.Dataset) -> dict:
-        from kdpipe.profile.accuracy import predict_logits, top1
+        from kdpipe.distill.trainer import val_accuracy  # shared between torchrun's ranks
 
-        accs = []
-        for peer in self.peers:
-            logits, y = predict_logits(peer, val)
-            accs.append(top1(logits, y))
+        accs = [val_accuracy(peer, val, workers=0) for peer in self.peers]
         pick = int(self.params["export_peer"])
         if not -1 <= pick < len(self.peers):
             raise ConfigError(
