@@ -1,6 +1,7 @@
-"""Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N[:SIGNAL] sends this
-process SIGNAL (KILL by default; TERM or INT to test stopping.py) the N-th time execution
-reaches POINT; with KDPIPE_FAULT_RANK=R only torchrun's rank R does, and never after the
+"""Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N[:SIGNAL[:group]] sends
+this process SIGNAL (KILL by default; TERM or INT to test stopping.py) the N-th time execution
+reaches POINT (with `group`: its whole process group, DataLoader workers included, as a
+scheduler's `scancel` or a terminal's Ctrl-C does); with KDPIPE_FAULT_RANK=R only torchrun's rank R does, and never after the
 elastic launcher restarted the processes. Points: `step` (after an
 optimizer step), `epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way
 through writing a checkpoint, before its rename). Unset in normal use, where it costs one
@@ -18,7 +19,7 @@ def reached(point: str) -> None:
     spec = os.environ.get("KDPIPE_FAULT")
     if not spec:
         return
-    name, n, sig = (spec.split(":") + ["", ""])[:3]
+    name, n, sig, target = (spec.split(":") + ["", "", ""])[:4]
     if name != point:
         return
     rank = os.environ.get("KDPIPE_FAULT_RANK")
@@ -28,4 +29,8 @@ def reached(point: str) -> None:
         return  # a fault strikes the first attempt only: the launcher's restarts then recover
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(n or 1):
-        os.kill(os.getpid(), signal.Signals[f"SIG{sig or 'KILL'}"])
+        signum = signal.Signals[f"SIG{sig or 'KILL'}"]
+        if target == "group":
+            os.killpg(os.getpgrp(), signum)
+        else:
+            os.kill(os.getpid(), signum)

@@ -161,6 +161,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_in_child)
 
 
+def loader_worker_init(_worker_id: int) -> None:
+    """DataLoader workers (`worker_init_fn`) ignore SIGTERM and SIGINT: the training process
+    decides how a run stops. A scheduler's SIGTERM, or Ctrl-C, reaches every process of the
+    job (`scancel`, a terminal's process group); a worker it ended made torch raise "DataLoader
+    worker ... is killed by signal" in the training process, wherever it was, instead of
+    letting the step finish and its position be checkpointed. The workers still end with the
+    loader (its end-of-data message) or with the training process (torch's watchdog)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """Within the block a first signal waits for `requested()` (a training loop)."""

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdpipe import __version__, ui
+from kdpipe import __version__, stopping, ui
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import autocast_to
@@ -49,6 +49,7 @@ def teacher_logits_table(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
+        worker_init_fn=stopping.loader_worker_init,
         pin_memory=device.type == "cuda",
     )
     rows = []

@@ -307,6 +307,7 @@ def fit(
                     dataset,
                     batch_sampler=epoch_batches(n, cfg.batch_size, seed, key, skip),  # type: ignore[arg-type]
                     num_workers=rt.workers,
+                    worker_init_fn=stopping.loader_worker_init,
                     pin_memory=rt.cuda,
                     # Its own generator: creating an iterator must not draw from the global
                     # one, whose state a checkpoint restores (dropout masks depend on it).

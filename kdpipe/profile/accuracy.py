@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdpipe import ui
+from kdpipe import stopping, ui
 
 
 @torch.inference_mode()
@@ -21,7 +21,12 @@ def predict_logits(
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=cuda
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=stopping.loader_worker_init,
+        pin_memory=cuda,
     )
     for x, y in loader:
         logits.append(model(x.to(device, non_blocking=True)).float().cpu())

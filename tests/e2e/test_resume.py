@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +123,34 @@ def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     for name, tensor in uninterrupted.items():
         assert torch.equal(student[name], tensor), name
+
+
+def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
+    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+) -> None:
+    """`scancel` (or a terminal's Ctrl-C) signals every process of the job, the DataLoader's
+    workers too: a worker the SIGTERM ended made torch raise "DataLoader worker ... is killed
+    by signal" in the training process (an internal error, no checkpoint of the position).
+    Now the workers leave the stop to the training process."""
+    out = tmp_path / "run"
+    args = [*ARGS, "--workers", "2", "--out", str(out)]
+    env = {**cache, "KDPIPE_FAULT": "step:6:TERM:group"}
+    proc = subprocess.run(  # a process group of its own: the signal must not reach pytest
+        [sys.executable, "-m", "kdpipe", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        start_new_session=True,
+    )
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    err = " ".join(proc.stderr.split())
+    assert "stopped by SIGTERM in distill mobilenet_v3_small (kd) after epoch 1 step 6" in err
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    resumed = kdpipe(*args, env=cache)  # loader workers change no result
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert all(torch.equal(student[k], t) for k, t in uninterrupted.items())
 
 
 def test_a_signal_as_training_ends_lets_the_stage_finish_and_stops_before_the_next(
