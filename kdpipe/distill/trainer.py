@@ -65,6 +65,7 @@ class IndexedDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, bool]:
+        faults.reached("load")
         if self.crops is None:
             x, y = self.base[i]
             return x, y, i, False

@@ -134,7 +134,9 @@ def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
     Now the workers leave the stop to the training process."""
     out = tmp_path / "run"
     args = [*ARGS, "--workers", "2", "--out", str(out)]
-    env = {**cache, "KDPIPE_FAULT": "step:6:TERM:group"}
+    # sent by each worker as it loads its first image, while training waits for the batch:
+    # a worker the signal ended never delivers it
+    env = {**cache, "KDPIPE_FAULT": "load:1:TERM:group"}
     proc = subprocess.run(  # a process group of its own: the signal must not reach pytest
         [sys.executable, "-m", "kdpipe", *args],
         capture_output=True,
@@ -145,7 +147,7 @@ def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
     )
     assert proc.returncode == 143, proc.stderr[-2000:]
     err = " ".join(proc.stderr.split())
-    assert "stopped by SIGTERM in distill mobilenet_v3_small (kd) after epoch 1 step 6" in err
+    assert "stopped by SIGTERM in distill mobilenet_v3_small (kd) after epoch 1 step 1" in err
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     resumed = kdpipe(*args, env=cache)  # loader workers change no result
     assert resumed.returncode == 0, resumed.stderr[-2000:]
