@@ -36,6 +36,13 @@ RATIO = (3 / 4, 4 / 3)  # resized crops' aspect ratios (width / height), torchvi
 TRIES = 10  # resized crop: draws of area and aspect before falling back to a central crop
 
 
+def seeded(*words: int) -> torch.Generator:
+    """A generator for the draws of `words` (seed, epoch, ...): well mixed, so neighbouring
+    seeds or epochs draw unrelated numbers."""
+    state = np.random.SeedSequence(list(words)).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 def resized_crop_boxes(
     g: torch.Generator, n: int, size: tuple[int, int], scale: tuple[float, float]
 ) -> Tensor:
@@ -78,8 +85,7 @@ class SampleDraw:
 
     def box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
         """(left, top, width, height) of the crop in an image of `size` (H, W)."""
-        state = np.random.SeedSequence([self.seed, self.key, self.index, 0x5243]).generate_state(2)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        g = seeded(self.seed, self.key, self.index, 0x5243)
         left, top, w, h = resized_crop_boxes(g, 1, size, self.scale)[0].tolist()
         return left, top, w, h
 
@@ -133,8 +139,7 @@ class BatchAugment:
         and kept on `device`, so a step copies nothing to a GPU and never waits on it."""
         device = torch.device(device)
         if self._drawn is None or self._drawn[0] != key or self._drawn[1].device != device:
-            state = np.random.SeedSequence([self.seed, key, 0x4B44]).generate_state(2)
-            g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            g = seeded(self.seed, key, 0x4B44)
             flips = torch.rand(self.n, generator=g) < 0.5
             corners = torch.randint(0, 2 * self.pad + 1, (self.n, 2), generator=g)
             boxes = (

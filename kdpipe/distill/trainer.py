@@ -161,17 +161,24 @@ def _fits_this_world(
     return saved
 
 
+def _predict_share(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Tensor, Tensor]:
+    """predict_logits over this rank's contiguous share of `dataset` (all of it on one
+    process); empty (0 x 0) logits for an empty share."""
+    n = len(dataset)  # type: ignore[arg-type]
+    _, lo, hi = distributed.share_of(n)
+    if hi <= lo:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    part = dataset if (lo, hi) == (0, n) else Subset(dataset, range(lo, hi))
+    return predict_logits(model, part, workers=workers)
+
+
 def val_accuracy(model: nn.Module, val: Dataset, workers: int) -> float:
     """Top-1 on `val`. Under torchrun each rank predicts a contiguous share and the correct
     counts are summed: every rank gets the figure one process gets, for 1/N of the work
     (each rank predicted the whole set, N times the work for ImageNet's 50,000 images)."""
+    logits, labels = _predict_share(model, val, workers)
+    correct = int((logits.argmax(1) == labels).sum()) if len(labels) else 0
     n = len(val)  # type: ignore[arg-type]
-    _, lo, hi = distributed.share_of(n)
-    correct = 0
-    if hi > lo:
-        part = val if (lo, hi) == (0, n) else Subset(val, range(lo, hi))
-        logits, labels = predict_logits(model, part, workers=workers)
-        correct = int((logits.argmax(1) == labels).sum())
     # as top1() computes it: a float32 mean
     return float(torch.tensor(distributed.sum_over_ranks(correct), dtype=torch.float32) / n)
 
@@ -179,16 +186,13 @@ def val_accuracy(model: nn.Module, val: Dataset, workers: int) -> float:
 def predict_shared(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Tensor, Tensor]:
     """predict_logits over all of `dataset` on every rank; under torchrun each rank predicts a
     contiguous share and the logits and labels are gathered (1/N of the work each)."""
+    logits, labels = _predict_share(model, dataset, workers)
     if not distributed.current().active:
-        return predict_logits(model, dataset, workers=workers)
-    n = len(dataset)  # type: ignore[arg-type]
-    _, lo, hi = distributed.share_of(n)
-    logits, labels = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    if hi > lo:
-        logits, labels = predict_logits(model, Subset(dataset, range(lo, hi)), workers=workers)
+        return logits, labels
     # a rank with no share still needs the number of classes for its empty rows
     k = int(distributed.max_over_ranks(torch.tensor([logits.shape[1]]))[0])
     logits = logits if logits.shape[1] == k else torch.zeros(0, k)
+    n = len(dataset)  # type: ignore[arg-type]
     return distributed.gather_shares(logits, n), distributed.gather_shares(labels, n)
 
 
