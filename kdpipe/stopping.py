@@ -146,7 +146,8 @@ class _Watchdog:
 def _reset_in_child() -> None:
     """A forked child (a DataLoader worker) gets the handlers from before `handled()` and no
     wakeup fd: else its own signals would look stuck to the parent's watchdog, and a SIGTERM
-    from the DataLoader shutting it down would only set a flag it never reads."""
+    from the DataLoader shutting it down would only set a flag it never reads. (A loader
+    worker then takes its own handlers: `loader_worker_init`.)"""
     if not _previous:
         return
     try:
@@ -161,15 +162,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_in_child)
 
 
+WORKER_GRACE_S = 30.0  # a DataLoader worker's life after a SIGTERM (see loader_worker_init)
+
+
 def loader_worker_init(_worker_id: int) -> None:
-    """DataLoader workers (`worker_init_fn`) ignore SIGTERM and SIGINT: the training process
-    decides how a run stops. A scheduler's SIGTERM, or Ctrl-C, reaches every process of the
-    job (`scancel`, a terminal's process group); a worker it ended made torch raise "DataLoader
-    worker ... is killed by signal" in the training process, wherever it was, instead of
-    letting the step finish and its position be checkpointed. The workers still end with the
-    loader (its end-of-data message) or with the training process (torch's watchdog)."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """DataLoader workers (`worker_init_fn`) leave the stop to the training process. A
+    scheduler's SIGTERM, or Ctrl-C, reaches every process of the job (`scancel`, a terminal's
+    process group); a worker it ended made torch raise "DataLoader worker ... exited
+    unexpectedly" in the training process as soon as it waited for that worker's batch,
+    instead of letting the step finish and its position be checkpointed. So a worker ignores
+    SIGINT, and outlives a SIGTERM by WORKER_GRACE_S (Slurm's default KillWait): time for the
+    training process to finish its step and stop, which shuts its workers down anyway. Not
+    ignored for good: Python's multiprocessing ends leftover workers at exit with SIGTERM and
+    waits for them, which hung forever on a worker that ignored it. (A signal that lands while
+    a worker starts, after torch sets its own handlers and before this runs, still ends it.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_later)
+
+
+def _end_later(signum: int, frame: FrameType | None) -> None:
+    timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
 
 
 @contextmanager

@@ -247,3 +247,43 @@ def test_signals_that_arrive_together_do_not_look_stuck_to_the_watchdog() -> Non
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert out.strip() == f"alive, stopping on {int(signal.SIGTERM)}"
+
+
+LOADER_WORKER = """
+import os, signal, sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from kdpipe import stopping
+stopping.WORKER_GRACE_S = 1.0
+init = stopping.loader_worker_init if sys.argv[1] == "kdpipe" else None
+data = TensorDataset(torch.arange(400.0))
+loader = iter(DataLoader(data, batch_size=4, num_workers=1, worker_init_fn=init))
+next(loader)
+os.kill(loader._workers[0].pid, signal.SIGTERM)  # a scheduler's signal to the whole job
+os.kill(loader._workers[0].pid, signal.SIGINT)  # or a terminal's Ctrl-C
+try:
+    for _ in range(20):  # ~80 more images: the worker keeps serving them
+        next(loader)
+    print("served", flush=True)
+except RuntimeError as e:
+    print("lost:", e, flush=True)
+# and the interpreter exits with `loader` alive: multiprocessing SIGTERMs the worker and
+# waits for it, which hung forever on a worker that ignored SIGTERM
+"""
+
+
+@pytest.mark.parametrize("init", ["kdpipe", "torch"])
+def test_a_loader_worker_outlives_a_signal_to_the_job_but_not_the_process(init: str) -> None:
+    import subprocess
+    import sys
+
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER_WORKER, init], capture_output=True, text=True, timeout=60
+    )
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if init == "kdpipe":
+        assert proc.stdout.strip() == "served"
+        assert took < 30  # the grace (1 s here), not a hang
+    else:  # torch's own handling: the worker dies, and the next batch with it
+        assert proc.stdout.startswith("lost: DataLoader worker"), proc.stdout
