@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from kdpipe import __version__, stopping, ui
+from kdpipe import __version__, ui
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import autocast_to
+from kdpipe.profile.accuracy import in_order
 from kdpipe.runs import DamagedFile, cache_root, load_torch, save_torch
 
 
@@ -44,16 +45,8 @@ def teacher_logits_table(
     teacher.eval()
     device = next(teacher.parameters()).device
     teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=stopping.loader_worker_init,
-        pin_memory=device.type == "cuda",
-    )
     rows = []
-    for x, _ in loader:
+    for x, _ in in_order(dataset, batch_size, workers, device):
         x = x.to(device, non_blocking=True)
         with autocast_to(device.type, dtype):
             z = teacher(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)

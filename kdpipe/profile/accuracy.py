@@ -9,6 +9,20 @@ from torch.utils.data import DataLoader, Dataset
 from kdpipe import stopping, ui
 
 
+def in_order(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """Every sample of `dataset` once, in order, for inference: read by `workers` DataLoader
+    processes (which leave a stop to the training process: stopping.loader_worker_init),
+    pinned when the batches go to a GPU."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=stopping.loader_worker_init,
+        pin_memory=device.type == "cuda",
+    )
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, dataset: Dataset, batch_size: int = 256, workers: int = 0
@@ -19,16 +33,7 @@ def predict_logits(
     model.eval()
     logits, labels = [], []
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=stopping.loader_worker_init,
-        pin_memory=cuda,
-    )
-    for x, y in loader:
+    for x, y in in_order(dataset, batch_size, workers, device):
         logits.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
     model.train(was_training)

@@ -114,18 +114,23 @@ def test_a_resized_crop_is_the_bilinear_enlargement_of_its_window() -> None:
     assert torch.allclose(out[1, :, 2:-2, 3:-3], window[0, :, 2:-2, 3:-3], atol=1e-5)
 
 
+def _noise_folder(root: Path, per_class: int, shape: tuple[int, int], seed: int) -> None:
+    """Class folders a/ and b/ of random-noise PNGs of `shape` (H, W): every crop differs."""
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir()
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+
+
 def test_image_files_are_cut_at_their_own_resolution_while_loading(tmp_path: Path) -> None:
     """A training image file gets its crop from the decoded file (60 x 90 here), resized to
     the run's 16 x 16, as torchvision's RandomResizedCrop cuts a PIL image; validation, and any
     load outside the trainer, resizes the whole image."""
     from torchvision.transforms import functional as TF
 
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(10):
-            pixels = rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    _noise_folder(tmp_path, per_class=10, shape=(60, 90), seed=0)
     cfg = DataConfig(spec=f"imagefolder:{tmp_path}", image_size=16, augment="resized-crop")
     data = load_data(cfg, seed=0)
     train = IndexedDataset(data.train, crops=(7, (0.08, 1.0)))
@@ -155,12 +160,7 @@ def test_training_on_image_files_cuts_every_crop_while_loading(
 ) -> None:
     """fit() over an image folder: every training image arrives cut (the batch step is never
     asked to cut one), in DataLoader workers too, and the result differs from no crops."""
-    rng = np.random.default_rng(1)
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(12):
-            pixels = rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    _noise_folder(tmp_path, per_class=12, shape=(30, 20), seed=1)
     cfg = DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, augment="resized-crop")
     data = load_data(cfg, seed=0)
 
