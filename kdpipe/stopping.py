@@ -174,10 +174,13 @@ def loader_worker_init(_worker_id: int) -> None:
     SIGINT, and outlives a SIGTERM by WORKER_GRACE_S (Slurm's default KillWait): time for the
     training process to finish its step and stop, which shuts its workers down anyway. Not
     ignored for good: Python's multiprocessing ends leftover workers at exit with SIGTERM and
-    waits for them, which hung forever on a worker that ignored it. (A signal that lands while
-    a worker starts, after torch sets its own handlers and before this runs, still ends it.)"""
+    waits for them, which hung forever on a worker that ignored it. A signal that came while
+    the worker started was held back (data.loader.stops_held) and arrives here, when the
+    handlers are set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _end_later)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _end_later(signum: int, frame: FrameType | None) -> None:

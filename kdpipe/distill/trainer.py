@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
 from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
+from kdpipe.data.loader import WorkerLoader
 from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed, precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
@@ -308,11 +309,10 @@ def fit(
                 batches = skip
                 key = stage_index * 100_003 + epoch
                 dataset.key = key
-                loader = DataLoader(
+                loader = WorkerLoader(
                     dataset,
                     batch_sampler=epoch_batches(n, cfg.batch_size, seed, key, skip),  # type: ignore[arg-type]
                     num_workers=rt.workers,
-                    worker_init_fn=stopping.loader_worker_init,
                     pin_memory=rt.cuda,
                     # Its own generator: creating an iterator must not draw from the global
                     # one, whose state a checkpoint restores (dropout masks depend on it).

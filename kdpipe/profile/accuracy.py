@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from kdpipe import stopping, ui
+from kdpipe import ui
+from kdpipe.data.loader import WorkerLoader
 
 
-def in_order(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def in_order(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> WorkerLoader:
     """Every sample of `dataset` once, in order, for inference: read by `workers` DataLoader
     processes (which leave a stop to the training process: stopping.loader_worker_init),
     pinned when the batches go to a GPU."""
-    return DataLoader(
+    return WorkerLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        worker_init_fn=stopping.loader_worker_init,
         pin_memory=device.type == "cuda",
     )
 
