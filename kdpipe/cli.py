@@ -410,23 +410,27 @@ def run(
                 probe = RunLock(cfg.out_dir())
                 probe.acquire(warn=False)
                 probe.release()
-        from kdpipe.api import run as run_pipeline
-        from kdpipe.report.terminal import print_summary
-
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
             from kdpipe.api import validate
             from kdpipe.launch import check_devices, relaunch
 
             validate(cfg, nproc)  # --until, --force and --out were checked above
             check_devices(nproc, cfg.runtime.device)
+            # The launcher takes signals its own way (it passes them on to the processes).
             raise typer.Exit(relaunch(nproc, sys.argv[1:], max_restarts))
         if max_restarts and "WORLD_SIZE" not in os.environ:
             raise ConfigError(
                 "--max-restarts restarts the processes --nproc starts",
                 "add --nproc N (N >= 2), or give torchrun its own --max-restarts",
             )
+        # From before importing torch (seconds): a signal then still stops with its line,
+        # rather than ending a torchrun process silently.
         with stopping.handled():
+            from kdpipe.api import run as run_pipeline
+
             report = run_pipeline(cfg, force or (), until)
+        from kdpipe.report.terminal import print_summary
+
         if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":
             return  # rank 0 reports
         where = cfg.out_dir()

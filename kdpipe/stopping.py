@@ -200,6 +200,28 @@ def deferred() -> Iterator[None]:
         _deferring -= 1
 
 
+@contextmanager
+def postponed() -> Iterator[None]:
+    """Within the block a first signal waits, outside a training loop too, and stops at its
+    end as it would have at once: for code that an exception must not cross. Forking is
+    such code (a DataLoader starting its workers): Python runs the parent's at-fork callbacks
+    (logging's among them) and only prints what they raise — a stop raised there was lost,
+    that rank trained on, and its peers, which had stopped, found it gone. Within a training
+    loop's `deferred()` the loop acts on the signal as usual."""
+    global _deferring, _pending
+    if _deferring:
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    signum, _pending = _pending, 0
+    if signum:
+        raise Stopped(signum)
+
+
 def due(step: int, gpu: bool) -> bool:
     """Whether a training loop asks at this step, the same on every rank: every step in one
     process (a flag read) and on CPUs (one all-reduce of one number, ~0.1 ms beside steps of

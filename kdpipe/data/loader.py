@@ -34,7 +34,8 @@ def stops_held() -> Iterator[None]:
 
 
 class WorkerLoader(DataLoader):
-    """A DataLoader whose workers start with kdpipe's signal handling (see `stops_held`)."""
+    """A DataLoader whose workers start with kdpipe's signal handling (see `stops_held`), and
+    whose forking a stop waits for (see stopping.postponed)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("worker_init_fn", stopping.loader_worker_init)
@@ -43,5 +44,5 @@ class WorkerLoader(DataLoader):
     def __iter__(self) -> Any:
         if self.num_workers == 0:
             return super().__iter__()
-        with stops_held():  # the workers fork here
+        with stopping.postponed(), stops_held():  # the workers fork here
             return super().__iter__()
