@@ -4,6 +4,7 @@ and a run stopped mid-epoch that resumes to the uninterrupted run's weights."""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,8 @@ def test_training_on_image_files_cuts_every_crop_while_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fit() over an image folder: every training image arrives cut (the batch step is never
-    asked to cut one), in DataLoader workers too, and the result differs from no crops."""
+    asked to cut one), in DataLoader workers too — forked, or spawned as on macOS (the
+    dataset and its draws pickled) — and the result differs from no crops."""
     _noise_folder(tmp_path, per_class=12, shape=(30, 20), seed=1)
     cfg = DataConfig(spec=f"imagefolder:{tmp_path}", image_size=8, augment="resized-crop")
     data = load_data(cfg, seed=0)
@@ -188,6 +190,13 @@ def test_training_on_image_files_cuts_every_crop_while_loading(
     monkeypatch.setattr(BatchAugment, "_resized", refuse)
     cut, cut_in_workers = train("resized-crop", 0), train("resized-crop", 2)
     assert all(torch.equal(a, b) for a, b in zip(cut, cut_in_workers, strict=True))
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        cut_in_spawned = train("resized-crop", 1)
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    assert all(torch.equal(a, b) for a, b in zip(cut, cut_in_spawned, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(cut, train("none", 0), strict=True))
 
 
