@@ -6,8 +6,13 @@ Measures, on CUDA: inference latency with CUDA events (device time) and wall tim
 (end to end), FP32 vs AMP (bf16 where supported, else fp16) vs AMP + channels_last, for
 resnet50 and resnet18 at batch 1 and 32 on 3x32x32 and 3x224x224; training throughput FP32
 vs AMP + channels_last; a TensorRT engine through kdpipe.export.tensorrt and
-onnxruntime-gpu's CUDA provider when installed. Each missing piece is reported as skipped
-with its reason. Never changes the card's settings.
+onnxruntime-gpu's CUDA provider when installed; kdpipe itself: the distill stage with and
+without AMP (and over NCCL with several GPUs), image files with loader workers, the whole
+pipeline, a scheduler's SIGTERM to the job and its resume, a batch too large for the card.
+Each missing piece is reported as skipped with its reason. Never changes the card's settings.
+
+For #6's open GPU items, in one call: `bash bench/gpu_check.sh train-large kdpipe-amp
+kdpipe-files kdpipe-stop kdpipe-oom`.
 """
 
 from __future__ import annotations
@@ -317,6 +322,69 @@ def kdpipe_full() -> None:
             shutil.copy(out / name, Path(os.environ["OUT"], name))
 
 
+def kdpipe_stop(epochs: int = 3) -> None:
+    """A scheduler's SIGTERM to the whole job on the GPU (AMP, pinned memory, 2 loader
+    workers): a loader worker sends it to the process group as it loads its 300th image. The
+    run must stop at a step with its checkpoint (exit 143), its process group gone within
+    seconds, and the same command must then finish."""
+    import signal
+    import subprocess
+
+    teacher = _teacher()
+    if teacher is None:
+        return
+    out = WORK / "stopped"
+    args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--workers", "2"]
+    args += ["--teacher-weights", str(teacher), "--out", str(out)]
+    env = {**ENV, "KDPIPE_FAULT": "load:300:TERM:group"}
+    start = time.monotonic()
+    proc = subprocess.Popen(  # a group of its own: the signal must not reach this script
+        [sys.executable, "-m", "kdpipe", *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        row(kind="kdpipe-stop", status="failed", error="no stop within 240 s")
+        return
+    took = time.monotonic() - start
+    lines = err.strip().splitlines()
+    stopped = proc.returncode == 143 and "its checkpoint written" in err
+    row(
+        kind="kdpipe-stop",
+        status="ok" if stopped else "failed",
+        exit=proc.returncode,
+        seconds=round(took, 1),
+        line=next((x for x in lines if x.startswith("error:")), lines[-1] if lines else ""),
+    )
+    ok, last = _kdpipe(args, ENV, 240)
+    row(kind="kdpipe-stop-resumed", status="ok" if ok else "failed", error=last)
+
+
+def kdpipe_oom() -> None:
+    """A batch too large for the card (resnet50 at 512 px, batch 1024: hundreds of GB of
+    activations): one line naming it and the fix, exit 1, no traceback."""
+    out = WORK / "oom"
+    args = ["run", "--quiet", "--until", "teacher", "--teacher-epochs", "1", "--image-size"]
+    args += ["512", "--batch-size", "1024", "--out", str(out)]
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdpipe", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    said = proc.stderr.strip().splitlines()
+    ok = proc.returncode == 1 and "out of memory" in proc.stderr and "Traceback" not in proc.stderr
+    row(kind="kdpipe-oom", status="ok" if ok else "failed", exit=proc.returncode, said=said[:2])
+
+
 def training_large_batch() -> None:
     """AMP + channels_last against fp32 where the GPU, not the Python launcher, is the limit:
     resnet50 training at 224 px, batch 256."""
@@ -331,6 +399,8 @@ SECTIONS = {
     "kdpipe-amp": lambda: kdpipe_amp(),
     "kdpipe-files": lambda: kdpipe_files(),
     "kdpipe-full": lambda: kdpipe_full(),
+    "kdpipe-stop": lambda: kdpipe_stop(),
+    "kdpipe-oom": lambda: kdpipe_oom(),
 }
 
 
