@@ -12,8 +12,6 @@ from torch.utils.data import DataLoader
 
 from kdpipe import stopping
 
-STOPS = {signal.SIGINT, signal.SIGTERM}
-
 
 @contextmanager
 def stops_held() -> Iterator[None]:
@@ -26,7 +24,7 @@ def stops_held() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no masks
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stopping.SIGNALS)
     try:
         yield
     finally:
