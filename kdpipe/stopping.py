@@ -1,5 +1,7 @@
 """Stop requests: SIGTERM (a scheduler preempting the job, `kill`, torchrun passing its own
-on) and SIGINT (Ctrl-C) end a run at the next safe point instead of wherever they land.
+on), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh session closed) end a run at the next
+safe point instead of wherever they land. A signal the run was started ignoring (`nohup`, a
+script's background job) stays ignored.
 
 While a training loop runs, a first signal only sets a flag: the loop finishes its step,
 checkpoints exactly that position and stops — the rerun resumes from there (bit-identical on
@@ -22,11 +24,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANGUP: tuple[signal.Signals, ...] = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+SIGNALS = (signal.SIGTERM, signal.SIGINT, *HANGUP)
 DDP_CHECK_STEPS = 8  # GPUs under torchrun: ranks agree every this many steps (see `due`)
 STUCK_AFTER_S = 10.0  # a signal whose handler has not run by then finds the process stuck
 
@@ -34,6 +37,7 @@ _pending = 0  # the signal received while deferring, not yet acted upon (0: none
 _deferring = 0
 _last_handled = float("-inf")  # when the Python handler last ran (time.monotonic)
 _previous: dict[int, Any] = {}  # the handlers before `handled()`; forked children get them back
+_terminal_fds: list[int] = []  # stdout / stderr when they were a terminal as `handled()` began
 
 
 class Stopped(KeyboardInterrupt):
@@ -56,15 +60,28 @@ class Stopped(KeyboardInterrupt):
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _pending, _last_handled
     _last_handled = time.monotonic()
+    if signum in HANGUP:
+        _leave_terminal()
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
         return
-    if _deferring and signum == signal.SIGTERM:
+    if _deferring and signum != signal.SIGINT:
         # Already stopping. A scheduler may send SIGTERM to every process of the job (Slurm
         # does), so a torchrun worker gets one from it and one from its launcher: only a
         # second Ctrl-C, a person insisting, stops at once (a scheduler insists with SIGKILL).
         return
     raise Stopped(signum)
+
+
+def _leave_terminal() -> None:
+    """After a hangup every write to the closed terminal fails (EIO): a progress bar's next
+    draw, or the stop's own message, would end the run before its checkpoint or with a
+    traceback. What went to the terminal goes nowhere from now on; a file or pipe is kept."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in _terminal_fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    _terminal_fds.clear()
 
 
 @contextmanager
@@ -77,7 +94,9 @@ def handled() -> Iterator[None]:
         return
     _previous.update({s: signal.getsignal(s) for s in SIGNALS})
     for s in SIGNALS:
-        signal.signal(s, _handle)
+        if _previous[s] is not signal.SIG_IGN:  # ignored on purpose (nohup): left so
+            signal.signal(s, _handle)
+    _terminal_fds[:] = [fd for fd in (1, 2) if os.isatty(fd)]
     watchdog = _Watchdog()
     try:
         yield
@@ -86,6 +105,7 @@ def handled() -> Iterator[None]:
         for signum, h in _previous.items():
             signal.signal(signum, h)
         _previous.clear()
+        _terminal_fds.clear()
         _pending = 0
 
 
@@ -126,13 +146,14 @@ class _Watchdog:
                     return
             if _last_handled < since:
                 name = signal.Signals(ours[0]).name
-                os.write(
-                    2,
-                    f"error: stopped by {name}: the process was stuck (waiting for another "
-                    f"process?) and could not stop at a safe point within {STUCK_AFTER_S:.0f} "
-                    "s\nhint: finished stages and the last checkpoint are kept; run the same "
-                    "command again to resume\n".encode(),
-                )
+                with suppress(OSError):  # a terminal that hung up: the exit matters more
+                    os.write(
+                        2,
+                        f"error: stopped by {name}: the process was stuck (waiting for another "
+                        f"process?) and could not stop at a safe point within "
+                        f"{STUCK_AFTER_S:.0f} s\nhint: finished stages and the last checkpoint "
+                        "are kept; run the same command again to resume\n".encode(),
+                    )
                 os._exit(128 + ours[0])
 
     def close(self) -> None:
@@ -167,18 +188,20 @@ WORKER_GRACE_S = 30.0  # a DataLoader worker's life after a SIGTERM (see loader_
 
 def loader_worker_init(_worker_id: int) -> None:
     """DataLoader workers (`worker_init_fn`) leave the stop to the training process. A
-    scheduler's SIGTERM, or Ctrl-C, reaches every process of the job (`scancel`, a terminal's
-    process group); a worker it ended made torch raise "DataLoader worker ... exited
+    scheduler's SIGTERM, Ctrl-C or a hangup reaches every process of the job (`scancel`, a
+    terminal's process group); a worker it ended made torch raise "DataLoader worker ... exited
     unexpectedly" in the training process as soon as it waited for that worker's batch,
     instead of letting the step finish and its position be checkpointed. So a worker ignores
-    SIGINT, and outlives a SIGTERM by WORKER_GRACE_S (Slurm's default KillWait): time for the
+    SIGINT, and outlives a SIGTERM or SIGHUP by WORKER_GRACE_S (Slurm's default KillWait): time for the
     training process to finish its step and stop, which shuts its workers down anyway. Not
     ignored for good: Python's multiprocessing ends leftover workers at exit with SIGTERM and
     waits for them, which hung forever on a worker that ignored it. A signal that came while
     the worker started was held back (data.loader.stops_held) and arrives here, when the
     handlers are set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _end_later)
+    for s in (signal.SIGTERM, *HANGUP):
+        if signal.getsignal(s) is not signal.SIG_IGN:  # else ignored on purpose (nohup)
+            signal.signal(s, _end_later)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
