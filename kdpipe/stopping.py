@@ -86,8 +86,9 @@ def _leave_terminal() -> None:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """SIGTERM and SIGINT become stop requests for the block (from the main thread only, where
-    Python runs signal handlers); the previous handlers come back after it."""
+    """SIGTERM, SIGINT and SIGHUP become stop requests for the block (from the main thread
+    only, where Python runs signal handlers), unless the process was started ignoring them;
+    the previous handlers come back after it."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -192,12 +193,12 @@ def loader_worker_init(_worker_id: int) -> None:
     terminal's process group); a worker it ended made torch raise "DataLoader worker ... exited
     unexpectedly" in the training process as soon as it waited for that worker's batch,
     instead of letting the step finish and its position be checkpointed. So a worker ignores
-    SIGINT, and outlives a SIGTERM or SIGHUP by WORKER_GRACE_S (Slurm's default KillWait): time for the
-    training process to finish its step and stop, which shuts its workers down anyway. Not
-    ignored for good: Python's multiprocessing ends leftover workers at exit with SIGTERM and
-    waits for them, which hung forever on a worker that ignored it. A signal that came while
-    the worker started was held back (data.loader.stops_held) and arrives here, when the
-    handlers are set."""
+    SIGINT, and outlives a SIGTERM or SIGHUP by WORKER_GRACE_S (Slurm's default KillWait):
+    time for the training process to finish its step and stop, which shuts its workers down
+    anyway. Not ignored for good: Python's multiprocessing ends leftover workers at exit with
+    SIGTERM and waits for them, which hung forever on a worker that ignored it. A signal that
+    came while the worker started was held back (data.loader.stops_held) and arrives here,
+    when the handlers are set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for s in (signal.SIGTERM, *HANGUP):
         if signal.getsignal(s) is not signal.SIG_IGN:  # else ignored on purpose (nohup)
