@@ -60,8 +60,7 @@ class Stopped(KeyboardInterrupt):
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _pending, _last_handled
     _last_handled = time.monotonic()
-    if signum in HANGUP:
-        _leave_terminal()
+    _leave_dead_terminal()
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
         return
@@ -73,15 +72,20 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     raise Stopped(signum)
 
 
-def _leave_terminal() -> None:
-    """After a hangup every write to the closed terminal fails (EIO): a progress bar's next
-    draw, or the stop's own message, would end the run before its checkpoint or with a
-    traceback. What went to the terminal goes nowhere from now on; a file or pipe is kept."""
+def _leave_dead_terminal() -> None:
+    """A terminal that hung up (its window or ssh session closed: SIGHUP to the process, or
+    the launcher's SIGTERM to a torchrun process) fails every later write with EIO: a progress
+    bar's next draw, or the stop's own message, would end the run before its checkpoint or
+    with a traceback. What went to it goes nowhere from now on; a live terminal (`kill -HUP`),
+    a file or a pipe is kept."""
+    gone = [fd for fd in _terminal_fds if not os.isatty(fd)]  # hung up: its ioctls fail
+    if not gone:
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    for fd in _terminal_fds:
+    for fd in gone:
         os.dup2(devnull, fd)
+        _terminal_fds.remove(fd)
     os.close(devnull)
-    _terminal_fds.clear()
 
 
 @contextmanager

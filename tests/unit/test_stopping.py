@@ -426,17 +426,18 @@ sys.exit(128 + got)
 """
 
 
-@pytest.mark.parametrize("started", ["plain", "nohup"])
-def test_a_hangup_stops_at_the_step_and_writes_nowhere_after(started: str, tmp_path: Path) -> None:
-    """The terminal (an ssh session) closes: SIGHUP, and every later write to it fails with
-    EIO — the run stops at its step as on SIGTERM and writes nothing more there; under nohup
-    it goes on."""
+@pytest.mark.parametrize("case", ["hangup", "term-after-hangup", "hup-alive", "nohup"])
+def test_a_hangup_stops_at_the_step_and_writes_nowhere_after(case: str, tmp_path: Path) -> None:
+    """The terminal (an ssh session) closes: SIGHUP (or, under torchrun, the launcher's
+    SIGTERM), and every later write to it fails with EIO — the run stops at its step and writes
+    nothing more there. `kill -HUP` with the terminal alive stops it too, its output kept;
+    under nohup it goes on."""
     import pty
     import subprocess
     import sys
 
     master, tty = pty.openpty()
-    ignore = signal.SIG_IGN if started == "nohup" else signal.SIG_DFL
+    ignore = signal.SIG_IGN if case == "nohup" else signal.SIG_DFL
     proc = subprocess.Popen(
         [sys.executable, "-c", HANGUP, str(tmp_path / "said")],
         stdin=tty,
@@ -448,11 +449,26 @@ def test_a_hangup_stops_at_the_step_and_writes_nowhere_after(started: str, tmp_p
     seen = b""
     while b"ready" not in seen:
         seen += os.read(master, 1024)
-    os.close(master)  # the terminal goes away
-    proc.send_signal(signal.SIGHUP)  # and its session leader passes the hangup on
+    sig = signal.SIGTERM if case == "term-after-hangup" else signal.SIGHUP
+    if case != "hup-alive":
+        os.close(master)  # the terminal goes away
+    proc.send_signal(sig)  # its session leader passes the hangup on (or the launcher SIGTERM)
+    if case == "hup-alive":
+        while True:  # the terminal reads on
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(master)
     proc.wait(timeout=60)
-    if started == "plain":
-        assert proc.returncode == 129
-        assert (tmp_path / "said").read_text() == f"stopping on {int(signal.SIGHUP)}"
-    else:  # ignored: the loop ran on to its end (its writes then failed, as without kdpipe)
+    if case == "nohup":  # ignored: the loop ran on to its end (its writes then failed, as
+        # without kdpipe)
         assert not (tmp_path / "said").exists() or "on 0" in (tmp_path / "said").read_text()
+        return
+    assert proc.returncode == 128 + sig
+    assert (tmp_path / "said").read_text() == f"stopping on {int(sig)}"
+    if case == "hup-alive":
+        assert seen.count(b"x" * 200) == 50
