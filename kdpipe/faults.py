@@ -1,8 +1,8 @@
 """Fault injection for the crash-and-resume tests: KDPIPE_FAULT=POINT:N[:SIGNAL[:group]] sends
 this process SIGNAL (KILL by default; TERM or INT to test stopping.py) the N-th time execution
 reaches POINT (with `group`: its whole process group, DataLoader workers included, as a
-scheduler's `scancel` or a terminal's Ctrl-C does); with KDPIPE_FAULT_RANK=R only torchrun's rank R does, and never after the
-elastic launcher restarted the processes. Points: `load` (a training image loaded, counted
+scheduler's `scancel` or a terminal's Ctrl-C does); with KDPIPE_FAULT_RANK=R only torchrun's
+rank R does, and never after the elastic launcher restarted the processes. Points: `load` (a training image loaded, counted
 in the process that loads it: a DataLoader worker counts its own), `step` (after an
 optimizer step), `epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way
 through writing a checkpoint, before its rename). Unset in normal use, where it costs one

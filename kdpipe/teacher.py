@@ -19,8 +19,8 @@ from kdpipe.data import DataSplits, augment
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
-from kdpipe.distill.trainer import fit, predict_shared
+from kdpipe.distill.stepper import Runtime, training_numerics
+from kdpipe.distill.trainer import fit, predict_test
 from kdpipe.errors import KdpipeError, first_line
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import top1, warn_near_chance
@@ -105,9 +105,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             "history": result.history,
         }
         _keep_in_cache(model, metrics, cached)
-    cuda = next(model.parameters()).device.type == "cuda"  # where training left it
-    workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
-    logits, labels = predict_shared(model, data.test, workers)
+    logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:
         fix = "check --teacher-weights" if t.weights else "raise --teacher-epochs"

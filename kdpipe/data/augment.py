@@ -10,7 +10,8 @@ CIFAR/MNIST image) is cut while loading, from the image at its own resolution, a
 cuts it (`cropping` below, read by transforms.ResizeOrCrop): a small crop of a 500 x 375 photo
 keeps the detail that resizing it to 224 first would lose. What each image gets is a pure
 function of (seed, epoch, image index): a resumed run, and a run on any number of processes,
-see the same images as one uninterrupted run. Validation, test, calibration and profiling never augment.
+see the same images as one uninterrupted run. Validation, test, calibration and profiling
+never augment.
 With augmentation a sample no longer maps to one tensor, so the teacher-logit table is off
 and the teacher runs on every batch (api/distill stage)."""
 

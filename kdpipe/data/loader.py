@@ -15,8 +15,8 @@ from kdpipe import stopping
 
 @contextmanager
 def stops_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back from the calling thread (a signal meanwhile waits, it is
-    not lost). A process forked within inherits the hold, and a DataLoader worker lifts it
+    """The stop signals (stopping.SIGNALS) held back from the calling thread (a signal
+    meanwhile waits, it is not lost). A process forked within inherits the hold, and a DataLoader worker lifts it
     in `loader_worker_init`, once its own handlers are in place: else a scheduler's SIGTERM
     landing between the fork and that call ended the worker (by default, then by torch's
     worker handler) and training with it. The training process meanwhile takes its signals

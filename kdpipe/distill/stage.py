@@ -22,8 +22,8 @@ from kdpipe.distill.cache import TeacherTable, teacher_outputs
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime, loader_workers, training_numerics
-from kdpipe.distill.trainer import fit, predict_shared
+from kdpipe.distill.stepper import Runtime, training_numerics
+from kdpipe.distill.trainer import fit, predict_test
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import agreement, top1, warn_near_chance
 from kdpipe.runs import file_sha256, fingerprint, write_json
@@ -220,10 +220,8 @@ def run_distill_stage(
     student = distiller.student().eval()
     arch = notes.get("exported_arch", cfg.student.arch)
     save_state(student, stage_dir / "student.pt")
-    cuda = next(student.parameters()).device.type == "cuda"  # where training left it
-    workers = loader_workers(cfg.data.workers, cuda, data.in_memory)
-    s_logits, labels = predict_shared(student, data.test, workers)
-    t_logits, _ = predict_shared(teacher, data.test, workers)
+    s_logits, labels = predict_test(student, data, cfg.data.workers)
+    t_logits, _ = predict_test(teacher, data, cfg.data.workers)
     metrics = {
         "method": d.method_label(),
         "params": distiller.params if not d.terms else d.params,

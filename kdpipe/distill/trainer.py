@@ -32,13 +32,14 @@ from kdpipe import faults, stopping, ui
 from kdpipe.config import TrainConfig
 from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
 from kdpipe.data.loader import WorkerLoader
+from kdpipe.data.splits import DataSplits
 from kdpipe.distill import checkpoint as ckpt
 from kdpipe.distill import distributed, precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
 from kdpipe.distill.optimizers import fused
-from kdpipe.distill.stepper import Runtime, Stepper
+from kdpipe.distill.stepper import Runtime, Stepper, loader_workers
 from kdpipe.profile.accuracy import predict_logits
 
 
@@ -195,6 +196,13 @@ def predict_shared(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Te
     logits = logits if logits.shape[1] == k else torch.zeros(0, k)
     n = len(dataset)  # type: ignore[arg-type]
     return distributed.gather_shares(logits, n), distributed.gather_shares(labels, n)
+
+
+def predict_test(model: nn.Module, data: DataSplits, asked: int | None) -> tuple[Tensor, Tensor]:
+    """predict_shared over the test split, read by the loader workers a run picks for where
+    training left the model (stepper.loader_workers; `asked`: data.workers)."""
+    cuda = next(model.parameters()).device.type == "cuda"
+    return predict_shared(model, data.test, loader_workers(asked, cuda, data.in_memory))
 
 
 def stage_epochs(fraction: float, epochs: int) -> int:
