@@ -310,6 +310,14 @@ def run(
         float | None,
         Opt(help="resized-crop's smallest crop, a fraction of the image area (default 0.08)."),
     ] = None,
+    center_crop: Annotated[
+        float | None,
+        Opt(
+            help="Image files: resize the shorter side to image-size / F and cut the central "
+            "square, as ImageNet is evaluated (0.875: 256 -> 224). Default: the whole image "
+            "resized to a square."
+        ),
+    ] = None,
     sync_bn: Annotated[
         bool | None,
         Opt(
@@ -393,6 +401,7 @@ def run(
             "data.workers": workers,
             "data.augment": augment,
             "data.crop_scale": crop_scale,
+            "data.center_crop": center_crop,
             "out": out,
             "name": name,
         }
@@ -474,6 +483,10 @@ def export(
         str | None, Opt(help="Dataset for calibration and parity (with --weights).")
     ] = None,
     image_size: Annotated[int | None, Opt(help="Input height/width (with --weights).")] = None,
+    center_crop: Annotated[
+        float | None,
+        Opt(help="Image files: shorter side to image-size / F, central square (with --weights)."),
+    ] = None,
     out: Annotated[
         Path | None, Opt(help="Where to write (with --weights; default ./export).")
     ] = None,
@@ -501,6 +514,13 @@ def export(
                 "e.g. kdpipe export runs/my-run",
             )
         if run_dir is not None:
+            given = {"--data": data, "--image-size": image_size, "--center-crop": center_crop}
+            if stray := [name for name, v in given.items() if v is not None]:
+                raise ConfigError(
+                    f"{', '.join(stray)} {'do' if len(stray) > 1 else 'does'} not apply to a "
+                    "run directory (its data fixes it)",
+                    "drop it, or export --arch/--weights with the data of your choice",
+                )
             cfg = build_config(api.load_run_config(run_dir), overrides, "export")
             results = api.run(cfg, until="export")
             where = run_dir / "export"
@@ -510,9 +530,12 @@ def export(
                     "--weights needs --arch", "e.g. --arch resnet18 --weights student.pt"
                 )
             where = out or Path("export")
-            cfg = build_config(
-                {}, {**overrides, "data.spec": data, "data.image_size": image_size}, "export"
-            )
+            data_overrides = {
+                "data.spec": data,
+                "data.image_size": image_size,
+                "data.center_crop": center_crop,
+            }
+            cfg = build_config({}, {**overrides, **data_overrides}, "export")
             results = api.export_weights(arch, weights, cfg, where)
         for name, r in results.items():
             p = r["parity"]

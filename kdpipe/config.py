@@ -81,6 +81,10 @@ class DataConfig(_Section):
     augment: Augment = "none"
     # resized-crop's smallest crop, as a fraction of the image's area (torchvision's 0.08)
     crop_scale: float = Field(0.08, gt=0, le=1)
+    # Image files: None squashes each whole image to image_size x image_size; a fraction f
+    # resizes the shorter side to image_size / f and cuts the central square (0.875: how
+    # ImageNet is evaluated, 256 -> 224), for every image not under a random resized crop.
+    center_crop: float | None = Field(None, gt=0, le=1)
 
     def content(self) -> dict[str, Any]:
         """The fields that decide which images, at which size, in which split: what stage
@@ -89,13 +93,15 @@ class DataConfig(_Section):
         time data loads, reused stages or not) change no result, so they enter at their
         defaults: another --workers reuses the trained teacher instead of training it again.
         `augment` does change results, but enters only when on (and `crop_scale` only with a
-        resized crop), so that runs made before they existed keep their fingerprints (and
-        their cached teachers)."""
+        resized crop, `center_crop` only when set), so that runs made before they existed
+        keep their fingerprints (and their cached teachers)."""
         content = self.model_dump() | {"workers": 0, "strict": False}
         if self.augment == "none":
             del content["augment"]
         if not self.augment.startswith("resized"):
             del content["crop_scale"]
+        if self.center_crop is None:
+            del content["center_crop"]
         return content
 
 

@@ -37,6 +37,13 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
         raise ConfigError(f"{path} is not a kdpipe bundle (no bundle.json)", "pass RUN_DIR/export")
     try:
         bundle = parse(read_text(meta), "json")
+        version = bundle.get("bundle_version", "1") if isinstance(bundle, dict) else "1"
+        if version not in READABLE_VERSIONS:
+            raise ConfigError(
+                f"{meta} is bundle_version {version!r}; this kdpipe reads "
+                f"{', '.join(READABLE_VERSIONS)}",
+                "upgrade kdpipe to the version that exported the bundle",
+            )
         _Bundle.model_validate(bundle)
     except OSError as e:
         raise ConfigError(f"cannot read {meta}: {e.strerror}", "check the path") from None
@@ -49,6 +56,9 @@ def load_bundle(path: Path) -> tuple[Path, dict]:
     return folder, bundle
 
 
+# bundle.json formats this kdpipe reads (export.bundle.BUNDLE_VERSION; 2 added center_crop).
+READABLE_VERSIONS = ("1", "2")
+
 # What predict reads of bundle.json, checked before use: a bundle is shipped, copied and edited
 # by hand, and a zero std gave NaN scores, a huge resize a MemoryError, a string mean or a
 # short class list an internal error.
@@ -56,9 +66,15 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Side = Annotated[int, Field(ge=1, le=1024)]  # kdpipe trains at --image-size 1024 at most
 
 
+class _CenterCrop(Open):
+    fraction: Annotated[float, Field(gt=0, le=1)]
+    shorter_side: Side
+
+
 class _Preprocessing(Open):
     color: Literal["rgb", "gray"]
     resize: tuple[Side, Side]
+    center_crop: _CenterCrop | None = None  # bundle_version 1 has none
     interpolation: Literal["pil_bilinear", "bilinear"]
     scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     mean: Annotated[list[Finite], Field(min_length=3, max_length=3)]
@@ -124,21 +140,37 @@ def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
 
+def resized_size(height: int, width: int, pre: dict) -> tuple[int, int]:
+    """The (h, w) an image of this size is resized to: the model's input size, or with a
+    centre crop the shorter side's target and the aspect kept (torchvision's Resize(int))."""
+    crop = pre.get("center_crop")
+    if not crop:
+        h, w = pre["resize"]
+        return h, w
+    side = crop["shorter_side"]
+    if width <= height:
+        return int(side * height / width), side
+    return side, int(side * width / height)
+
+
 def preprocess(path: Path, pre: dict) -> np.ndarray:
     """One image file -> the [3,H,W] float32 input the model was trained on."""
     h, w = pre["resize"]
     try:
         with open_image(path) as raw:  # 16-bit scaled as in training (kdpipe.pixels)
             img = eight_bit(raw, "L" if pre["color"] == "gray" else "RGB")
+        rh, rw = resized_size(img.height, img.width, pre)
         if pre["interpolation"] == "pil_bilinear":  # as torchvision's Resize on PIL images
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+            img = img.resize((rw, rh), Image.Resampling.BILINEAR)
         x = np.asarray(img, dtype=np.float32)
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
         if pre["interpolation"] == "bilinear":  # as torch's interpolate on tensors
-            x = resize_bilinear(x, h, w)
+            x = resize_bilinear(x, rh, rw)
     except READ_ERRORS as e:
         raise DataError(f"cannot read image {path}: {e}", "pass PNG/JPEG/... image files") from None
-    x = x * np.float32(pre["scale"])
+    # torchvision's CenterCrop offsets (a no-op without a crop: the image is already h x w)
+    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+    x = x[:, top : top + h, left : left + w] * np.float32(pre["scale"])
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
     mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]

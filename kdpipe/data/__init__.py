@@ -46,8 +46,15 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
 def _load(cfg: DataConfig, seed: int) -> DataSplits:
     kind, path = parse_spec(cfg.spec)
     size = cfg.image_size or DEFAULT_SIZE.get(kind, 32)
+    crop = cfg.center_crop
     if kind == "digits":
         from kdpipe.data import digits
+
+        if crop is not None:
+            raise DataError(
+                "--center-crop applies to image files; digits are 8x8 arrays resized whole",
+                "drop --center-crop (data.center_crop), or use an image dataset",
+            )
 
         return digits.load(seed, size, cfg.val_fraction, cfg.test_fraction)
     assert path is not None
@@ -57,12 +64,13 @@ def _load(cfg: DataConfig, seed: int) -> DataSplits:
         from kdpipe.data.folders import load_imagefolder
 
         return load_imagefolder(
-            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder", cfg.strict
-        )
+            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder", cfg.strict,
+            center_crop=crop,
+        )  # fmt: skip
     if kind == "imagenet":
         from kdpipe.data.imagenet import load_imagenet
 
-        return load_imagenet(path, seed, size, cfg.val_fraction, cfg.strict)
+        return load_imagenet(path, seed, size, cfg.val_fraction, cfg.strict, crop)
     from kdpipe.data import torchvision_sets
 
-    return torchvision_sets.load(kind, path, seed, size, cfg.val_fraction)
+    return torchvision_sets.load(kind, path, seed, size, cfg.val_fraction, crop)

@@ -114,7 +114,11 @@ class _LabelledFlat(ImageFolder):
 
 
 def _image_folder(
-    path: Path, size: int, strict: bool = False, flat: tuple[dict, list] | None = None
+    path: Path,
+    size: int,
+    strict: bool = False,
+    flat: tuple[dict, list] | None = None,
+    center_crop: float | None = None,
 ) -> ImageFolder:
     """The images under `path`, a class per sub-folder; with `flat` (labels by file stem,
     class names), images side by side labelled by that table."""
@@ -124,7 +128,7 @@ def _image_folder(
             "point imagefolder:PATH at a folder with one sub-folder of images per class",
         )
     kw: dict[str, Any] = {
-        "transform": eval_transform(size, IMAGENET_MEAN, IMAGENET_STD),
+        "transform": eval_transform(size, IMAGENET_MEAN, IMAGENET_STD, center_crop=center_crop),
         "loader": load_rgb,
         "is_valid_file": is_image_file,
     }
@@ -169,14 +173,16 @@ def load_imagefolder(
     name: str,
     strict: bool = False,
     val_labels: dict[str, str] | None = None,
+    center_crop: float | None = None,
 ) -> DataSplits:
-    """`val_labels`: val/ holds its images side by side, their classes by file stem."""
+    """`val_labels`: val/ holds its images side by side, their classes by file stem.
+    `center_crop`: see transforms.ResizeOrCrop."""
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" in split_dirs and len(split_dirs) > 1:
-        train_full = _image_folder(split_dirs["train"], size, strict)
+        train_full = _image_folder(split_dirs["train"], size, strict, None, center_crop)
         flat = {"val": (val_labels, train_full.classes)} if val_labels else {}
         held = {
-            s: _image_folder(p, size, strict, flat.get(s))
+            s: _image_folder(p, size, strict, flat.get(s), center_crop)
             for s, p in split_dirs.items()
             if s != "train"
         }
@@ -207,7 +213,7 @@ def load_imagefolder(
         classes = train_full.classes
         sizes = {"train": len(train), "val": len(val), "test": len(test)}  # type: ignore[arg-type]
     else:
-        full = _image_folder(root, size, strict)
+        full = _image_folder(root, size, strict, None, center_crop)
         labels = np.asarray(full.targets)
         check_labels(labels, str(root))
         tr, va, te = stratified_indices(labels, [val_fraction, test_fraction], seed)
@@ -225,6 +231,7 @@ def load_imagefolder(
         mean=list(IMAGENET_MEAN),
         std=list(IMAGENET_STD),
         sizes=sizes,
-        preprocessing=describe(size, IMAGENET_MEAN, IMAGENET_STD),
+        preprocessing=describe(size, IMAGENET_MEAN, IMAGENET_STD, center_crop),
+        center_crop=center_crop,
     )
     return DataSplits(train, val, test, info)

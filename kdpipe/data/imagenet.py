@@ -30,7 +30,12 @@ META = "data/meta.mat"
 
 
 def load_imagenet(
-    root: Path, seed: int, size: int, val_fraction: float, strict: bool = False
+    root: Path,
+    seed: int,
+    size: int,
+    val_fraction: float,
+    strict: bool = False,
+    center_crop: float | None = None,
 ) -> DataSplits:
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -40,7 +45,7 @@ def load_imagenet(
             )
     # With train/ and val/ present the test fraction is unused: val is the held-out split.
     return load_imagefolder(
-        root, seed, size, val_fraction, 0.1, "imagenet", strict, flat_val_labels(root)
+        root, seed, size, val_fraction, 0.1, "imagenet", strict, flat_val_labels(root), center_crop
     )
 
 

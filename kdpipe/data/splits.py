@@ -28,10 +28,12 @@ class DataInfo:
     # read as `color` ("rgb" or "gray", gray copied to 3 channels), resize to H x W with
     # `resize` ("pil_bilinear": PIL's antialiased bilinear, as torchvision on PIL images;
     # "bilinear": torch.nn.functional.interpolate, align_corners=False), multiply by
-    # `scale`, then (x - mean) / std per channel.
+    # `scale`, then (x - mean) / std per channel. With `center_crop` (a fraction) the resize
+    # keeps the aspect, the shorter side to floor(H / fraction), and the central H x W is cut.
     color: str = "rgb"
     resize: str = "pil_bilinear"
     scale: float = 1 / 255
+    center_crop: float | None = None
 
     @property
     def num_classes(self) -> int:

@@ -54,9 +54,16 @@ def _labels(ds: Any) -> np.ndarray:
     return np.asarray(targets.numpy() if hasattr(targets, "numpy") else targets, dtype=np.int64)
 
 
-def load(name: str, root: Path, seed: int, size: int, val_fraction: float) -> DataSplits:
+def load(
+    name: str,
+    root: Path,
+    seed: int,
+    size: int,
+    val_fraction: float,
+    center_crop: float | None = None,
+) -> DataSplits:
     cls, mean, std, gray, where = SETS[name]
-    tf = eval_transform(size, mean, std, grayscale=gray)
+    tf = eval_transform(size, mean, std, grayscale=gray, center_crop=center_crop)
     try:
         train_full = cls(str(root), train=True, transform=tf, download=False)
         test = cls(str(root), train=False, transform=tf, download=False)
@@ -75,8 +82,9 @@ def load(name: str, root: Path, seed: int, size: int, val_fraction: float) -> Da
         mean=mean,
         std=std,
         sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test)},  # type: ignore[arg-type]
-        preprocessing=("grayscale->RGB, " if gray else "") + describe(size, mean, std),
+        preprocessing=("grayscale->RGB, " if gray else "") + describe(size, mean, std, center_crop),
         color="gray" if gray else "rgb",
+        center_crop=center_crop,
     )
     return DataSplits(
         Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist()), test, info

@@ -94,7 +94,9 @@ class UnlabeledFolder(Dataset):
                 f"(e.g. {first}: {why})"
             )
         _, h, _ = info.input_size
-        self.transform = eval_transform(h, info.mean, info.std, grayscale=info.color == "gray")
+        self.transform = eval_transform(
+            h, info.mean, info.std, grayscale=info.color == "gray", center_crop=info.center_crop
+        )
 
     def __len__(self) -> int:
         return len(self.files)

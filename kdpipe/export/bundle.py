@@ -1,7 +1,7 @@
 """The edge bundle: what a device team takes as is.
 
 `export/` holds the ONNX files, `labels.txt` and `bundle.json`: input name/shape/dtype/layout,
-the preprocessing (color, resize, scale, mean/std), class names, what the output means, each
+the preprocessing (color, resize, centre crop, scale, mean/std), class names, what the output means, each
 file's precision and sha256, kdpipe and opset versions, and the run it came from. The same
 facts travel inside each ONNX file's metadata_props. `kdpipe predict` reads only this.
 """
@@ -13,9 +13,12 @@ from pathlib import Path
 
 from kdpipe import __version__
 from kdpipe.data.splits import DataInfo
+from kdpipe.data.transforms import shorter_side
 from kdpipe.runs import file_sha256, write_json, write_text
 
-BUNDLE_VERSION = "1"
+# 2: preprocessing.center_crop (a reader of version 1 would squash a centre-cropped model's
+# input). `kdpipe predict` reads both and refuses later ones.
+BUNDLE_VERSION = "2"
 
 
 def write_bundle(export_dir: Path, info: DataInfo, files: dict[str, dict], run_dir: Path) -> dict:
@@ -42,6 +45,17 @@ def write_bundle(export_dir: Path, info: DataInfo, files: dict[str, dict], run_d
             "scale": info.scale,
             "mean": info.mean,
             "std": info.std,
+            # None: the whole image resized to H x W; else its shorter side resized to
+            # `shorter_side` (aspect kept) and the central H x W cut, as torchvision's
+            # CenterCrop rounds the offsets: round((side - H) / 2)
+            "center_crop": (
+                None
+                if info.center_crop is None
+                else {
+                    "fraction": info.center_crop,
+                    "shorter_side": shorter_side(h, info.center_crop),
+                }
+            ),
             "description": info.preprocessing,
         },
         "output": {

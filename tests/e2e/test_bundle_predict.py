@@ -166,6 +166,12 @@ def test_a_bundle_json_edited_out_of_shape_is_one_line(
             [10**5] * 2,
         ),
         "preprocessing.color: Input should be 'rgb' or 'gray'": ("preprocessing", "color", "cmyk"),
+        "preprocessing.center_crop.fraction: Input should be greater than 0": (
+            "preprocessing",
+            "center_crop",
+            {"fraction": 0, "shorter_side": 40},
+        ),
+        "is bundle_version '3'; this kdpipe reads 1, 2": (None, "bundle_version", "3"),
         "class_names.0: Input should be a valid string": (None, "class_names", [1, 2]),
         "models.int8.file: String should match pattern": (
             None,

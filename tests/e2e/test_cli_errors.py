@@ -108,6 +108,8 @@ CASES = {
     "bad precision": (["--precision", "fp32,fp8"], "export.precisions"),
     "unknown augmentation": (["--augment", "rotate"], "invalid value for data.augment"),
     "crop scale above 1": (["--crop-scale", "1.5"], "data.crop_scale"),
+    "centre crop of nothing": (["--center-crop", "0"], "data.center_crop"),
+    "centre crop of digits": (["--center-crop", "0.875"], "--center-crop applies to image files"),
     "too many loader workers": (["--workers", "99"], "data.workers"),
     "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
     "bad --set": (["--set", "T"], "--set takes NAME=NUMBER"),
@@ -269,6 +271,16 @@ def test_a_bad_value_points_to_its_own_commands_help(
     code, stderr = run_cli([*(a.format(**files) for a in args), "--quiet"], capsys, False)
     assert code == 2 and "invalid value for" in stderr, stderr
     assert f"hint: see `kdpipe {args[0]} --help`" in stderr
+
+
+def test_export_of_a_run_refuses_data_options_it_would_ignore(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The run's own data decides the bundle's preprocessing; --center-crop here was ignored.
+    args = ["export", str(files["dir"]), "--center-crop", "0.875", "--image-size", "64"]
+    code, stderr = run_cli([*args, "--quiet"], capsys, False)
+    assert code == 2, stderr
+    assert "--image-size, --center-crop do not apply to a run directory" in stderr
 
 
 def test_a_run_directory_in_use_is_refused_untouched(files: dict[str, Path]) -> None:

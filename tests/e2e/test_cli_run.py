@@ -111,10 +111,10 @@ def test_augmented_runs_run_the_teacher_every_batch(
 def test_image_files_train_with_resized_crops_in_loader_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The CLI's --augment resized-crop-flip, --crop-scale and --workers reach the trainer: an
-    image folder trained through two DataLoader workers, the settings in the run's config and
-    in the teacher's fingerprint (another --crop-scale trains another teacher; another
-    --workers reuses it)."""
+    """The CLI's --augment resized-crop-flip, --crop-scale, --center-crop and --workers reach
+    the trainer: an image folder trained through two DataLoader workers, the settings in the
+    run's config and in the teacher's fingerprint (another --crop-scale or a centre crop
+    trains another teacher; another --workers reuses it)."""
     import numpy as np
     from PIL import Image
 
@@ -140,6 +140,8 @@ def test_image_files_train_with_resized_crops_in_loader_workers(
     assert "workers: 2" in config
     assert run("again", "--crop-scale", "0.3") == "cache"  # workers change no result
     assert run("other", "--crop-scale", "0.5") == "trained"
+    assert run("centred", "--crop-scale", "0.5", "--center-crop", "0.875") == "trained"
+    assert "center_crop: 0.875" in (tmp_path / "centred" / "config.yaml").read_text()
 
 
 def test_outputs_damaged_since_a_run_are_made_again_not_trusted(
