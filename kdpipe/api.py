@@ -22,6 +22,7 @@ from kdpipe import models, stopping, ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits, load_data
 from kdpipe.data.transfer import check_transfer
+from kdpipe.data.transforms import crop_fraction
 from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
@@ -68,15 +69,10 @@ def batch_splits(cfg: RunConfig) -> list[tuple[str, int]]:
 
 
 def check_batches(cfg: RunConfig, world: int) -> None:
-    """Each process takes batch // world images of a global batch: fewer than one is no split."""
+    """Checked before any work starts; a teacher fine-tuned from weights for other classes
+    (known once the data is) is checked as its training starts."""
     for role, batch in batch_splits(cfg):
-        if batch < world:
-            raise ConfigError(
-                f"the {role} batch size {batch} is smaller than the {world} processes "
-                "training together",
-                f"--batch-size is the global batch, split between the processes: give at least "
-                f"{world} (a multiple of {world} splits it exactly), or start fewer processes",
-            )
+        distributed.check_batch(role, batch, world)
 
 
 def note_uneven_batches(cfg: RunConfig, world: int) -> None:
@@ -90,6 +86,26 @@ def note_uneven_batches(cfg: RunConfig, world: int) -> None:
                 f"{world} processes: each takes {batch // world}, "
                 f"{batch // world * world} images per step"
             )
+
+
+def note_pretrained_evaluation(cfg: RunConfig) -> None:
+    """torchvision's ImageNet weights were evaluated on centre crops (256 -> 224 for most):
+    image files squashed whole instead (the default) meet them with other pixels."""
+    if cfg.data.center_crop is not None or cfg.data.spec.strip().lower() == "digits":
+        return
+    for arch, weights in (
+        (cfg.teacher.arch, cfg.teacher.weights),
+        (cfg.student.arch, cfg.student.weights),
+    ):
+        crop = models.torchvision_crop(arch, weights) if weights is not None else None
+        if crop is not None:
+            resize, size = crop
+            ui.info(
+                f"note: torchvision's weights for {arch} were evaluated on {size}x{size} centre "
+                f"crops of images resized to {resize}: --center-crop {crop_fraction(size, resize)} "
+                f"--image-size {size} shows your images as they saw theirs"
+            )
+            return
 
 
 def validate(cfg: RunConfig, world: int | None = None) -> None:
@@ -114,11 +130,15 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     check_transfer(d.transfer)
     if d.peers and (d.terms or d.method != "dml"):
         raise ConfigError("--peers is for deep mutual learning", "add --method dml")
-    for label, path in (
-        ("--teacher-weights", cfg.teacher.weights),
-        ("--student-weights", cfg.student.weights),
+    for label, arch, path in (
+        ("--teacher-weights", cfg.teacher.arch, cfg.teacher.weights),
+        ("--student-weights", cfg.student.arch, cfg.student.weights),
     ):
-        if path is not None and not Path(path).is_file():
+        if path is None:
+            continue
+        if models.torchvision_tag(path):
+            models.weights_file(arch, path)  # in torchvision's cache, or one line saying where
+        elif not Path(path).is_file():
             raise ConfigError(f"{label} file {path} {absent(path, folder=False)}", "check the path")
 
 
@@ -178,6 +198,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         ui.silence_rank()
         set_writer(False)
     note_uneven_batches(cfg, rank.world)
+    note_pretrained_evaluation(cfg)
     torch.manual_seed(cfg.seed)
     stages: dict[str, dict] = {}
     # Data and model shapes are checked before the output directory is touched.
@@ -237,8 +258,8 @@ def _run_stages(
         stages[name] = {"seconds": seconds, "reused": False}
         return result
 
-    t_fp = teacher_fingerprint(cfg)
-    if "teacher" in redo and cfg.teacher.weights is None and main:
+    t_fp = teacher_fingerprint(cfg, k)
+    if "teacher" in redo and main:  # a teacher loaded as given has no cached copy
         for f in cached_teacher_dir(cfg, t_fp).glob("*"):
             f.unlink()
     teacher = stage(

@@ -211,10 +211,18 @@ def run(
     ] = None,
     teacher_weights: Annotated[
         Path | None,
-        Opt(help="Teacher state_dict file; without it the teacher is trained (and cached)."),
+        Opt(
+            help="Teacher state_dict file, or torchvision[:TAG] for torchvision's ImageNet "
+            "weights from its local cache; weights for other classes are fine-tuned (a fresh "
+            "classifier). Without it the teacher is trained (and cached)."
+        ),
     ] = None,
     student_weights: Annotated[
-        Path | None, Opt(help="Student state_dict file to start from.")
+        Path | None,
+        Opt(
+            help="Student state_dict file to start from, or torchvision[:TAG] (as "
+            "--teacher-weights; weights for other classes start all but the classifier)."
+        ),
     ] = None,
     method: Annotated[str | None, Opt(help="Distillation method (see `kdpipe methods`).")] = None,
     set_: Annotated[

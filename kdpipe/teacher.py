@@ -1,4 +1,6 @@
-"""The teacher stage: load the given weights, or train the teacher from scratch and cache it.
+"""The teacher stage: load the given weights; fine-tune them when they were trained for other
+classes (torchvision's ImageNet weights on your data: a fresh classifier, then the teacher
+recipe from there); or train the teacher from scratch. Trained teachers are cached.
 
 A trained teacher is stored in kdpipe's cache (`$KDPIPE_CACHE`, default ~/.cache/kdpipe)
 under a fingerprint of everything that shaped it, so any later run with the same settings,
@@ -40,18 +42,29 @@ class TeacherResult:
     metrics: dict
 
 
-def teacher_fingerprint(cfg: RunConfig) -> str:
+def teacher_fingerprint(cfg: RunConfig, num_classes: int) -> str:
     t = cfg.teacher
-    source = (
-        {"weights_sha256": file_sha256(t.weights)}
-        if t.weights
-        else {
-            "train": t.train.model_dump(),
-            "label_smoothing": t.label_smoothing,
-            **training_numerics(cfg.runtime),  # nothing on a CPU: its cache keys stay as they were
-        }
-    )
+    recipe = {
+        "train": t.train.model_dump(),
+        "label_smoothing": t.label_smoothing,
+        **training_numerics(cfg.runtime),  # nothing on a CPU: its cache keys stay as they were
+    }
+    source: dict[str, Any] = recipe
+    if t.weights:
+        source = {"weights_sha256": file_sha256(models.weights_file(t.arch, t.weights))}
+        if needs_fine_tuning(cfg, num_classes):
+            source["fine_tune"] = recipe
     return fingerprint("teacher", t.arch, source, cfg.data.content(), cfg.seed, *sources(t.arch))
+
+
+def needs_fine_tuning(cfg: RunConfig, num_classes: int) -> bool:
+    """Whether --teacher-weights were trained for another number of classes than the data's."""
+    t = cfg.teacher
+    if t.weights is None:
+        return False
+    return models.classes_in(t.arch, models.weights_file(t.arch, t.weights), num_classes) != (
+        num_classes
+    )
 
 
 def cached_teacher_dir(cfg: RunConfig, fp: str) -> Path:
@@ -68,7 +81,8 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     k = data.info.num_classes
     t = cfg.teacher
     cached = cached_teacher_dir(cfg, fp)
-    if t.weights is not None:
+    tune = needs_fine_tuning(cfg, k)
+    if t.weights is not None and not tune:
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
     elif distributed.all_agree(  # all ranks reuse or all train, even if another run writes now
@@ -78,8 +92,19 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         model, metrics = reused
         ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
     else:
-        ui.info(f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}")
-        model = models.create(t.arch, k)
+        if t.weights is not None:
+            distributed.check_batch("teacher", t.train.batch_size)
+            model, _ = models.create_pretrained(t.arch, k, t.weights)
+            ui.info(
+                f"teacher: fine-tuning {t.arch} from {models.weights_label(t.arch, t.weights)} on "
+                f"{data.info.name} (its "
+                f"classifier replaced by a fresh {k}-class one)"
+            )
+        else:
+            ui.info(
+                f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}"
+            )
+            model = models.create(t.arch, k)
         trainer = get_method("ce")(model, params={"label_smoothing": t.label_smoothing})
         result = fit(
             trainer,
@@ -98,7 +123,8 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             ),
         )
         metrics = {
-            "source": "trained",
+            "source": "fine-tuned" if tune else "trained",
+            **({"weights": str(t.weights)} if tune else {}),
             "train_seconds": result.seconds,
             "images_per_s": result.images_per_s,
             "val_accuracy": result.val_accuracy,
@@ -108,7 +134,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:
-        fix = "check --teacher-weights" if t.weights else "raise --teacher-epochs"
+        fix = "check --teacher-weights" if t.weights and not tune else "raise --teacher-epochs"
         warn_near_chance("teacher", t.arch, metrics["test_accuracy"], k, fix)
     save_state(model, stage_dir / "model.pt")
     write_json(stage_dir / "metrics.json", metrics)

@@ -36,6 +36,16 @@ def shorter_side(size: int, center_crop: float) -> int:
     return max(size, math.floor(size / center_crop + 1e-9))
 
 
+def crop_fraction(size: int, side: int) -> str:
+    """The shortest decimal F with shorter_side(size, F) == side: what to pass as
+    --center-crop to resize to `side` before cutting size x size (224, 232 -> 0.9655)."""
+    for digits in range(3, 12):
+        text = f"{size / side:.{digits}f}".rstrip("0")
+        if shorter_side(size, float(text)) == side:
+            return text
+    return repr(size / side)
+
+
 class ResizeOrCrop:
     """Resize to size x size (bilinear, antialiased: T.Resize's defaults); with `center_crop`
     (a fraction), resize the shorter side to size / fraction keeping the aspect, then cut the

@@ -84,6 +84,18 @@ def current() -> Dist:
     return Dist()
 
 
+def check_batch(role: str, batch: int, world: int | None = None) -> None:
+    """Each process takes batch // world images of a global batch: fewer than one is no split."""
+    world = current().world if world is None else world
+    if batch < world:
+        raise ConfigError(
+            f"the {role} batch size {batch} is smaller than the {world} processes "
+            "training together",
+            f"--batch-size is the global batch, split between the processes: give at least "
+            f"{world} (a multiple of {world} splits it exactly), or start fewer processes",
+        )
+
+
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
     """Average .grad over ranks, one all-reduce for all of them. Which parameters have a
     gradient is decided by the graph, the same on every rank, so None stays None."""

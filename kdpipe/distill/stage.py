@@ -35,7 +35,8 @@ def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
     the data, the seed, the precisions it trains and the teacher infers in, and the content of
     any model file involved."""
     d = cfg.distill
-    s_weights = file_sha256(cfg.student.weights) if cfg.student.weights else None
+    s = cfg.student
+    s_weights = file_sha256(models.weights_file(s.arch, s.weights)) if s.weights else None
     return fingerprint(
         "distill",
         teacher_fp,
@@ -50,7 +51,16 @@ def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:
 
 
 def build_student(cfg: RunConfig, num_classes: int) -> nn.Module:
-    return models.create(cfg.student.arch, num_classes, cfg.student.weights)
+    """The student, from --student-weights when given: weights trained for other classes
+    (torchvision's ImageNet weights) start everything but a fresh classifier."""
+    s = cfg.student
+    if s.weights is None:
+        return models.create(s.arch, num_classes)
+    model, fresh = models.create_pretrained(s.arch, num_classes, s.weights)
+    if fresh:
+        label = models.weights_label(s.arch, s.weights)
+        ui.info(f"student: {s.arch} from {label}, its classifier a fresh {num_classes}-class one")
+    return model
 
 
 def build_distiller(

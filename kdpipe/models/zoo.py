@@ -2,8 +2,10 @@
 
 Names are torchvision's classification builders (`resnet50`, `mobilenet_v3_small`, ...) or a
 user's own model, `path/to/file.py:Name` (custom.py). The classifier head is sized to
-`num_classes`. Nothing is ever downloaded: `weights` is a local file, or `torchvision` for
-ImageNet weights already in torchvision's cache.
+`num_classes`. Nothing is ever downloaded: `weights` is a local file, or `torchvision`
+(`torchvision:IMAGENET1K_V1`, ...) for ImageNet weights already in torchvision's cache
+(`weights_file`). `create_pretrained` starts from weights trained for other classes: all but
+the classifier loaded, the classifier fresh.
 """
 
 from __future__ import annotations
@@ -47,21 +49,111 @@ def check_name(name: str) -> None:
 
 
 def create(name: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    """Build `name` with a `num_classes` head; load `weights` (a file, or 'torchvision')."""
+    """Build `name` with a `num_classes` head; load `weights` (a file, or torchvision's cached
+    weights: `weights_file`), which must fit it exactly."""
     check_name(name)
     file_model = custom.is_file_model(name)
-    if weights == "torchvision":
-        if file_model:
-            raise ModelError(f"torchvision has no weights for {name}", "pass a weights file")
-        model = _from_torchvision_cache(name)
-        replace_head(model, num_classes)
-        return model
-    if weights is not None and not file_model:
-        return _torchvision_model_with(name, num_classes, Path(weights))
+    path = None if weights is None else weights_file(name, weights)
+    if path is not None and not file_model:
+        return _torchvision_model_with(name, num_classes, path)
     model = custom.build(name, num_classes) if file_model else _torchvision_model(name, num_classes)
-    if weights is not None:
-        load_into(model, load_state_dict_file(Path(weights)), source=str(weights))
+    if path is not None:
+        load_into(model, load_state_dict_file(path), source=str(path))
     return model
+
+
+def create_pretrained(name: str, num_classes: int, weights: str | Path) -> tuple[nn.Module, bool]:
+    """(`name` holding `weights`, whether its classifier is fresh): weights trained for another
+    number of classes (ImageNet's 1000) load into everything but the classifier, which is
+    replaced by a new one for `num_classes` (to be trained). Anything else that does not fit
+    is refused as `create` refuses it."""
+    path = weights_file(name, weights)
+    trained_for = classes_in(name, path, num_classes)
+    if trained_for == num_classes:
+        return create(name, num_classes, path), False
+    model = create(name, trained_for, path)
+    replace_head(model, num_classes)
+    return model, True
+
+
+def classes_in(name: str, path: Path, default: int) -> int:
+    """The number of classes the classifier in the weights file `path` scores (`default`
+    when the file has no tensor where `name`'s classifier is: load_into then names what is
+    missing)."""
+    check_name(name)
+    build = (
+        (lambda: custom.build(name, default))
+        if custom.is_file_model(name)
+        else (lambda: _torchvision_model(name, default))
+    )
+    model = on_meta(build) or build()
+    head = find_head(model)
+    weight = load_state_dict_file(path).get(f"{head[0]}.weight") if head else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else default
+
+
+def torchvision_tag(weights: str | Path) -> str | None:
+    """The torchvision weights a --teacher-weights / --student-weights value names:
+    `torchvision` -> "DEFAULT", `torchvision:IMAGENET1K_V1` -> that name; None for a file."""
+    text = str(weights)
+    if text == "torchvision":
+        return "DEFAULT"
+    if text.startswith("torchvision:"):
+        return text.partition(":")[2]
+    return None
+
+
+def weights_label(name: str, weights: str | Path) -> str:
+    """How messages name weights: the file, or "torchvision's IMAGENET1K_V2 weights"."""
+    tag = torchvision_tag(weights)
+    if tag is None:
+        return str(weights)
+    members = torchvision.models.get_model_weights(name).__members__  # type: ignore[attr-defined]
+    return f"torchvision's {members[tag].name if tag in members else tag} weights"
+
+
+def torchvision_crop(name: str, weights: str | Path) -> tuple[int, int] | None:
+    """(resize, crop) of the evaluation transform torchvision publishes with the weights a
+    `torchvision[:TAG]` value names (256, 224 for most ImageNet weights); None for a file."""
+    tag = torchvision_tag(weights)
+    if tag is None or custom.is_file_model(name):
+        return None
+    members = torchvision.models.get_model_weights(name).__members__  # type: ignore[attr-defined]
+    if tag not in members:
+        return None
+    preset = members[tag].transforms()
+    resize, crop = getattr(preset, "resize_size", None), getattr(preset, "crop_size", None)
+    if not (resize and crop):
+        return None
+    return int(resize[0]), int(crop[0])
+
+
+def weights_file(name: str, weights: str | Path) -> Path:
+    """The file `weights` names: itself, or for `torchvision[:TAG]` the file torchvision's
+    download of `name`'s ImageNet weights left in its cache ($TORCH_HOME/hub/checkpoints)."""
+    tag = torchvision_tag(weights)
+    if tag is None:
+        return Path(weights)
+    if custom.is_file_model(name):
+        raise ModelError(f"torchvision has no weights for {name}", "pass a weights file")
+    check_name(name)
+    enum = torchvision.models.get_model_weights(name)
+    members = enum.__members__  # type: ignore[attr-defined]
+    if tag not in members:
+        raise ModelError(
+            f"torchvision has no {tag} weights for {name}",
+            f"use one of: {', '.join(f'torchvision:{m}' for m in members)}",
+        )
+    url = members[tag].url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not cached.is_file():
+        raise ModelError(
+            f"torchvision's {members[tag].name} weights for {name} are not in the local cache "
+            f"({cached})",
+            f"kdpipe never downloads: copy {url.rsplit('/', 1)[-1]} there (or set TORCH_HOME), "
+            "or pass a weights file",
+        )
+    return cached
 
 
 def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Module:
@@ -123,20 +215,6 @@ def _tame_head_init(model: nn.Module) -> None:
     if isinstance(weight, torch.Tensor) and callable(reset):
         if float(weight.detach().std()) > weight[0].numel() ** -0.5:
             reset()
-
-
-def _from_torchvision_cache(name: str) -> nn.Module:
-    enum = torchvision.models.get_model_weights(name).DEFAULT  # type: ignore[attr-defined]
-    filename = enum.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if not cached.is_file():
-        raise ModelError(
-            f"torchvision weights for {name} are not in the local cache ({cached})",
-            "copy the file there, or pass a weights file; kdpipe never downloads",
-        )
-    model = torchvision.models.get_model(name, weights=None)
-    load_into(model, load_state_dict_file(cached), source=str(cached))
-    return model
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:

@@ -280,3 +280,58 @@ def test_gate_on_a_real_run(first_run, tmp_path: Path, capsys: pytest.CaptureFix
     tight.write_text(f"{key}: {{max: {min(r['metrics'][key] * 0.2, fastest / 2)}}}\n")
     proc = kdpipe_here(capsys, "gate", str(out / "report.json"), "--budgets", str(tight), env=env)
     assert proc.returncode == 1 and "FAIL" in proc.stdout
+
+
+def test_torchvision_imagenet_weights_fine_tune_the_teacher_and_start_the_student(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--teacher-weights torchvision` with ImageNet's 1000-class weights from torchvision's
+    local cache, on 10-class digits: the teacher is fine-tuned from them (fresh classifier),
+    cached under the file's hash; `--student-weights torchvision:TAG` starts the student. A
+    learning rate of 1e-9 leaves the trained convolutions where the files put them."""
+    import torch
+
+    from tests.unit.test_pretrained import cache_imagenet_weights
+
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    _, t_state = cache_imagenet_weights(home, "resnet18")
+    _, s_state = cache_imagenet_weights(home, "mobilenet_v3_small")
+    env = {"KDPIPE_CACHE": str(tmp_path / "cache")}
+    base = [*TINY, "--teacher-epochs", "1", "--epochs", "1", "--teacher-lr", "1e-9"]
+    base += ["--teacher-weights", "torchvision"]
+
+    def run(name: str, *extra: str) -> Path:
+        out = tmp_path / name
+        proc = kdpipe_here(capsys, "run", *base, *extra, "--out", str(out), env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out
+
+    out = run("first", "--student-weights", "torchvision:IMAGENET1K_V1", "--lr", "1e-9")
+    teacher = json.loads((out / "teacher" / "metrics.json").read_text())
+    assert teacher["source"] == "fine-tuned" and teacher["weights"] == "torchvision"
+    tuned = torch.load(out / "teacher" / "model.pt", weights_only=True)
+    assert tuned["fc.weight"].shape == (10, 512)
+    torch.testing.assert_close(tuned["conv1.weight"], t_state["conv1.weight"], atol=1e-6, rtol=0)
+    # The student is mobilenet_v3_small (TINY): its cached file starts it, whole run long.
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert student["classifier.3.weight"].shape[0] == 10
+    key = "features.0.0.weight"
+    torch.testing.assert_close(student[key], s_state[key], atol=1e-6, rtol=0)
+    assert (out / "report.json").is_file()
+    # Another output directory reuses the fine-tuned teacher; new weights in the cache do not.
+    assert _source(run("again", "--until", "teacher")) == "cache"
+    cache_imagenet_weights(home, "resnet18", seed=1)
+    assert _source(run("changed", "--until", "teacher")) == "fine-tuned"
+    # A tag torchvision lacks, and weights not in the cache: one line each, exit 2.
+    proc = kdpipe_here(capsys, "run", *base, "--student-weights", "torchvision:V9", "--out",
+                       str(tmp_path / "bad"), env=env)  # fmt: skip
+    assert proc.returncode == 2 and "torchvision has no V9 weights for" in proc.stderr
+    proc = kdpipe_here(capsys, "run", *base, "--teacher", "resnet34", "--out",
+                       str(tmp_path / "missing"), env=env)  # fmt: skip
+    assert proc.returncode == 2 and "are not in the local cache" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "missing").exists()
+
+
+def _source(out: Path) -> str:
+    return json.loads((out / "teacher" / "metrics.json").read_text())["source"]

@@ -1,0 +1,103 @@
+"""Weights trained for other classes: torchvision's ImageNet weights from its local cache
+(`torchvision[:TAG]`) or any file, loaded into all but a fresh classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from kdpipe.errors import ModelError
+from kdpipe.models import create, create_pretrained, weights_file
+
+
+def cache_imagenet_weights(home: Path, arch: str, seed: int = 0) -> tuple[Path, dict]:
+    """What torchvision's download of `arch`'s DEFAULT weights leaves in its cache: a
+    1000-class state_dict under the URL's file name (random values: nothing is downloaded)."""
+    torch.manual_seed(seed)
+    state = torchvision.models.get_model(arch, weights=None).state_dict()
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    path = home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def _same(model: torch.nn.Module, state: dict, skip: str = "") -> None:
+    own = model.state_dict()
+    compared = [k for k in state if not (skip and k.startswith(skip))]
+    assert compared and all(torch.equal(own[k], state[k]) for k in compared)
+
+
+def test_torchvision_weights_come_from_the_local_cache(torch_home: Path) -> None:
+    path, state = cache_imagenet_weights(torch_home, "resnet18")
+    assert weights_file("resnet18", "torchvision") == path
+    assert weights_file("resnet18", "torchvision:IMAGENET1K_V1") == path
+    assert weights_file("resnet18", Path("my.pt")) == Path("my.pt")
+    _same(create("resnet18", 1000, "torchvision"), state)
+    model, fresh = create_pretrained("resnet18", 1000, "torchvision")
+    assert not fresh
+    _same(model, state)
+    # On 10 classes: everything but the classifier from the file, the classifier new.
+    model, fresh = create_pretrained("resnet18", 10, "torchvision")
+    assert fresh and tuple(model.fc.weight.shape) == (10, 512)
+    _same(model, state, skip="fc.")
+    assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_weights_not_in_the_cache_or_a_tag_torchvision_lacks_are_one_line(
+    torch_home: Path,
+) -> None:
+    with pytest.raises(ModelError) as e:
+        weights_file("resnet50", "torchvision")
+    expected = torch_home / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
+    assert "IMAGENET1K_V2 weights for resnet50 are not in the local cache" in e.value.message
+    assert str(expected) in e.value.message
+    assert "never downloads: copy resnet50-11ad3fa6.pth there" in e.value.hint
+    with pytest.raises(ModelError) as e:
+        weights_file("resnet18", "torchvision:IMAGENET1K_V9")
+    assert "torchvision has no IMAGENET1K_V9 weights for resnet18" in e.value.message
+    assert "torchvision:IMAGENET1K_V1" in e.value.hint
+
+
+def test_a_file_for_other_classes_starts_all_but_the_classifier(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    seven = create("resnet18", 7)
+    path = tmp_path / "seven.pt"
+    torch.save(seven.state_dict(), path)
+    model, fresh = create_pretrained("resnet18", 3, path)
+    assert fresh and model.fc.out_features == 3
+    _same(model, seven.state_dict(), skip="fc.")
+    model, fresh = create_pretrained("resnet18", 7, path)
+    assert not fresh
+    _same(model, seven.state_dict())
+    # Exact loading stays exact: another head is refused where no fresh one was asked for.
+    with pytest.raises(ModelError, match="do not fit"):
+        create("resnet18", 3, path)
+    # And weights of another architecture are refused, not half-loaded.
+    other = tmp_path / "resnet34.pt"
+    torch.save(create("resnet34", 7).state_dict(), other)
+    with pytest.raises(ModelError, match="unexpected"):
+        create_pretrained("resnet18", 3, other)
+
+
+def test_the_evaluation_crop_torchvision_publishes_maps_to_center_crop() -> None:
+    from kdpipe.data.transforms import crop_fraction, shorter_side
+    from kdpipe.models import torchvision_crop
+
+    assert torchvision_crop("resnet50", "torchvision") == (232, 224)  # IMAGENET1K_V2
+    assert torchvision_crop("resnet50", "torchvision:IMAGENET1K_V1") == (256, 224)
+    assert torchvision_crop("resnet18", Path("weights.pt")) is None
+    # The note's --center-crop resizes to the shorter side torchvision uses.
+    assert crop_fraction(224, 256) == "0.875" and crop_fraction(224, 232) == "0.9655"
+    for resize, crop in ((232, 224), (256, 224), (342, 299), (235, 224), (36, 32)):
+        assert shorter_side(crop, float(crop_fraction(crop, resize))) == resize
