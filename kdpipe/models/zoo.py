@@ -162,7 +162,7 @@ def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Mo
     resnet50 load (seconds for a ViT-L). RegNet cannot be built there (its constructor reads
     values), and a model left with a tensor the file did not fill would be unusable: both are
     built the ordinary way."""
-    state = load_state_dict_file(weights)
+    state = _without_auxiliary_heads(name, load_state_dict_file(weights))
     model = on_meta(
         lambda: torchvision.models.get_model(name, weights=None, **_build_args(name, num_classes))
     )
@@ -174,6 +174,24 @@ def _torchvision_model_with(name: str, num_classes: int, weights: Path) -> nn.Mo
     model = _torchvision_model(name, num_classes)
     load_into(model, state, source=str(weights))
     return model
+
+
+# Training-only side classifiers kdpipe builds its Inception and GoogLeNet without
+# (_build_args: aux_logits=False); torchvision's ImageNet files hold them.
+_AUXILIARY = {"inception": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
+
+
+def _without_auxiliary_heads(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefixes = next((p for family, p in _AUXILIARY.items() if name.startswith(family)), ())
+    if not prefixes or not any(k.startswith(prefixes) for k in state):
+        return state
+    kept = type(state)((k, v) for k, v in state.items() if not k.startswith(prefixes))
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        kept._metadata = {  # type: ignore[attr-defined]
+            k: v for k, v in meta.items() if not (k + ".").startswith(prefixes)
+        }
+    return kept
 
 
 def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:

@@ -101,3 +101,24 @@ def test_the_evaluation_crop_torchvision_publishes_maps_to_center_crop() -> None
     assert crop_fraction(224, 256) == "0.875" and crop_fraction(224, 232) == "0.9655"
     for resize, crop in ((232, 224), (256, 224), (342, 299), (235, 224), (36, 32)):
         assert shorter_side(crop, float(crop_fraction(crop, resize))) == resize
+
+
+@pytest.mark.parametrize(("arch", "aux"), [("googlenet", "aux1."), ("inception_v3", "AuxLogits.")])
+def test_imagenet_files_with_auxiliary_classifiers_load(
+    arch: str, aux: str, torch_home: Path
+) -> None:
+    """torchvision's GoogLeNet and Inception files hold their training-time side classifiers;
+    kdpipe builds both without them, so those tensors are left out, not refused."""
+    torch.manual_seed(0)
+    full = torchvision.models.get_model(arch, weights=None, aux_logits=True, init_weights=True)
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    path = torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    torch.save(full.state_dict(), path)
+    assert any(k.startswith(aux) for k in full.state_dict())
+    model, fresh = create_pretrained(arch, 10, "torchvision")
+    assert fresh and model.fc.out_features == 10
+    kept = {k: v for k, v in full.state_dict().items() if not k.startswith(aux.split(".")[0])}
+    if arch == "googlenet":
+        kept = {k: v for k, v in kept.items() if not k.startswith("aux2.")}
+    _same(model, kept, skip="fc.")
