@@ -89,9 +89,11 @@ def note_uneven_batches(cfg: RunConfig, world: int) -> None:
 
 
 def note_pretrained_evaluation(cfg: RunConfig) -> None:
-    """torchvision's ImageNet weights were evaluated on centre crops (256 -> 224 for most):
-    image files squashed whole instead (the default) meet them with other pixels."""
-    if cfg.data.center_crop is not None or cfg.data.spec.strip().lower() == "digits":
+    """torchvision's ImageNet weights, and ImageNet's published accuracies, were evaluated on
+    centre crops (256 -> 224 for most): image files squashed whole instead (the default) meet
+    them with other pixels."""
+    kind = cfg.data.spec.partition(":")[0].strip().lower()
+    if cfg.data.center_crop is not None or kind == "digits":
         return
     for arch, weights in (
         (cfg.teacher.arch, cfg.teacher.weights),
@@ -106,6 +108,11 @@ def note_pretrained_evaluation(cfg: RunConfig) -> None:
                 f"--image-size {size} shows your images as they saw theirs"
             )
             return
+    if kind == "imagenet":
+        ui.info(
+            "note: ImageNet accuracies are usually measured on 224x224 centre crops of images "
+            "resized to 256 (--center-crop 0.875); this run resizes whole images instead"
+        )
 
 
 def validate(cfg: RunConfig, world: int | None = None) -> None:

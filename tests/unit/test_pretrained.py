@@ -122,3 +122,28 @@ def test_imagenet_files_with_auxiliary_classifiers_load(
     if arch == "googlenet":
         kept = {k: v for k, v in kept.items() if not k.startswith("aux2.")}
     _same(model, kept, skip="fc.")
+
+
+def test_runs_on_image_files_are_told_the_crop_torchvisions_weights_saw(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdpipe import ui
+    from kdpipe.api import note_pretrained_evaluation
+    from kdpipe.config import RunConfig
+
+    monkeypatch.setattr(ui, "_quiet", False)
+
+    def note(**fields: object) -> str:
+        capsys.readouterr()
+        note_pretrained_evaluation(RunConfig.model_validate(fields))
+        return " ".join(capsys.readouterr().err.split())
+
+    files = {"spec": "imagefolder:/data/flowers"}
+    said = note(data=files, teacher={"weights": "torchvision"})  # resnet50: IMAGENET1K_V2
+    assert "evaluated on 224x224 centre crops of images resized to 232" in said
+    assert "--center-crop 0.9655 --image-size 224" in said
+    assert note(data=files, student={"weights": "torchvision:IMAGENET1K_V1"}).count("256") == 1
+    assert note(data={**files, "center_crop": 0.9655}, teacher={"weights": "torchvision"}) == ""
+    assert note(data=files, teacher={"weights": "teacher.pt"}) == ""
+    assert note(teacher={"weights": "torchvision"}) == ""  # digits: no crop to speak of
+    assert "(--center-crop 0.875)" in note(data={"spec": "imagenet:/data/imagenet"})
