@@ -50,6 +50,7 @@ from kdpipe.structured import SETTINGS_BYTES, ParseError, parse, read_text
 from kdpipe.teacher import (
     cached_teacher_dir,
     load_teacher,
+    needs_fine_tuning,
     run_teacher_stage,
     teacher_fingerprint,
 )
@@ -137,6 +138,11 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     check_transfer(d.transfer)
     if d.peers and (d.terms or d.method != "dml"):
         raise ConfigError("--peers is for deep mutual learning", "add --method dml")
+    if cfg.teacher.fine_tune and cfg.teacher.weights is None:
+        raise ConfigError(
+            "--fine-tune-teacher needs --teacher-weights to start from",
+            "add --teacher-weights FILE (or torchvision), or drop --fine-tune-teacher",
+        )
     for label, arch, path in (
         ("--teacher-weights", cfg.teacher.arch, cfg.teacher.weights),
         ("--student-weights", cfg.student.arch, cfg.student.weights),
@@ -156,6 +162,7 @@ def check_models_take(cfg: RunConfig, num_classes: int, input_size: tuple[int, .
     roles += [("teacher assistant", a) for a in d.assistants] + [("peer", p) for p in d.peers]
     for role, arch in dict.fromkeys(roles):
         models.check_input_size(role, arch, num_classes, input_size)
+    needs_fine_tuning(cfg, num_classes)  # teacher weights for other classes: refused or tuned
 
 
 def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool, lock: RunLock) -> Path:

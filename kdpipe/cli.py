@@ -213,8 +213,16 @@ def run(
         Path | None,
         Opt(
             help="Teacher state_dict file, or torchvision[:TAG] for torchvision's ImageNet "
-            "weights from its local cache; weights for other classes are fine-tuned (a fresh "
-            "classifier). Without it the teacher is trained (and cached)."
+            "weights from its local cache (fine-tuned, with a fresh classifier, on data of "
+            "other classes). Without it the teacher is trained (and cached)."
+        ),
+    ] = None,
+    fine_tune_teacher: Annotated[
+        bool | None,
+        Opt(
+            "--fine-tune-teacher",
+            help="Train the teacher from --teacher-weights (the teacher recipe) instead of "
+            "using them as given; weights for other classes get a fresh classifier.",
         ),
     ] = None,
     student_weights: Annotated[
@@ -372,6 +380,7 @@ def run(
             "student.arch": student,
             "data.spec": data,
             "teacher.weights": teacher_weights,
+            "teacher.fine_tune": fine_tune_teacher,
             "student.weights": student_weights,
             "distill.method": method,
             "distill.params": _params(set_),

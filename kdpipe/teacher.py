@@ -23,7 +23,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime, training_numerics
 from kdpipe.distill.trainer import fit, predict_test
-from kdpipe.errors import KdpipeError, first_line
+from kdpipe.errors import KdpipeError, ModelError, first_line
 from kdpipe.models.custom import sources
 from kdpipe.profile.accuracy import top1, warn_near_chance
 from kdpipe.runs import (
@@ -58,12 +58,24 @@ def teacher_fingerprint(cfg: RunConfig, num_classes: int) -> str:
 
 
 def needs_fine_tuning(cfg: RunConfig, num_classes: int) -> bool:
-    """Whether --teacher-weights were trained for another number of classes than the data's."""
+    """Whether the teacher trains from --teacher-weights: asked (--fine-tune-teacher), or
+    torchvision's weights scoring other classes than the data's. A file of the user's that
+    scores other classes is refused instead: it is more often the wrong file than a wish."""
     t = cfg.teacher
     if t.weights is None:
         return False
-    return models.classes_in(t.arch, models.weights_file(t.arch, t.weights), num_classes) != (
-        num_classes
+    if t.fine_tune:
+        return True
+    path = models.weights_file(t.arch, t.weights)
+    scored = models.classes_in(t.arch, path, num_classes)
+    if scored == num_classes:
+        return False
+    if models.torchvision_tag(t.weights):
+        return True
+    raise ModelError(
+        f"weights in {path} do not fit: they score {scored} classes, the data has {num_classes}",
+        "pass the teacher trained for this data, or add --fine-tune-teacher to train them on "
+        "it (a fresh classifier)",
     )
 
 
@@ -94,12 +106,10 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     else:
         if t.weights is not None:
             distributed.check_batch("teacher", t.train.batch_size)
-            model, _ = models.create_pretrained(t.arch, k, t.weights)
-            ui.info(
-                f"teacher: fine-tuning {t.arch} from {models.weights_label(t.arch, t.weights)} on "
-                f"{data.info.name} (its "
-                f"classifier replaced by a fresh {k}-class one)"
-            )
+            model, fresh = models.create_pretrained(t.arch, k, t.weights)
+            head = f" (its classifier replaced by a fresh {k}-class one)" if fresh else ""
+            label = models.weights_label(t.arch, t.weights)
+            ui.info(f"teacher: fine-tuning {t.arch} from {label} on {data.info.name}{head}")
         else:
             ui.info(
                 f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}"

@@ -93,6 +93,7 @@ CASES = {
         "fails its CRC-32 check",
     ),
     "missing weights": (["--student-weights", "/nonexistent.pt"], "does not exist"),
+    "fine-tune without weights": (["--fine-tune-teacher"], "--fine-tune-teacher needs --teacher"),
     "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
     "out is a file": (["--out", "{blocker}"], "is a file, not a folder"),
     "weights are a folder": (["--teacher-weights", "{dir}"], "is a folder, not a file"),

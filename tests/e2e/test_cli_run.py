@@ -331,6 +331,20 @@ def test_torchvision_imagenet_weights_fine_tune_the_teacher_and_start_the_studen
                        str(tmp_path / "missing"), env=env)  # fmt: skip
     assert proc.returncode == 2 and "are not in the local cache" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "missing").exists()
+    # A file of one's own for other classes is refused (more often the wrong file than a
+    # wish) unless --fine-tune-teacher asks; with it, a teacher that fits trains on as well.
+    three = tmp_path / "three.pt"
+    torch.save(
+        {**tuned, "fc.weight": tuned["fc.weight"][:3], "fc.bias": tuned["fc.bias"][:3]}, three
+    )
+    own = [*base, "--teacher-weights", str(three), "--until", "teacher"]
+    proc = kdpipe_here(capsys, "run", *own, "--out", str(tmp_path / "three"), env=env)
+    assert proc.returncode == 2 and "they score 3 classes, the data has 10" in proc.stderr
+    assert "add --fine-tune-teacher" in " ".join(proc.stderr.split())
+    assert _source(run("three", *own[len(base) :], "--fine-tune-teacher")) == "fine-tuned"
+    fits = [*base, "--teacher-weights", str(out / "teacher" / "model.pt"), "--until", "teacher"]
+    assert _source(run("fits", *fits[len(base) :])) == "weights"
+    assert _source(run("tuned", *fits[len(base) :], "--fine-tune-teacher")) == "fine-tuned"
 
 
 def _source(out: Path) -> str:
