@@ -5,8 +5,9 @@ images this machine holds: scikit-learn's digits written as PNG files, digits 0-
     python bench/pretrained_transfer.py [--epochs 1,2,4] [--out DIR]
 
 A resnet18 teacher is trained on 0-5 (6 classes) by `kdpipe run --until teacher`; its
-model.pt is then the --teacher-weights of runs on 6-9 (4 classes): kdpipe loads all but the
-classifier and fine-tunes (what `--teacher-weights torchvision` does with ImageNet weights).
+model.pt is then the --teacher-weights of runs on 6-9 (4 classes) with --fine-tune-teacher:
+kdpipe loads all but the classifier and trains from there (what `--teacher-weights torchvision`
+does with ImageNet weights).
 The same runs from scratch, same recipe and epochs, beside them. Prints test top-1 of each.
 A benchmark, not a test.
 """
@@ -45,6 +46,7 @@ def teacher(work: Path, name: str, data: Path, epochs: int, weights: Path | None
             "teacher": {
                 "arch": "resnet18",
                 "weights": str(weights) if weights else None,
+                "fine_tune": weights is not None,
                 "train": {"epochs": epochs},
             },
         }
