@@ -25,7 +25,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from kdpipe import api, ui
-from kdpipe.config import RunConfig
+from kdpipe.config import build_config
 
 
 def write_pngs(root: Path, digits: range) -> None:
@@ -38,18 +38,23 @@ def write_pngs(root: Path, digits: range) -> None:
             Image.fromarray(pixels, mode="L").save(folder / f"{len(os.listdir(folder))}.png")
 
 
-def teacher(work: Path, name: str, data: Path, epochs: int, weights: Path | None) -> dict:
-    cfg = RunConfig.model_validate(
+def teacher(
+    work: Path, name: str, data: Path, epochs: int, weights: Path | None, lr: float = 3e-3
+) -> dict:
+    # build_config, as the CLI: a section given in part keeps the teacher recipe's defaults
+    cfg = build_config(
+        {},
         {
             "out": str(work / name),
-            "data": {"spec": f"imagefolder:{data}", "image_size": 32},
-            "teacher": {
-                "arch": "resnet18",
-                "weights": str(weights) if weights else None,
-                "fine_tune": weights is not None,
-                "train": {"epochs": epochs},
-            },
-        }
+            "data.spec": f"imagefolder:{data}",
+            "data.image_size": 32,
+            "teacher.arch": "resnet18",
+            "teacher.weights": str(weights) if weights else None,
+            "teacher.fine_tune": weights is not None,
+            "teacher.train.epochs": epochs,
+            "teacher.train.lr": lr,
+            "teacher.fine_tune_lr": lr,
+        },
     )
     api.run(cfg, until="teacher")
     return json.loads((work / name / "teacher" / "metrics.json").read_text())
@@ -59,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", default="1,2,4", help="teacher epochs on the second task")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--lr", default="3e-3", help="teacher learning rates on the second task")
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="kdpipe-transfer-"))
     os.environ.setdefault("KDPIPE_CACHE", str(work / "cache"))
@@ -70,16 +76,18 @@ def main() -> None:
     print(
         f"source teacher (digits 0-5, 8 epochs): test top-1 {100 * source['test_accuracy']:.2f} %"
     )
-    print("| epochs on digits 6-9 | from scratch | fine-tuned from the 0-5 teacher |")
-    print("|---|---|---|")
+    print("| epochs on digits 6-9 | lr | from scratch | fine-tuned from the 0-5 teacher |")
+    print("|---|---|---|---|")
     for epochs in (int(e) for e in args.epochs.split(",")):
-        scratch = teacher(work, f"scratch{epochs}", work / "second", epochs, None)
-        tuned = teacher(work, f"tuned{epochs}", work / "second", epochs, weights)
-        assert scratch["source"] == "trained" and tuned["source"] == "fine-tuned"
-        print(
-            f"| {epochs} | {100 * scratch['test_accuracy']:.2f} % "
-            f"| {100 * tuned['test_accuracy']:.2f} % |"
-        )
+        for lr in (float(v) for v in args.lr.split(",")):
+            tag = f"{epochs}-{lr:g}"
+            scratch = teacher(work, f"scratch{tag}", work / "second", epochs, None, lr)
+            tuned = teacher(work, f"tuned{tag}", work / "second", epochs, weights, lr)
+            assert scratch["source"] == "trained" and tuned["source"] == "fine-tuned"
+            print(
+                f"| {epochs} | {lr:g} | {100 * scratch['test_accuracy']:.2f} % "
+                f"| {100 * tuned['test_accuracy']:.2f} % |"
+            )
 
 
 if __name__ == "__main__":

@@ -225,6 +225,10 @@ def run(
             "using them as given; weights for other classes get a fresh classifier.",
         ),
     ] = None,
+    fine_tune_lr: Annotated[
+        float | None,
+        Opt(help="Learning rate of a teacher trained from weights (default 1e-3)."),
+    ] = None,
     student_weights: Annotated[
         Path | None,
         Opt(
@@ -381,6 +385,7 @@ def run(
             "data.spec": data,
             "teacher.weights": teacher_weights,
             "teacher.fine_tune": fine_tune_teacher,
+            "teacher.fine_tune_lr": fine_tune_lr,
             "student.weights": student_weights,
             "distill.method": method,
             "distill.params": _params(set_),

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from kdpipe import models, ui
-from kdpipe.config import RunConfig, model_label
+from kdpipe.config import RunConfig, TeacherConfig, TrainConfig, model_label
 from kdpipe.data import DataSplits, augment
 from kdpipe.distill import distributed
 from kdpipe.distill.checkpoint import Checkpointing
@@ -53,8 +53,13 @@ def teacher_fingerprint(cfg: RunConfig, num_classes: int) -> str:
     if t.weights:
         source = {"weights_sha256": file_sha256(models.weights_file(t.arch, t.weights))}
         if needs_fine_tuning(cfg, num_classes):
-            source["fine_tune"] = recipe
+            source["fine_tune"] = {**recipe, "train": fine_tuning(t).model_dump()}
     return fingerprint("teacher", t.arch, source, cfg.data.content(), cfg.seed, *sources(t.arch))
+
+
+def fine_tuning(t: TeacherConfig) -> TrainConfig:
+    """The recipe of a teacher trained from weights: the teacher's, at its fine-tuning lr."""
+    return t.train.model_copy(update={"lr": t.fine_tune_lr})
 
 
 def needs_fine_tuning(cfg: RunConfig, num_classes: int) -> bool:
@@ -109,7 +114,10 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             model, fresh = models.create_pretrained(t.arch, k, t.weights)
             head = f" (its classifier replaced by a fresh {k}-class one)" if fresh else ""
             label = models.weights_label(t.arch, t.weights)
-            ui.info(f"teacher: fine-tuning {t.arch} from {label} on {data.info.name}{head}")
+            ui.info(
+                f"teacher: fine-tuning {t.arch} from {label} on {data.info.name}{head}, "
+                f"lr {t.fine_tune_lr:g}"
+            )
         else:
             ui.info(
                 f"teacher: no weights given, training {t.arch} from scratch on {data.info.name}"
@@ -120,7 +128,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             trainer,
             data.train,
             data.val,
-            t.train,
+            fine_tuning(t) if tune else t.train,
             cfg.seed,
             f"teacher {t.arch}",
             log_path=stage_dir / "log.jsonl",

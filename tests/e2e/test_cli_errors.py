@@ -94,6 +94,7 @@ CASES = {
     ),
     "missing weights": (["--student-weights", "/nonexistent.pt"], "does not exist"),
     "fine-tune without weights": (["--fine-tune-teacher"], "--fine-tune-teacher needs --teacher"),
+    "zero fine-tune lr": (["--fine-tune-lr", "0"], "teacher.fine_tune_lr"),
     "unwritable out": (["--out", "{blocker}/sub"], "cannot write to output directory"),
     "out is a file": (["--out", "{blocker}"], "is a file, not a folder"),
     "weights are a folder": (["--teacher-weights", "{dir}"], "is a folder, not a file"),

@@ -288,7 +288,8 @@ def test_torchvision_imagenet_weights_fine_tune_the_teacher_and_start_the_studen
     """`--teacher-weights torchvision` with ImageNet's 1000-class weights from torchvision's
     local cache, on 10-class digits: the teacher is fine-tuned from them (fresh classifier),
     cached under the file's hash; `--student-weights torchvision:TAG` starts the student. A
-    learning rate of 1e-9 leaves the trained convolutions where the files put them."""
+    learning rate of 1e-9 leaves the trained convolutions where the files put them (the
+    teacher's is --fine-tune-lr: --teacher-lr is the recipe from scratch)."""
     import torch
 
     from tests.unit.test_pretrained import cache_imagenet_weights
@@ -298,7 +299,7 @@ def test_torchvision_imagenet_weights_fine_tune_the_teacher_and_start_the_studen
     _, t_state = cache_imagenet_weights(home, "resnet18")
     _, s_state = cache_imagenet_weights(home, "mobilenet_v3_small")
     env = {"KDPIPE_CACHE": str(tmp_path / "cache")}
-    base = [*TINY, "--teacher-epochs", "1", "--epochs", "1", "--teacher-lr", "1e-9"]
+    base = [*TINY, "--teacher-epochs", "1", "--epochs", "1", "--fine-tune-lr", "1e-9"]
     base += ["--teacher-weights", "torchvision"]
 
     def run(name: str, *extra: str) -> Path:

@@ -147,3 +147,28 @@ def test_runs_on_image_files_are_told_the_crop_torchvisions_weights_saw(
     assert note(data=files, teacher={"weights": "teacher.pt"}) == ""
     assert note(teacher={"weights": "torchvision"}) == ""  # digits: no crop to speak of
     assert "(--center-crop 0.875)" in note(data={"spec": "imagenet:/data/imagenet"})
+
+
+def test_a_teacher_trained_from_weights_is_keyed_by_its_file_and_fine_tuning_recipe(
+    tmp_path: Path,
+) -> None:
+    from kdpipe.config import build_config
+    from kdpipe.teacher import teacher_fingerprint
+
+    path = tmp_path / "teacher.pt"
+    torch.save(create("resnet18", 10).state_dict(), path)
+
+    def fp(**overrides: object) -> str:
+        cfg = build_config(
+            {}, {"teacher.arch": "resnet18", "teacher.weights": str(path), **overrides}
+        )
+        return teacher_fingerprint(cfg, 10)
+
+    given = fp()
+    assert fp(**{"teacher.fine_tune_lr": 3e-4}) == given  # used as given: no recipe in it
+    tuned = fp(**{"teacher.fine_tune": True})
+    assert tuned != given
+    assert fp(**{"teacher.fine_tune": True, "teacher.fine_tune_lr": 3e-4}) != tuned
+    assert fp(**{"teacher.fine_tune": True, "teacher.train.lr": 1.0}) == tuned  # scratch's lr
+    torch.save(create("resnet18", 10).state_dict(), path)  # other weights, same name
+    assert fp(**{"teacher.fine_tune": True}) != tuned
