@@ -10,6 +10,7 @@ the classifier loaded, the classifier fresh.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,8 +80,16 @@ def create_pretrained(name: str, num_classes: int, weights: str | Path) -> tuple
 def classes_in(name: str, path: Path, default: int) -> int:
     """The number of classes the classifier in the weights file `path` scores (`default`
     when the file has no tensor where `name`'s classifier is: load_into then names what is
-    missing)."""
+    missing). Asked several times a run (fingerprint, checks, the stage), answered once per
+    version of the file: reading a ViT-L's takes seconds."""
     check_name(name)
+    stat = path.stat() if path.is_file() else None
+    key = (stat.st_size, stat.st_mtime_ns) if stat else None
+    return _classes_in(name, str(path), default, key)
+
+
+@functools.lru_cache(maxsize=16)
+def _classes_in(name: str, path: str, default: int, _version: tuple[int, int] | None) -> int:
     build = (
         (lambda: custom.build(name, default))
         if custom.is_file_model(name)
@@ -88,7 +97,7 @@ def classes_in(name: str, path: Path, default: int) -> int:
     )
     model = on_meta(build) or build()
     head = find_head(model)
-    weight = load_state_dict_file(path).get(f"{head[0]}.weight") if head else None
+    weight = load_state_dict_file(Path(path)).get(f"{head[0]}.weight") if head else None
     return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else default
 
 
