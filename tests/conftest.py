@@ -1,7 +1,10 @@
-"""Shared fixtures: an isolated teacher cache, small deterministic threads."""
+"""Shared fixtures: an isolated teacher cache, small deterministic threads, temporary files
+kept where pytest keeps its own."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +17,23 @@ def _isolated_cache(
 ) -> None:
     # Trained teachers are cached across runs; tests must never see a user's cache.
     monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "kdpipe-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Temporary folders of this process and every process it starts (multiprocessing's
+    pymp-* of loader workers and fork servers, torchelastic's, kdpipe's launcher's) go under
+    pytest's base temp, which pytest rotates, not /tmp: tests kill processes on purpose, and a
+    killed process never removes its folder (3 pymp-* left in /tmp per suite before)."""
+    tmp = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)
+    yield
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
