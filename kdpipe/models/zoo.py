@@ -156,10 +156,17 @@ def weights_file(name: str, weights: str | Path) -> Path:
     url = members[tag].url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not cached.is_file():
+        present = [
+            f"torchvision:{m}"
+            for m, w in members.items()
+            if m != "DEFAULT" and (cached.parent / w.url.rsplit("/", 1)[-1]).is_file()
+        ]
+        hint = f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} there; or "
         raise ModelError(
             f"torchvision's {members[tag].name} weights for {name} are not in the local cache "
             f"({cached})",
-            f"kdpipe never downloads: copy {url.rsplit('/', 1)[-1]} there (or set TORCH_HOME), "
+            (hint if present else "")
+            + f"kdpipe never downloads: copy {url.rsplit('/', 1)[-1]} there (or set TORCH_HOME), "
             "or pass a weights file",
         )
     return cached

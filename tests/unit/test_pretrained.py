@@ -63,6 +63,13 @@ def test_weights_not_in_the_cache_or_a_tag_torchvision_lacks_are_one_line(
     assert "IMAGENET1K_V2 weights for resnet50 are not in the local cache" in e.value.message
     assert str(expected) in e.value.message
     assert "never downloads: copy resnet50-11ad3fa6.pth there" in e.value.hint
+    # Another of its weights in the cache is named (torchvision's DEFAULT moved to V2 for it).
+    v1 = torch_home / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    v1.parent.mkdir(parents=True)
+    v1.write_bytes(b"")
+    with pytest.raises(ModelError) as e:
+        weights_file("resnet50", "torchvision")
+    assert e.value.hint.startswith("torchvision:IMAGENET1K_V1 is there; or kdpipe never downloads")
     with pytest.raises(ModelError) as e:
         weights_file("resnet18", "torchvision:IMAGENET1K_V9")
     assert "torchvision has no IMAGENET1K_V9 weights for resnet18" in e.value.message
