@@ -1,6 +1,6 @@
-"""The teacher stage: load the given weights; fine-tune them when they were trained for other
-classes (torchvision's ImageNet weights on your data: a fresh classifier, then the teacher
-recipe from there); or train the teacher from scratch. Trained teachers are cached.
+"""The teacher stage: load the given weights as they are; or train from them (fine-tune: asked
+by --fine-tune-teacher, or torchvision's ImageNet weights on data of other classes, with a fresh
+classifier; at --fine-tune-lr); or train the teacher from scratch. Trained teachers are cached.
 
 A trained teacher is stored in kdpipe's cache (`$KDPIPE_CACHE`, default ~/.cache/kdpipe)
 under a fingerprint of everything that shaped it, so any later run with the same settings,

@@ -47,14 +47,13 @@ def _load(cfg: DataConfig, seed: int) -> DataSplits:
     kind, path = parse_spec(cfg.spec)
     size = cfg.image_size or DEFAULT_SIZE.get(kind, 32)
     crop = cfg.center_crop
+    if kind == "digits" and crop is not None:
+        raise DataError(
+            "--center-crop applies to image files; digits are 8x8 arrays resized whole",
+            "drop --center-crop (data.center_crop), or use an image dataset",
+        )
     if kind == "digits":
         from kdpipe.data import digits
-
-        if crop is not None:
-            raise DataError(
-                "--center-crop applies to image files; digits are 8x8 arrays resized whole",
-                "drop --center-crop (data.center_crop), or use an image dataset",
-            )
 
         return digits.load(seed, size, cfg.val_fraction, cfg.test_fraction)
     assert path is not None
@@ -63,10 +62,8 @@ def _load(cfg: DataConfig, seed: int) -> DataSplits:
     if kind == "imagefolder":
         from kdpipe.data.folders import load_imagefolder
 
-        return load_imagefolder(
-            path, seed, size, cfg.val_fraction, cfg.test_fraction, "imagefolder", cfg.strict,
-            center_crop=crop,
-        )  # fmt: skip
+        splits = (cfg.val_fraction, cfg.test_fraction)
+        return load_imagefolder(path, seed, size, *splits, "imagefolder", cfg.strict, None, crop)
     if kind == "imagenet":
         from kdpipe.data.imagenet import load_imagenet
 

@@ -90,10 +90,12 @@ def classes_in(name: str, path: Path, default: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _classes_in(name: str, path: str, default: int, _version: tuple[int, int] | None) -> int:
-    build = (
+    build = (  # only the classifier's name is read: torchvision's builder, on the meta device
         (lambda: custom.build(name, default))
         if custom.is_file_model(name)
-        else (lambda: _torchvision_model(name, default))
+        else (
+            lambda: torchvision.models.get_model(name, weights=None, **_build_args(name, default))
+        )
     )
     model = on_meta(build) or build()
     head = find_head(model)
