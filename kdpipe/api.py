@@ -20,7 +20,7 @@ import yaml
 
 from kdpipe import models, stopping, ui
 from kdpipe.config import RunConfig
-from kdpipe.data import DataSplits, load_data
+from kdpipe.data import DataSplits, load_data, parse_spec
 from kdpipe.data.transfer import check_transfer
 from kdpipe.data.transforms import crop_fraction
 from kdpipe.distill import distributed
@@ -93,7 +93,7 @@ def note_pretrained_evaluation(cfg: RunConfig) -> None:
     """torchvision's ImageNet weights, and ImageNet's published accuracies, were evaluated on
     centre crops (256 -> 224 for most): image files squashed whole instead (the default) meet
     them with other pixels."""
-    kind = cfg.data.spec.partition(":")[0].strip().lower()
+    kind, _ = parse_spec(cfg.data.spec)
     if cfg.data.center_crop is not None or kind == "digits":
         return
     for arch, weights in (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -119,8 +120,13 @@ def weights_label(name: str, weights: str | Path) -> str:
     tag = torchvision_tag(weights)
     if tag is None:
         return str(weights)
-    members = torchvision.models.get_model_weights(name).__members__  # type: ignore[attr-defined]
+    members = _published(name)
     return f"torchvision's {members[tag].name if tag in members else tag} weights"
+
+
+def _published(name: str) -> dict[str, Any]:
+    """torchvision's weights for the model `name`, by tag (DEFAULT among them)."""
+    return torchvision.models.get_model_weights(name).__members__  # type: ignore[attr-defined]
 
 
 def torchvision_crop(name: str, weights: str | Path) -> tuple[int, int] | None:
@@ -129,7 +135,7 @@ def torchvision_crop(name: str, weights: str | Path) -> tuple[int, int] | None:
     tag = torchvision_tag(weights)
     if tag is None or custom.is_file_model(name):
         return None
-    members = torchvision.models.get_model_weights(name).__members__  # type: ignore[attr-defined]
+    members = _published(name)
     if tag not in members:
         return None
     preset = members[tag].transforms()
@@ -148,8 +154,7 @@ def weights_file(name: str, weights: str | Path) -> Path:
     if custom.is_file_model(name):
         raise ModelError(f"torchvision has no weights for {name}", "pass a weights file")
     check_name(name)
-    enum = torchvision.models.get_model_weights(name)
-    members = enum.__members__  # type: ignore[attr-defined]
+    members = _published(name)
     if tag not in members:
         raise ModelError(
             f"torchvision has no {tag} weights for {name}",
