@@ -7,6 +7,7 @@ checkpoint. The student must equal the uninterrupted run's, tensor for tensor.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,3 +177,38 @@ def test_a_signal_as_training_ends_lets_the_stage_finish_and_stops_before_the_ne
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "export" / "student.onnx").is_file()
     assert (out / "distill" / "stage.json").stat().st_mtime_ns == done  # reused, not retrained
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "resumes_at"),
+    [
+        # hint stage (1 epoch of 9 steps), then KD: step 13 is the KD stage's 4th, killed
+        # before its checkpoint, so the resume starts the second stage from its boundary
+        ("fitnet", [], "resuming from .* \\(stage 1 epoch 1 batch 0\\)"),
+        # the assistant trains first (its own checkpoint file): killed in its second epoch
+        ("takd", ["--assistant", "mobilenet_v3_small"], "resuming from .*assistants.*"),
+        # the discriminator and its own optimizer are extras of the student's checkpoint
+        ("adversarial", [], "resuming from .* \\(stage 0 epoch 2 batch 0\\)"),
+    ],
+    ids=["fitnet-second-stage", "takd-assistant", "adversarial-discriminator"],
+)
+def test_methods_with_stages_and_extras_resume_bit_identical(
+    method: str,
+    extra: list[str],
+    resumes_at: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    cache: dict[str, str],
+) -> None:
+    args = [*ARGS, "--method", method, *extra]
+    whole, out = tmp_path_factory.mktemp("whole") / "run", tmp_path_factory.mktemp("cut") / "run"
+    assert kdpipe(*args, "--out", str(whole), env=cache).returncode == 0
+    killed = kdpipe(*args, "--out", str(out), env={**cache, "KDPIPE_FAULT": "step:13"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = kdpipe(*[a for a in args if a != "--quiet"], "--out", str(out), env=cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert re.search(resumes_at, " ".join(resumed.stderr.split())), resumed.stderr[-2000:]
+    expected = torch.load(whole / "distill" / "student.pt", weights_only=True)
+    student = torch.load(out / "distill" / "student.pt", weights_only=True)
+    assert student.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(student[name], tensor), name
