@@ -100,9 +100,10 @@ def errors_reported(debug: bool) -> Iterator[None]:
                 "checkpoint are kept",
                 1,
             )
-        if "WORLD_SIZE" in os.environ and any(s in str(e) for s in PEER_GONE):
+        gone = [s for s in PEER_GONE if s in str(e)] if "WORLD_SIZE" in os.environ else []
+        if gone:  # the transport's symptom, not its paragraph of advice
             _fail(
-                f"lost contact with another process of this run: {first}",
+                f"lost contact with another process of this run ({gone[0]})",
                 "that process failed or was stopped (its own error says why); finished stages "
                 "and the last checkpoint are kept: run the same command again to resume, or "
                 "let --max-restarts N do it",
