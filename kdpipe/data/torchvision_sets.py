@@ -68,8 +68,11 @@ def load(
         train_full = cls(str(root), train=True, transform=tf, download=False)
         test = cls(str(root), train=False, transform=tf, download=False)
     except RuntimeError as e:
+        # CIFAR's batches are pickles: torchvision unpickles only files whose MD5 is the
+        # official release's, so a file of any other content is refused here, unread.
         raise DataError(
-            f"{name} files not found under {root} ({str(e).splitlines()[0].rstrip('.')})",
+            f"{name} files under {root} are missing or not the official ones "
+            f"({str(e).splitlines()[0].split('.')[0]})",
             f"kdpipe never downloads: put the original files at {where}",
         ) from None
     labels = _labels(train_full)

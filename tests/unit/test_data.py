@@ -141,6 +141,33 @@ def test_cifar10_pickled_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert d.test[0][0].shape == (3, 32, 32)
 
 
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what unpickling the batch would execute
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize(
+    ("spec", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
+def test_a_malicious_cifar_pickle_is_refused_unread(tmp_path: Path, spec: str, folder: str) -> None:
+    """CIFAR's files are pickles: one that is not the official release is never unpickled."""
+    marker = tmp_path / "pwned"
+    root = tmp_path / folder
+    root.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                 "test_batch", "batches.meta", "train", "test", "meta"):  # fmt: skip
+        (root / name).write_bytes(pickle.dumps({"data": _Payload(marker), "labels": [0]}))
+    with pytest.raises(DataError) as e:
+        load_data(DataConfig(spec=f"{spec}:{tmp_path}"), 0)
+    assert "missing or not the official ones" in e.value.message
+    assert not marker.exists()
+    pickle.loads((root / "test_batch").read_bytes())  # the payload is live: unpickling runs it
+    assert marker.exists()
+
+
 @pytest.mark.parametrize("spec", ["cifar10", "cifar100", "mnist", "fashion-mnist"])
 def test_missing_files_say_where_to_put_them(tmp_path: Path, spec: str) -> None:
     with pytest.raises(DataError) as e:
