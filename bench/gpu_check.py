@@ -17,9 +17,11 @@ kdpipe-files kdpipe-stop kdpipe-oom`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -223,6 +225,7 @@ def _kdpipe(args: list[str], env: dict[str, str], limit: int) -> tuple[bool, str
 
 
 WORK = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)  # the rows are what is kept
 ENV = {**os.environ, "KDPIPE_CACHE": str(WORK / "cache")}
 QUICK = ["--quiet", "--teacher-epochs", "3"]
 
