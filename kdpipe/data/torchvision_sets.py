@@ -73,7 +73,8 @@ def load(
         raise DataError(
             f"{name} files under {root} are missing or not the official ones "
             f"({str(e).splitlines()[0].split('.')[0]})",
-            f"kdpipe never downloads: put the original files at {where}",
+            f"kdpipe never downloads: put the original files at {where} "
+            "(any other copy: save its images in class folders, --data imagefolder:PATH)",
         ) from None
     labels = _labels(train_full)
     train_idx, val_idx = stratified_indices(labels, [val_fraction], seed)
