@@ -85,7 +85,7 @@ CASES = {
     "unknown student": (["--student", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
     "unknown dataset": (["--data", "cifar11:/tmp"], "unknown dataset"),
     "missing data path": (["--data", "imagefolder:/nonexistent/kdpipe"], "does not exist"),
-    "missing cifar files": (["--data", "cifar10:{dir}"], "cifar10 files not found"),
+    "missing cifar files": (["--data", "cifar10:{dir}"], "missing or not the official ones"),
     "garbage weights": (["--teacher-weights", "{junk}"], "not a readable PyTorch file"),
     "mismatched weights": (["--teacher", "resnet18", "--teacher-weights", "{wrong}"], "do not fit"),
     "damaged weights": (
