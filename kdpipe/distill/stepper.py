@@ -192,7 +192,8 @@ class Stepper:
         runtime = runtime or Runtime()
         self.runtime = runtime
         use_scaler = runtime.amp == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        # on the device trained on: a CUDA run's, or the CPU's in the tests of this fp16 path
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=use_scaler)
         self.where = "a training step"  # set by the trainer: stage, epoch and step
 
     def autocast(self) -> contextlib.AbstractContextManager:
