@@ -47,12 +47,12 @@ def _load(cfg: DataConfig, seed: int) -> DataSplits:
     kind, path = parse_spec(cfg.spec)
     size = cfg.image_size or DEFAULT_SIZE.get(kind, 32)
     crop = cfg.center_crop
-    if kind == "digits" and crop is not None:
-        raise DataError(
-            "--center-crop applies to image files; digits are 8x8 arrays resized whole",
-            "drop --center-crop (data.center_crop), or use an image dataset",
-        )
     if kind == "digits":
+        if crop is not None:
+            raise DataError(
+                "--center-crop applies to image files; digits are 8x8 arrays resized whole",
+                "drop --center-crop (data.center_crop), or use an image dataset",
+            )
         from kdpipe.data import digits
 
         return digits.load(seed, size, cfg.val_fraction, cfg.test_fraction)
@@ -63,7 +63,9 @@ def _load(cfg: DataConfig, seed: int) -> DataSplits:
         from kdpipe.data.folders import load_imagefolder
 
         splits = (cfg.val_fraction, cfg.test_fraction)
-        return load_imagefolder(path, seed, size, *splits, "imagefolder", cfg.strict, None, crop)
+        return load_imagefolder(
+            path, seed, size, *splits, "imagefolder", cfg.strict, center_crop=crop
+        )
     if kind == "imagenet":
         from kdpipe.data.imagenet import load_imagenet
 
