@@ -4,11 +4,19 @@ kept where pytest keeps its own."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# A suite started as a background job of a script (`bash -c '... &'`: no job control) inherits
+# SIGINT ignored, as POSIX shells leave it for such jobs, and kdpipe rightly keeps a signal it
+# was started ignoring ignored; three Ctrl-C tests then failed. They test Ctrl-C: give this
+# process, and through exec every process it starts, Python's usual SIGINT back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
