@@ -4,7 +4,7 @@ judge it against budgets, diff two reports."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Column, Table
@@ -22,27 +22,10 @@ from kdpipe.cli.shared import (
     QuietOpt,
     ThreadsOpt,
     csv_list,
+    profile_overrides,
     stdout,
 )
 from kdpipe.errors import ConfigError, first_line
-
-
-def profile_overrides(
-    batch_sizes: str | None,
-    threads: int | None,
-    warmup: int | None,
-    min_iters: int | None,
-    min_seconds: float | None,
-    memory: bool | None,
-) -> dict[str, Any]:
-    return {
-        "profile.batch_sizes": csv_list(batch_sizes, int, "--batch-sizes"),
-        "profile.threads": threads,
-        "profile.warmup": warmup,
-        "profile.min_iters": min_iters,
-        "profile.min_seconds": min_seconds,
-        "profile.memory": memory,
-    }
 
 
 def profile(

@@ -30,6 +30,7 @@ from kdpipe.cli.shared import (
     csv_list,
     export_overrides,
     number_params,
+    profile_overrides,
     stdout,
 )
 from kdpipe.errors import ConfigError
@@ -248,11 +249,7 @@ def run(
             **export_overrides(
                 precision, backend, calibration, calibration_samples, max_accuracy_drop, batch_range
             ),
-            "profile.batch_sizes": csv_list(batch_sizes, int, "--batch-sizes"),
-            "profile.threads": threads,
-            "profile.min_iters": min_iters,
-            "profile.min_seconds": min_seconds,
-            "profile.memory": memory,
+            **profile_overrides(batch_sizes, threads, None, min_iters, min_seconds, memory),
             "runtime.device": device,
             "runtime.amp": amp,
             "runtime.compile": compile_,

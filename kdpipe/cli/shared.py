@@ -86,6 +86,24 @@ QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
 
 
+def profile_overrides(
+    batch_sizes: str | None,
+    threads: int | None,
+    warmup: int | None,
+    min_iters: int | None,
+    min_seconds: float | None,
+    memory: bool | None,
+) -> dict[str, Any]:
+    return {
+        "profile.batch_sizes": csv_list(batch_sizes, int, "--batch-sizes"),
+        "profile.threads": threads,
+        "profile.warmup": warmup,
+        "profile.min_iters": min_iters,
+        "profile.min_seconds": min_seconds,
+        "profile.memory": memory,
+    }
+
+
 def export_overrides(
     precision: str | None,
     backend: str | None,
