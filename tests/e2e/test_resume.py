@@ -2,7 +2,10 @@
 
 A CPU run is killed with SIGKILL (kdpipe/faults.py) mid-epoch, between epochs and half-way
 through writing a checkpoint; rerunning the same command resumes from the last complete
-checkpoint. The student must equal the uninterrupted run's, tensor for tensor."""
+checkpoint. The student must equal the uninterrupted run's, tensor for tensor.
+
+Only the runs that are killed or signalled need a process of their own; the reference runs and
+the resumes run in this one (`kdpipe_here`: a new interpreter spends 4-10 s importing)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.helpers import kdpipe, module_dir
+from tests.e2e.helpers import kdpipe, kdpipe_here, module_dir
 
 ARGS = [
     *("run", "--teacher", "resnet18", "--student", "mobilenet_v3_small", "--image-size", "16"),
@@ -49,7 +52,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache: dict[str, str
     ids=["mid-epoch", "between-epochs", "during-checkpoint-write"],
 )
 def test_killed_run_resumes_bit_identical(
-    fault: str, tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+    fault: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cache: dict[str, str],
+    uninterrupted: dict,
 ) -> None:
     out = tmp_path / "run"
     killed = kdpipe(*ARGS, "--out", str(out), env={**cache, "KDPIPE_FAULT": fault})
@@ -59,7 +66,7 @@ def test_killed_run_resumes_bit_identical(
     complete = checkpoints / "last.pt"
     # Whatever the kill left behind, the checkpoint file itself is whole.
     torch.load(complete, weights_only=True)
-    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    resumed = kdpipe_here(capsys, *ARGS, "--out", str(out), env=cache)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     assert student.keys() == uninterrupted.keys()
@@ -71,7 +78,7 @@ def test_killed_run_resumes_bit_identical(
 
 
 def test_a_damaged_last_checkpoint_resumes_from_the_one_before_bit_identical(
-    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cache: dict[str, str], uninterrupted: dict
 ) -> None:
     # Killed after epoch 1's checkpoint (steps 4 and 8 were checkpointed before it); then one
     # bit of the last checkpoint changes on disk. torch.load would take it as it is.
@@ -82,7 +89,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_one_before_bit_identical(
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0x01
     last.write_bytes(bytes(data))
-    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    resumed = kdpipe_here(capsys, *ARGS, "--out", str(out), env=cache)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     err = " ".join(resumed.stderr.split())
     assert "fails its CRC-32 check" in err and "resuming from the checkpoint before it" in err
@@ -105,6 +112,7 @@ def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
     where: str,
     position: int,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     cache: dict[str, str],
     uninterrupted: dict,
 ) -> None:
@@ -119,7 +127,7 @@ def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
     assert "Traceback" not in stopped.stderr
     saved = torch.load(out / "distill" / "checkpoints" / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["batch"]) == ((1, 6) if position else (2, 0))
-    resumed = kdpipe(*ARGS, "--out", str(out), env=cache)
+    resumed = kdpipe_here(capsys, *ARGS, "--out", str(out), env=cache)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     for name, tensor in uninterrupted.items():
@@ -127,7 +135,7 @@ def test_a_signalled_run_checkpoints_where_it_stops_and_resumes_bit_identical(
 
 
 def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
-    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cache: dict[str, str], uninterrupted: dict
 ) -> None:
     """`scancel` (or a terminal's Ctrl-C) signals every process of the job, the DataLoader's
     workers too: a worker the SIGTERM ended made torch raise "DataLoader worker ... is killed
@@ -151,14 +159,14 @@ def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
     err = " ".join(proc.stderr.split())
     assert "stopped by SIGTERM in distill mobilenet_v3_small (kd) after epoch 1 step 1" in err
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
-    resumed = kdpipe(*args, env=cache)  # loader workers change no result
+    resumed = kdpipe_here(capsys, *args, env=cache)  # loader workers change no result
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     assert all(torch.equal(student[k], t) for k, t in uninterrupted.items())
 
 
 def test_a_signal_as_training_ends_lets_the_stage_finish_and_stops_before_the_next(
-    tmp_path: Path, cache: dict[str, str], uninterrupted: dict
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cache: dict[str, str], uninterrupted: dict
 ) -> None:
     """SIGTERM after the last step: the student is saved and its stage marked done, then the
     run stops before export; the rerun reuses the stage and only exports."""
@@ -173,7 +181,7 @@ def test_a_signal_as_training_ends_lets_the_stage_finish_and_stops_before_the_ne
     assert all(torch.equal(student[k], t) for k, t in uninterrupted.items())
     assert not (out / "export").exists()
     done = (out / "distill" / "stage.json").stat().st_mtime_ns
-    rerun = kdpipe(*args, env=cache)
+    rerun = kdpipe_here(capsys, *args, env=cache)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "export" / "student.onnx").is_file()
     assert (out / "distill" / "stage.json").stat().st_mtime_ns == done  # reused, not retrained
@@ -197,14 +205,17 @@ def test_methods_with_stages_and_extras_resume_bit_identical(
     extra: list[str],
     resumes_at: str,
     tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
     cache: dict[str, str],
 ) -> None:
     args = [*ARGS, "--method", method, *extra]
     whole, out = tmp_path_factory.mktemp("whole") / "run", tmp_path_factory.mktemp("cut") / "run"
-    assert kdpipe(*args, "--out", str(whole), env=cache).returncode == 0
+    assert kdpipe_here(capsys, *args, "--out", str(whole), env=cache).returncode == 0
     killed = kdpipe(*args, "--out", str(out), env={**cache, "KDPIPE_FAULT": "step:13"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = kdpipe(*[a for a in args if a != "--quiet"], "--out", str(out), env=cache)
+    resumed = kdpipe_here(
+        capsys, *[a for a in args if a != "--quiet"], "--out", str(out), env=cache
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert re.search(resumes_at, " ".join(resumed.stderr.split())), resumed.stderr[-2000:]
     expected = torch.load(whole / "distill" / "student.pt", weights_only=True)
