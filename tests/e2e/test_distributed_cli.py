@@ -9,27 +9,49 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 from kdpipe.errors import ConfigError
 from kdpipe.runlock import LOCK_NAME, RunLock
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import kdpipe, module_dir
+
+ARGS = [
+    *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
+    *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
+    *("--checkpoint-every", "3", "--precision", "fp32", "--quiet"),
+    "--sync-bn",  # BatchNorm over both ranks' rows (tests/unit/test_distributed.py)
+]
 
 
-def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    tmp = tmp_path / "tmp"  # the launcher's log folders must not pile up in /tmp
-    tmp.mkdir()
-    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp)}
-    proc = kdpipe(
-        *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
-        *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
-        *("--until", "export", "--precision", "fp32", "--out", str(out)),
-        "--sync-bn",  # BatchNorm over both ranks' rows (tests/unit/test_distributed.py)
-        env=env,
-    )
+@dataclass
+class TwoRanks:
+    out: Path
+    proc: subprocess.CompletedProcess
+    env: dict[str, str]  # its teacher cache holds the teacher this run trained
+    left_in_tmp: list[str]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRanks]:
+    """One `--nproc 2` run to the export, which the restart test reuses as its reference."""
+    with module_dir(tmp_path_factory, "two-ranks") as path:
+        tmp = path / "tmp"  # the launcher's log folders must not pile up in /tmp
+        tmp.mkdir()
+        env = {**os.environ, "KDPIPE_CACHE": str(path / "cache"), "TMPDIR": str(tmp)}
+        env["COLUMNS"] = "200"
+        out = path / "run"
+        proc = kdpipe(*ARGS, "--until", "export", "--out", str(out), env=env)
+        left = [p.name for p in tmp.iterdir() if p.name.startswith(("torchelastic_", "kdpipe-"))]
+        yield TwoRanks(out, proc, env, left)
+
+
+def test_nproc_2_trains_on_two_ranks_and_writes_once(two_ranks: TwoRanks) -> None:
+    out, proc = two_ranks.out, two_ranks.proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("stopped after export") == 1  # rank 1 stays silent
     assert "--sync-bn applies" not in proc.stderr  # the note for one process
@@ -42,7 +64,7 @@ def test_nproc_2_trains_on_two_ranks_and_writes_once(tmp_path: Path) -> None:
     metrics = json.loads((out / "distill" / "metrics.json").read_text())
     assert metrics["teacher_cache"] is True and metrics["history"][-1]["epoch"] == 2
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert not [p.name for p in tmp.iterdir() if p.name.startswith(("torchelastic_", "kdpipe-"))]
+    assert not two_ranks.left_in_tmp
 
 
 def alive(pid: int) -> bool:
@@ -133,26 +155,22 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_a_checkpoint(tmp_path: Path
 
 
 def test_max_restarts_recovers_a_killed_rank_and_ends_as_an_uninterrupted_run(
-    tmp_path: Path,
+    tmp_path: Path, two_ranks: TwoRanks
 ) -> None:
     """Rank 1 killed mid-epoch (SIGKILL: out of memory, a lost machine): the launcher starts
     both ranks again, they resume from the last checkpoint, and the student equals the one of
     a run nobody killed."""
-    env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
-    args = [
-        *("run", "--nproc", "2", "--teacher", "resnet18", "--student", "mobilenet_v3_small"),
-        *("--image-size", "16", "--teacher-epochs", "1", "--epochs", "2", "--batch-size", "64"),
-        *("--checkpoint-every", "3", "--until", "distill", "--quiet"),
-    ]
-    whole = kdpipe(*args, "--out", str(tmp_path / "whole"), env=env)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert two_ranks.proc.returncode == 0, two_ranks.proc.stderr[-3000:]
     fault = {"KDPIPE_FAULT": "step:8", "KDPIPE_FAULT_RANK": "1"}  # the teacher is cached now
     out = tmp_path / "restarted"
-    restarted = kdpipe(*args, "--max-restarts", "1", "--out", str(out), env={**env, **fault})
+    env = {**two_ranks.env, **fault}
+    restarted = kdpipe(
+        *ARGS, "--until", "distill", "--max-restarts", "1", "--out", str(out), env=env
+    )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "exitcode: -9" in restarted.stderr  # rank 1 really was killed
     assert "internal error" not in restarted.stderr  # rank 0: "lost contact", not a bug
-    reference = torch.load(tmp_path / "whole" / "distill" / "student.pt", weights_only=True)
+    reference = torch.load(two_ranks.out / "distill" / "student.pt", weights_only=True)
     student = torch.load(out / "distill" / "student.pt", weights_only=True)
     for name, tensor in reference.items():
         assert torch.equal(student[name], tensor), name
