@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -21,6 +20,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
+from tests.unit.ranks import two_ranks
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
 
@@ -108,12 +108,6 @@ def _predictions() -> dict[str, torch.Tensor]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tensors(value: object) -> list[torch.Tensor]:
     """The tensors in a state_dict value (CRD's queues are dicts of extra state)."""
     if isinstance(value, dict):
@@ -136,7 +130,7 @@ def _tensors(value: object) -> list[torch.Tensor]:
     ids=str,
 )
 def test_two_gloo_processes_match_one_process(tmp_path: Path, methods: list[str]) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), methods), nprocs=2, join=True)
+    two_ranks(_worker, str(tmp_path), methods)
     for method in methods:
         if method == "predict":  # test-set evaluation shared between the ranks
             one = _predictions()
@@ -210,7 +204,7 @@ def test_rank_0_alone_claims_the_out_dir_and_every_rank_learns_the_verdict(tmp_p
     # config.yaml took the new run for someone else's directory (a CI failure, stop 13).
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    mp.spawn(_claim_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    two_ranks(_claim_worker, str(tmp_path))
     rank0, rank1 = ((tmp_path / f"outcomes{r}.txt").read_text().splitlines() for r in (0, 1))
     assert rank0[:10] == rank1[:10] == ["ok"] * 10
     assert all((tmp_path / f"fresh{i}" / "config.yaml").is_file() for i in range(10))
@@ -240,7 +234,7 @@ def test_an_out_dir_that_other_ranks_do_not_see_is_refused_on_every_rank(tmp_pat
     # Without the check, ranks on other machines with a directory of their own resume from
     # other checkpoints (or none) and wait forever in the next all-reduce.
     (tmp_path / "node0").mkdir()
-    mp.spawn(_node_local_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    two_ranks(_node_local_worker, str(tmp_path))
     rank0, rank1 = ((tmp_path / f"outcomes{r}.txt").read_text().splitlines() for r in (0, 1))
     assert rank0[0] == rank1[0] == "[]"
     assert rank0[1] == rank1[1].replace("node1", "node0")  # the same path on each machine
@@ -330,7 +324,7 @@ def test_every_method_keeps_its_ranks_identical(tmp_path: Path) -> None:
     # A rank whose state drifts from rank 0's (CRD's queues did) resumes as rank 0 from rank
     # 0's checkpoint: not the run it was. Weights, buffers, extras, the discriminator's
     # optimizer and the queues must be equal on both ranks after an epoch.
-    mp.spawn(_methods_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    two_ranks(_methods_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"methods{r}.pt", weights_only=True) for r in (0, 1)]
     assert len(ranks[0]) == 22
     for method, state in ranks[0].items():

@@ -80,11 +80,9 @@ def _rank_worker(rank: int, world: int, port: int, root: str) -> None:
 
 
 def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
+    from tests.unit.ranks import two_ranks
 
-    from tests.unit.test_distributed import _free_port
-
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    two_ranks(_rank_worker, str(tmp_path))
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in (0, 1)]
     assert outcomes == ["True loss term 'kd' became nan at train epoch 2 step 2 on rank 1"] * 2
     saved, _ = load_checkpoint(Checkpointing(tmp_path / "last.pt", key="k")) or (None, None)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from kdpipe import stopping
@@ -21,7 +20,8 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
 from kdpipe.stopping import Stopped
-from tests.unit.test_distributed import _free_port, _net
+from tests.unit.ranks import free_port, two_ranks
+from tests.unit.test_distributed import _net
 
 
 def _signal_self(sig: signal.Signals) -> None:
@@ -115,7 +115,7 @@ def _worker(rank: int, world: int, port: int, root: str, run: str, fault: str) -
 
 
 def _spawn(root: Path, run: str, fault: str = "") -> list[str]:
-    mp.spawn(_worker, args=(2, _free_port(), str(root), run, fault), nprocs=2, join=True)
+    two_ranks(_worker, str(root), run, fault)
     return [(root / f"{run}-outcome{r}.txt").read_text() for r in (0, 1)]
 
 
@@ -199,7 +199,7 @@ def test_a_process_stuck_in_a_collective_still_ends_on_sigterm(tmp_path: Path) -
     import subprocess
     import sys
 
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     ranks = [
         subprocess.Popen(
             [sys.executable, "-c", STUCK_RANK],

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -28,6 +26,7 @@ from kdpipe.data.transfer import MixedImages, PartiallyLabeled
 from kdpipe.data.transforms import eval_transform
 from kdpipe.distill.cache import teacher_logits_table, teacher_outputs
 from kdpipe.runs import set_writer
+from tests.unit.ranks import two_ranks
 
 
 def _teacher(seed: int = 0) -> nn.Module:
@@ -195,10 +194,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ranks_compute_shares_and_all_hold_the_whole_table(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    two_ranks(_worker, str(tmp_path))
     expected = teacher_logits_table(_teacher(), _images(n=41))
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

@@ -1,0 +1,24 @@
+"""Two gloo ranks on this machine for the tests that train data-parallel on the CPU."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_ranks(worker: Callable[..., None], *args: object) -> None:
+    """`worker(rank, 2, port, *args)` in two processes forked from this one, joined.
+
+    Forked, they start with torch and kdpipe imported, as DataLoader's workers do; spawned,
+    each spent 4-10 s importing them again (the suite's 12 launches, over a minute). Each
+    rank sets its own threads, environment and process group; `kdpipe run --nproc` itself
+    (fresh processes under torch's launcher) is tested end to end in tests/e2e."""
+    mp.start_processes(worker, args=(2, free_port(), *args), nprocs=2, start_method="fork")
