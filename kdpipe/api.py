@@ -28,12 +28,7 @@ from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
 from kdpipe.errors import ConfigError, KdpipeError, absent, first_line
-from kdpipe.export.stage import FILES as ONNX_FILES
-from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
-from kdpipe.profile.stage import check_input_fits, run_profile_stage
-from kdpipe.report.metrics import flatten_metrics
-from kdpipe.report.schema import build_report
-from kdpipe.report.write import write_reports
+from kdpipe.profile.environment import check_input_fits
 from kdpipe.runlock import RunLock
 from kdpipe.runs import (
     RunDir,
@@ -306,6 +301,15 @@ def _run_stages(
     distributed.shutdown()
     if until == "distill" or not main:
         return distill_metrics
+    # Imported where they are first needed: onnx and matplotlib cost a second of start-up to
+    # every process, torchrun's ranks and runs that stop after training among them.
+    from kdpipe.export.stage import FILES as ONNX_FILES
+    from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
+    from kdpipe.profile.stage import run_profile_stage
+    from kdpipe.report.metrics import flatten_metrics
+    from kdpipe.report.schema import build_report
+    from kdpipe.report.write import write_reports
+
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")
         cfg.student.arch = distill_metrics["arch"]
@@ -364,6 +368,8 @@ def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
     data = load_data(cfg.data, cfg.seed)
     models.check_input_size("model", arch, data.info.num_classes, data.info.input_size)
     student = models.create(arch, data.info.num_classes, weights).eval()
+    from kdpipe.export.stage import run_export_stage
+
     return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
 
 

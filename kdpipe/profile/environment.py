@@ -1,18 +1,21 @@
-"""The machine and software every measurement was taken on (goes into every result)."""
+"""The machine and software every measurement was taken on (goes into every result), and
+whether this machine has the memory a profile input needs."""
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import math
 import os
 import platform
 import re
 
-import onnx
 import onnxruntime
 import torch
 import torchvision
 
 from kdpipe import __version__
+from kdpipe.errors import ConfigError
 
 # Instruction sets that change what kdpipe's kernels run: VNNI decides onnxruntime's INT8
 # path (and reduce_range), BF16/AMX the teacher's precision; absent ones are left out.
@@ -117,6 +120,22 @@ def describe(threads: int) -> dict:
         "kdpipe": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
+        # read from its installed metadata: importing onnx costs every process half a second
+        "onnx": importlib.metadata.version("onnx"),
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def check_input_fits(batch: int, chw: list[int]) -> None:
+    """The profile's input (the largest batch), and the copy a backend makes of it, must fit in
+    free memory: an ONNX file fixing a 3x60000x60000 input was an internal error (torch could
+    not allocate 43 GB); a run checks before its teacher trains, not two stages later."""
+    need, free = 4 * batch * math.prod(chw), available_memory()
+    if free is not None and 2 * need > free:
+        shape = "x".join(map(str, [batch, *chw]))
+        raise ConfigError(
+            f"a profile input of {shape} floats is {need / 1e9:.1f} GB; with a backend's copy "
+            f"that is more than the {free / 1e9:.1f} GB of memory free here",
+            "pass smaller --batch-sizes or --input-size (a model that fixes its input size "
+            "needs a machine with more memory)",
+        )

@@ -8,7 +8,6 @@ come alongside. Backends that cannot run here are listed with the reason.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 from kdpipe import ui
 from kdpipe.config import ProfileConfig, RunConfig
 from kdpipe.data import DataSplits
-from kdpipe.errors import ConfigError
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.accuracy import agreement, top1
 from kdpipe.profile.backends import Runner, Target, build_runners
@@ -97,21 +95,6 @@ def settings_record(p: ProfileConfig, threads: int, alone: bool = False) -> dict
         # per model and round: untimed calls back to steady state, then the timed ones
         "round": {"rewarm_calls": REWARM_CALLS, "timed_calls": ROUND_CALLS},
     }
-
-
-def check_input_fits(batch: int, chw: list[int]) -> None:
-    """The profile's input (the largest batch), and the copy a backend makes of it, must fit in
-    free memory: an ONNX file fixing a 3x60000x60000 input was an internal error (torch could
-    not allocate 43 GB); a run checks before its teacher trains, not two stages later."""
-    need, free = 4 * batch * math.prod(chw), environment.available_memory()
-    if free is not None and 2 * need > free:
-        shape = "x".join(map(str, [batch, *chw]))
-        raise ConfigError(
-            f"a profile input of {shape} floats is {need / 1e9:.1f} GB; with a backend's copy "
-            f"that is more than the {free / 1e9:.1f} GB of memory free here",
-            "pass smaller --batch-sizes or --input-size (a model that fixes its input size "
-            "needs a machine with more memory)",
-        )
 
 
 def time_runners(

@@ -32,7 +32,8 @@ from kdpipe.profile.backends import (
     tensorrt_predict,
     torch_predict,
 )
-from kdpipe.profile.stage import check_input_fits, settings_record, time_runners
+from kdpipe.profile.environment import check_input_fits
+from kdpipe.profile.stage import settings_record, time_runners
 
 
 def _num_classes(state: dict[str, torch.Tensor]) -> int:
