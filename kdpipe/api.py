@@ -324,7 +324,9 @@ def _run_stages(
         "export",
         e_fp,
         [*onnx_names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"],
-        lambda d: run_export_stage(cfg, data, student, d, teacher.model),
+        lambda d: run_export_stage(
+            cfg, data, student, d, teacher.model, cached_teacher_dir(cfg, t_fp)
+        ),
         lambda: read_json(e_dir / "export.json"),
     )
 

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from kdpipe import ui
 from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
-from kdpipe.export import tensorrt
+from kdpipe.errors import first_line
+from kdpipe.export import teacher_cache, tensorrt
 from kdpipe.export.bundle import write_bundle
 from kdpipe.export.fp16 import convert_fp16
 from kdpipe.export.guard import quantize_with_guard
@@ -37,13 +38,16 @@ def run_export_stage(
     student: nn.Module,
     stage_dir: Path,
     teacher: nn.Module | None = None,
+    teacher_dir: Path | None = None,
 ) -> dict:
     """Write the ONNX files, bundle.json and export.json (parity and accuracy of each), and
-    with a `teacher` (and `export.teacher`) teacher.onnx with its parity in teacher.json."""
+    with a `teacher` (and `export.teacher`) teacher.onnx with its parity in teacher.json;
+    `teacher_dir`, the cached teacher's folder, keeps teacher.onnx for later runs."""
     e = cfg.export
     check_set = parity_subset(data.test, e.parity_samples)
     if teacher is not None and e.teacher:
-        facts = export_teacher(teacher, data, check_set, stage_dir, e.opset)
+        cached = teacher_cache.cached_onnx(teacher_dir, data.info, e.opset)
+        facts = export_teacher(teacher, data, check_set, stage_dir, e.opset, cached)
         write_json(stage_dir / "teacher.json", facts)
     reference, labels = predict_logits(student, check_set)
     fp32_path = stage_dir / FILES["fp32"]
@@ -87,15 +91,37 @@ def run_export_stage(
 
 
 def export_teacher(
-    teacher: nn.Module, data: DataSplits, check_set: Dataset, stage_dir: Path, opset: int | None
+    teacher: nn.Module,
+    data: DataSplits,
+    check_set: Dataset,
+    stage_dir: Path,
+    opset: int | None,
+    cached: Path | None = None,
 ) -> dict:
-    """teacher.onnx (FP32), checked against the teacher in PyTorch like the student's files."""
+    """teacher.onnx (FP32), checked against the teacher in PyTorch like the student's files.
+    With `cached` (teacher_cache.cached_onnx) a file kept by an earlier run is reused if it
+    passes that check, and a fresh export that passes is kept there."""
     path = stage_dir / TEACHER_ONNX
+    reference, labels = predict_logits(teacher.eval(), check_set)
+    if cached is not None and (how := teacher_cache.reuse(cached, path)) is not None:
+        try:
+            checked = _checked(path, check_set, reference, labels)
+        except Exception as e:  # onnxruntime refuses a damaged file with many error types
+            ui.warn(f"export: ignoring the kept teacher ONNX {cached} ({first_line(e)})")
+        else:
+            p = checked["parity"]
+            if (
+                p["top1_agreement"] >= FP32_MIN_AGREEMENT
+                and p["max_abs_diff"] <= teacher_cache.REUSE_MAX_ABS_DIFF
+            ):
+                ui.info(f"export: teacher ONNX FP32 reused from {cached} -> {path}")
+                return {**checked, **how, "reused": True}
     ui.info(f"export: teacher ONNX FP32 (to time it on onnxruntime too) -> {path}")
-    how = export_onnx(teacher.eval(), data.info, path, opset)
-    reference, labels = predict_logits(teacher, check_set)
+    how = export_onnx(teacher, data.info, path, opset)
     checked = _checked(path, check_set, reference, labels)
     _warn_if_disagrees("teacher ONNX FP32", checked["parity"])
+    if cached is not None and checked["parity"]["top1_agreement"] >= FP32_MIN_AGREEMENT:
+        teacher_cache.keep(path, how, cached)
     return {**checked, **how}
 
 

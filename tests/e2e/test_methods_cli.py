@@ -121,6 +121,8 @@ def test_extras_never_ship_fitnet_and_kd_students_export_alike(runs: Path) -> No
     assert _onnx_counts(fitnet / "export" / "student.onnx") == _onnx_counts(
         kd / "export" / "student.onnx"
     )
+    # one teacher for both: the second run reuses the teacher.onnx the first one exported
+    assert json.loads((kd / "export" / "teacher.json").read_text())["reused"] is True
 
 
 def test_binary_student_onnx_weights_are_plus_minus_alpha(runs: Path) -> None:

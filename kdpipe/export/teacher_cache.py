@@ -1,0 +1,71 @@
+"""teacher.onnx kept beside the cached teacher it was exported from, for later runs.
+
+Runs that try several students or methods against one teacher exported the same teacher
+again each time (the dynamo exporter: ~5 s for a resnet18 on 2 cores, more for a resnet50).
+A copy is reused only under the same key (input facts written into the file, opset, the
+versions of the exporter and kdpipe), and only after it passes the same parity check against
+the teacher in PyTorch as a fresh export; otherwise the teacher is exported again."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from pathlib import Path
+
+import torch
+
+from kdpipe import ui
+from kdpipe.data import DataInfo
+from kdpipe.errors import first_line
+from kdpipe.runs import atomic_path, cache_root, fingerprint, read_json, write_json
+
+# The fresh export's bar is FP32_MIN_AGREEMENT on top-1; a reused file must also give the
+# teacher's logits to FP32 rounding (fresh exports differ by ~1e-5): a file of another
+# teacher can agree on every top-1 and still not be this teacher.
+REUSE_MAX_ABS_DIFF = 1e-3
+
+
+def cached_onnx(teacher_dir: Path | None, info: DataInfo, opset: int | None) -> Path | None:
+    """Where teacher.onnx for these settings is kept: in the cached teacher's folder, if the
+    teacher came from kdpipe's cache (a teacher given as weights has no folder there)."""
+    if teacher_dir is None or not (teacher_dir / "model.pt").is_file():
+        return None
+    versions = [_version(p) for p in ("onnx", "onnxscript")]
+    key = fingerprint("teacher-onnx", info.to_dict(), opset, torch.__version__, *versions)
+    return teacher_dir / f"teacher-{key}.onnx"
+
+
+def reuse(cached: Path, path: Path) -> dict | None:
+    """Copy a kept teacher.onnx to `path`; its export facts, or None where there is none (or
+    it cannot be read: a cache on a disk that filled up costs the reuse, not the run)."""
+    facts = cached.with_suffix(".json")
+    if not (cached.is_file() and facts.is_file()):
+        return None
+    try:
+        how = read_json(facts)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(cached, tmp)
+    except (OSError, ValueError) as e:
+        ui.warn(f"export: ignoring the kept teacher ONNX {cached} ({first_line(e)})")
+        return None
+    return how if isinstance(how, dict) else None
+
+
+def keep(path: Path, how: dict, cached: Path) -> None:
+    """Keep a checked teacher.onnx for later runs, if the cache can take it."""
+    try:
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(path, tmp)
+        write_json(cached.with_suffix(".json"), how)
+    except OSError as e:
+        ui.warn(
+            f"export: teacher ONNX not kept in the cache {cache_root()} ({e.strerror or e}), "
+            "so later runs export it again; point KDPIPE_CACHE at a writable folder"
+        )
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
