@@ -109,18 +109,14 @@ def export_teacher(
         except Exception as e:  # onnxruntime refuses a damaged file with many error types
             ui.warn(f"export: ignoring the kept teacher ONNX {cached} ({first_line(e)})")
         else:
-            p = checked["parity"]
-            if (
-                p["top1_agreement"] >= FP32_MIN_AGREEMENT
-                and p["max_abs_diff"] <= teacher_cache.REUSE_MAX_ABS_DIFF
-            ):
+            if teacher_cache.reusable(checked["parity"], FP32_MIN_AGREEMENT):
                 ui.info(f"export: teacher ONNX FP32 reused from {cached} -> {path}")
                 return {**checked, **how, "reused": True}
     ui.info(f"export: teacher ONNX FP32 (to time it on onnxruntime too) -> {path}")
     how = export_onnx(teacher, data.info, path, opset)
     checked = _checked(path, check_set, reference, labels)
     _warn_if_disagrees("teacher ONNX FP32", checked["parity"])
-    if cached is not None and checked["parity"]["top1_agreement"] >= FP32_MIN_AGREEMENT:
+    if cached is not None and teacher_cache.reusable(checked["parity"], FP32_MIN_AGREEMENT):
         teacher_cache.keep(path, how, cached)
     return {**checked, **how}
 

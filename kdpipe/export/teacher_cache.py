@@ -19,10 +19,17 @@ from kdpipe.data import DataInfo
 from kdpipe.errors import first_line
 from kdpipe.runs import atomic_path, cache_root, fingerprint, read_json, write_json
 
-# The fresh export's bar is FP32_MIN_AGREEMENT on top-1; a reused file must also give the
-# teacher's logits to FP32 rounding (fresh exports differ by ~1e-5): a file of another
+# A kept file must agree on top-1 as a fresh export must (stage.FP32_MIN_AGREEMENT) and give
+# the teacher's logits to FP32 rounding (fresh exports differ by ~1e-5): a file of another
 # teacher can agree on every top-1 and still not be this teacher.
 REUSE_MAX_ABS_DIFF = 1e-3
+
+
+def reusable(parity: dict, min_agreement: float) -> bool:
+    """Whether a teacher.onnx with this parity against the teacher may be kept or reused."""
+    return (
+        parity["top1_agreement"] >= min_agreement and parity["max_abs_diff"] <= REUSE_MAX_ABS_DIFF
+    )
 
 
 def cached_onnx(teacher_dir: Path | None, info: DataInfo, opset: int | None) -> Path | None:
@@ -30,7 +37,7 @@ def cached_onnx(teacher_dir: Path | None, info: DataInfo, opset: int | None) -> 
     teacher came from kdpipe's cache (a teacher given as weights has no folder there)."""
     if teacher_dir is None or not (teacher_dir / "model.pt").is_file():
         return None
-    versions = [_version(p) for p in ("onnx", "onnxscript")]
+    versions = [importlib.metadata.version(p) for p in ("onnx", "onnxscript")]
     key = fingerprint("teacher-onnx", info.to_dict(), opset, torch.__version__, *versions)
     return teacher_dir / f"teacher-{key}.onnx"
 
@@ -62,10 +69,3 @@ def keep(path: Path, how: dict, cached: Path) -> None:
             f"export: teacher ONNX not kept in the cache {cache_root()} ({e.strerror or e}), "
             "so later runs export it again; point KDPIPE_CACHE at a writable folder"
         )
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return ""

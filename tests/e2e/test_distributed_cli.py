@@ -42,8 +42,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRanks]:
     with module_dir(tmp_path_factory, "two-ranks") as path:
         tmp = path / "tmp"  # the launcher's log folders must not pile up in /tmp
         tmp.mkdir()
-        env = {**os.environ, "KDPIPE_CACHE": str(path / "cache"), "TMPDIR": str(tmp)}
-        env["COLUMNS"] = "200"
+        cache = str(path / "cache")
+        env = {**os.environ, "KDPIPE_CACHE": cache, "TMPDIR": str(tmp), "COLUMNS": "200"}
         out = path / "run"
         proc = kdpipe(*ARGS, "--until", "export", "--out", str(out), env=env)
         left = [p.name for p in tmp.iterdir() if p.name.startswith(("torchelastic_", "kdpipe-"))]
