@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 
 import torch.multiprocessing as mp
@@ -14,11 +15,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Far above any rank test's own time (the longest takes ~20 s): only a hang reaches it.
+LIMIT_S = 300.0
+
+
 def two_ranks(worker: Callable[..., None], *args: object) -> None:
     """`worker(rank, 2, port, *args)` in two processes forked from this one, joined.
 
     Forked, they start with torch and kdpipe imported, as DataLoader's workers do; spawned,
     each spent 4-10 s importing them again (the suite's 12 launches, over a minute). Each
     rank sets its own threads, environment and process group; `kdpipe run --nproc` itself
-    (fresh processes under torch's launcher) is tested end to end in tests/e2e."""
-    mp.start_processes(worker, args=(2, free_port(), *args), nprocs=2, start_method="fork")
+    (fresh processes under torch's launcher) is tested end to end in tests/e2e.
+
+    A fork copies only the forking thread: had another thread of pytest's process held a lock
+    at that moment, a rank could wait on it forever. Past LIMIT_S both ranks are killed and the
+    test fails, instead of the suite hanging until CI's limit."""
+    ctx = mp.start_processes(
+        worker, args=(2, free_port(), *args), nprocs=2, start_method="fork", join=False
+    )
+    deadline = time.monotonic() + LIMIT_S
+    while not ctx.join(timeout=1.0):  # raises as soon as a rank fails
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+                proc.join()
+            raise TimeoutError(f"the two ranks were still running after {LIMIT_S:.0f} s: hung")
