@@ -29,6 +29,7 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
 from kdpipe.errors import ConfigError, KdpipeError, absent, first_line
 from kdpipe.profile.environment import check_input_fits
+from kdpipe.rank_inputs import check_same_inputs
 from kdpipe.runlock import RunLock
 from kdpipe.runs import (
     RunDir,
@@ -220,6 +221,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
     k = data.info.num_classes
     check_models_take(cfg, k, data.info.input_size)
+    check_same_inputs(cfg, data)  # under torchrun: every process's, before any is written
     if until in ("profile", "report"):
         check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
     lock = RunLock(cfg.out_dir())

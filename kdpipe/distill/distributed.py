@@ -244,17 +244,33 @@ def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
     if not token.any():
         return []
     probe = out / f"{PROBE_PREFIX}{bytes(token.tolist()).hex()}.tmp"
-    host = socket.gethostname().encode()[:_HOST_BYTES].ljust(_HOST_BYTES, b"\0")
-    mine = torch.tensor([int(probe.exists()), *host], dtype=torch.uint8)
-    seen = [torch.empty_like(mine) for _ in range(d.world)]
-    dist.all_gather(seen, mine)
+    seen = gather_records(bytes([probe.exists()]) + host_field())
     if d.main:
         probe.unlink(missing_ok=True)
-    return [
-        (r, bytes(t[1:].tolist()).rstrip(b"\0").decode(errors="replace"))
-        for r, t in enumerate(seen)
-        if not t[0]
-    ]
+    return [(r, host_of(rec[1:])) for r, rec in enumerate(seen) if not rec[0]]
+
+
+def host_field() -> bytes:
+    """This machine's name as a fixed-width field of a gathered record (see host_of)."""
+    return text_field(socket.gethostname(), _HOST_BYTES)
+
+
+def host_of(field: bytes) -> str:
+    return field[:_HOST_BYTES].rstrip(b"\0").decode(errors="replace")
+
+
+def text_field(text: str, width: int) -> bytes:
+    """`text` as UTF-8 in exactly `width` bytes (cut, or padded with NULs)."""
+    return text.encode()[:width].ljust(width, b"\0")
+
+
+def gather_records(record: bytes) -> list[bytes]:
+    """Every rank's `record`, in rank order (a record is as long on every rank). Plain bytes
+    through gloo: nothing another process sends is unpickled."""
+    mine = torch.frombuffer(bytearray(record), dtype=torch.uint8)
+    seen = [torch.empty_like(mine) for _ in range(current().world)]
+    dist.all_gather(seen, mine)
+    return [t.numpy().tobytes() for t in seen]
 
 
 def barrier() -> None:

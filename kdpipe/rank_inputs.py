@@ -1,0 +1,148 @@
+"""Every process of a torchrun job must start from the same inputs.
+
+torchrun starts one `kdpipe run` per process, on every machine, each with its own command
+line, files and installed kdpipe; nothing in torch checks that they agree. Processes that do
+not (a node started with other options, a dataset copy missing files, another weights file
+at the same path, another kdpipe version, a CPU that infers in bf16 beside one that cannot)
+would average gradients of different models, disagree on which stages to reuse and which
+checkpoint to resume, or wait forever in a collective the others never reach. So before
+anything is written, each process describes its inputs, and any difference from rank 0's is
+one error on every process, naming the first rank that differs and what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from kdpipe import __version__, models
+from kdpipe.config import RunConfig
+from kdpipe.data import DataSplits
+from kdpipe.distill import distributed
+from kdpipe.distill.stepper import training_numerics
+from kdpipe.errors import ConfigError
+from kdpipe.models.custom import sources
+from kdpipe.runs import file_sha256
+
+# Options that change no trained result and may fit one machine and not another: loader
+# workers; export and profile run on rank 0 alone, after training.
+PER_MACHINE = ("data.workers", "export.", "profile.")
+SHOWN = 40  # bytes of each value carried for the message (a digest tells longer ones apart)
+DIGEST = 8
+SHOWN_DIFFERENCES = 3
+
+
+def describe(cfg: RunConfig, data: DataSplits) -> dict[str, str]:
+    """This process's inputs by name: the same names on every process of one kdpipe version."""
+    parts = {
+        key: json.dumps(value, sort_keys=True)
+        for key, value in _options(cfg)
+        if not key.startswith(PER_MACHINE)
+    }
+    info = data.info
+    sizes = "/".join(str(info.sizes.get(s, 0)) for s in ("train", "val", "test"))
+    parts["data"] = f"{info.num_classes} classes, train/val/test {sizes}"
+    # class names, normalization, input size: compared by digest, shown as one
+    parts["data details"] = json.dumps(info.to_dict(), sort_keys=True)
+    parts["training precision"] = json.dumps(training_numerics(cfg.runtime, with_teacher=True))
+    for role, section in (("teacher", cfg.teacher), ("student", cfg.student)):
+        weights = section.weights
+        parts[f"{role} weights file"] = (
+            "sha256 " + file_sha256(models.weights_file(section.arch, weights))[:16]
+            if weights
+            else "none"
+        )
+    d = cfg.distill
+    files = sources(cfg.teacher.arch, cfg.student.arch, *d.assistants, *d.peers)
+    parts["model files"] = " ".join(files) or "none"  # path/to/file.py:Name@sha256 each
+    return parts
+
+
+def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
+    """Raise ConfigError on every process when any process's inputs differ from rank 0's
+    (a no-op on one process)."""
+    if not distributed.current().active:
+        return
+    parts = describe(cfg, data)
+    names = sorted(parts)
+    # First the kdpipe version and the names compared: another version may compare others.
+    schema = hashlib.sha256("\n".join(names).encode()).digest()[:DIGEST]
+    heads = distributed.gather_records(
+        distributed.text_field(__version__, 32) + schema + distributed.host_field()
+    )
+    for rank, head in enumerate(heads[1:], start=1):
+        if head[: 32 + DIGEST] != heads[0][: 32 + DIGEST]:
+            theirs, ours = _text(head[:32]), _text(heads[0][:32])
+            same = theirs == ours
+            raise ConfigError(
+                f"rank {rank} (on {distributed.host_of(head[32 + DIGEST :])}) runs "
+                + (
+                    f"another build of kdpipe {ours}"
+                    if same
+                    else f"kdpipe {theirs} and rank 0 kdpipe {ours}"
+                ),
+                "install the same kdpipe on every machine of the job",
+            )
+    records = distributed.gather_records(b"".join(_field(parts[n]) for n in names))
+    width = DIGEST + SHOWN
+    split = [[rec[i * width : (i + 1) * width] for i in range(len(names))] for rec in records]
+    differing = [
+        (rank, [n for n, a, b in zip(names, fields, split[0], strict=True) if a != b])
+        for rank, fields in enumerate(split)
+    ]
+    differing = [(r, diff) for r, diff in differing if diff]
+    if not differing:
+        return
+    rank, diff = differing[0]
+    shown = "; ".join(
+        f"{n}: {_shown(split[rank][names.index(n)])} on rank {rank}, "
+        f"{_shown(split[0][names.index(n)])} on rank 0"
+        for n in diff[:SHOWN_DIFFERENCES]
+    )
+    more = len(diff) - SHOWN_DIFFERENCES
+    others = len(differing) - 1
+    host = distributed.host_of(heads[rank][32 + DIGEST :])
+    hint = (
+        "start every process with the same command and give every machine the same files "
+        "(dataset, weights and model files)"
+    )
+    if "training precision" in diff:
+        hint += "; where their hardware differs, set --teacher-precision and --amp/--no-amp"
+    raise ConfigError(
+        f"the processes of this run were started with different inputs: rank {rank} (on "
+        f"{host}) differs from rank 0 in {shown}"
+        + (f" and {more} more" if more > 0 else "")
+        + (f" ({others} other rank{'s' if others > 1 else ''} differ too)" if others else ""),
+        hint,
+    )
+
+
+def _options(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, JSON value) of every option of the config's sections: the names come
+    from the schema (a --set or --terms dict is one value), the same on every process."""
+    dumped = section.model_dump(mode="json")
+    out: list[tuple[str, Any]] = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            out += _options(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", dumped[name]))
+    return out
+
+
+def _field(value: str) -> bytes:
+    """A value's digest (tells any two apart) and its first SHOWN bytes (for the message)."""
+    return hashlib.sha256(value.encode()).digest()[:DIGEST] + distributed.text_field(value, SHOWN)
+
+
+def _text(field: bytes) -> str:
+    return field.rstrip(b"\0").decode(errors="replace")
+
+
+def _shown(field: bytes) -> str:
+    text = _text(field[DIGEST:])
+    return text if len(text.encode()) < SHOWN else f"{text[: SHOWN - 10]}... ({field[:4].hex()})"

@@ -1,0 +1,149 @@
+"""Processes of one torchrun job started with different inputs are refused, on every process,
+before anything is written, with one line naming the first rank that differs and what."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from kdpipe import api, rank_inputs
+from kdpipe.config import RunConfig
+from kdpipe.data import load_data
+from kdpipe.errors import ConfigError
+from tests.unit.ranks import two_ranks
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    return load_data(RunConfig().data, 0)
+
+
+def _cfg(**sections: object) -> RunConfig:
+    return RunConfig.model_validate(sections)
+
+
+def _differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    assert a.keys() == b.keys()  # the names compared never depend on the options given
+    return sorted(k for k in a if a[k] != b[k])
+
+
+def test_describe_names_what_differs_and_leaves_per_machine_options(digits, tmp_path: Path):  # type: ignore[no-untyped-def]
+    base = rank_inputs.describe(_cfg(), digits)
+    epochs = rank_inputs.describe(_cfg(distill={"train": {"epochs": 3}}), digits)
+    assert _differing(base, epochs) == ["distill.train.epochs"]
+    assert epochs["distill.train.epochs"] == "3"
+    # A --set dict is one value: other keys give the same names, one difference.
+    params = rank_inputs.describe(_cfg(distill={"params": {"T": 2.0}}), digits)
+    assert _differing(base, params) == ["distill.params"]
+    # Loader workers, export and profile options may differ by machine.
+    local = _cfg(data={"workers": 3}, profile={"threads": 1}, export={"calibration_samples": 8})
+    assert _differing(base, rank_inputs.describe(local, digits)) == []
+    # The same path with other bytes (another copy on another machine) is a difference.
+    weights = tmp_path / "teacher.pt"
+    torch.save({"w": torch.zeros(3)}, weights)
+    cfg = _cfg(teacher={"weights": str(weights)})
+    first = rank_inputs.describe(cfg, digits)
+    torch.save({"w": torch.ones(3)}, weights)
+    assert _differing(first, rank_inputs.describe(cfg, digits)) == ["teacher weights file"]
+    assert first["teacher weights file"].startswith("sha256 ")
+    # Another copy of the data: its sizes are shown, its other facts compared by digest.
+    fewer = load_data(RunConfig().data, 0)
+    fewer.info.sizes = {**fewer.info.sizes, "train": 1250}
+    assert _differing(base, rank_inputs.describe(_cfg(), fewer)) == ["data", "data details"]
+    assert base["data"] == "10 classes, train/val/test 1257/180/360"
+
+
+def test_one_process_checks_nothing(digits) -> None:  # type: ignore[no-untyped-def]
+    rank_inputs.check_same_inputs(_cfg(), digits)  # no process group: nothing to compare
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+
+
+def _run_with_other_epochs(rank: int, world: int, port: int, out: str, said: str) -> None:
+    """`kdpipe run` on two processes whose command lines differ in --epochs."""
+    _join(rank, world, port)
+    cfg = _cfg(out=out, distill={"train": {"epochs": 2 + rank}})
+    try:
+        api.run(cfg)
+    except ConfigError as e:
+        Path(said, f"rank{rank}.json").write_text(json.dumps([str(e), e.hint]))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_run_refuses_processes_started_with_other_options(tmp_path: Path) -> None:
+    out, said = tmp_path / "run", tmp_path / "said"
+    said.mkdir()
+    two_ranks(_run_with_other_epochs, str(out), str(said))
+    host = socket.gethostname()
+    for rank in (0, 1):  # both stop, with the same line: none waits for the other
+        message, hint = json.loads((said / f"rank{rank}.json").read_text())
+        assert message == (
+            "the processes of this run were started with different inputs: rank 1 (on "
+            f"{host}) differs from rank 0 in distill.train.epochs: 3 on rank 1, 2 on rank 0"
+        )
+        assert hint.startswith("start every process with the same command")
+    assert not out.exists()  # refused before the output directory was touched
+
+
+def _compare(rank: int, world: int, port: int, case: str, said: str) -> None:
+    """check_same_inputs with each rank's description (or version) made to differ."""
+    _join(rank, world, port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    parts = {"data": "10 classes, train/val/test 1257/180/360", "model files": "none", "seed": "0"}
+    if rank == 1 and case == "data":
+        parts["data"] = "10 classes, train/val/test 1250/180/360"
+    if rank == 1 and case == "long":
+        parts["model files"] = "net.py:Net@" + "ab" * 32
+        parts["seed"] = "1"
+    if rank == 1 and case == "version":
+        rank_inputs.__version__ = "9.9.9"  # type: ignore[attr-defined]
+    if rank == 1 and case == "schema":
+        parts["extra"] = "1"
+    rank_inputs.describe = lambda cfg, data: parts  # type: ignore[assignment]
+    try:
+        rank_inputs.check_same_inputs(None, None)  # type: ignore[arg-type]
+        message = ""
+    except ConfigError as e:
+        message = str(e)
+    finally:
+        dist.destroy_process_group()
+    Path(said, f"rank{rank}.txt").write_text(message)
+
+
+@pytest.mark.parametrize("case", ["same", "data", "long", "version", "schema"])
+def test_check_names_what_differs(tmp_path: Path, case: str) -> None:
+    two_ranks(_compare, case, str(tmp_path))
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert said[0] == said[1]
+    host, message = socket.gethostname(), said[0]
+    start = f"the processes of this run were started with different inputs: rank 1 (on {host}) "
+    expected = {
+        "same": "",
+        "data": start + "differs from rank 0 in data: 10 classes, train/val/test 1250/180/360 "
+        "on rank 1, 10 classes, train/val/test 1257/180/360 on rank 0",
+        "version": f"rank 1 (on {host}) runs kdpipe 9.9.9 and rank 0 kdpipe "
+        f"{rank_inputs.__version__}",
+        "schema": f"rank 1 (on {host}) runs another build of kdpipe {rank_inputs.__version__}",
+    }
+    if case == "long":  # cut, with a digest that tells it from any other value
+        assert message.startswith(start + "differs from rank 0 in model files: net.py:Net@abab")
+        assert "... (" in message and message.endswith("seed: 1 on rank 1, 0 on rank 0")
+    else:
+        assert message == expected[case]
