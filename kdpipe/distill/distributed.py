@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,10 +109,35 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= d.world
+    _unflatten_into(flat, grads)
+
+
+def broadcast_state(state: Mapping[str, Any]) -> None:
+    """Rank 0's values of a state_dict's tensors (a module's parameters and buffers) to every
+    rank, in place, as DDP does when it wraps a model. Ranks that build a model from the same seed hold the same weights only where every
+    machine's kernels draw the same numbers (an initializer's vectorized path can differ by
+    CPU), and a teacher reused from each machine's own cache may come from another training
+    there; a difference would last the whole run, as averaged gradients keep it. One
+    broadcast per device and dtype."""
+    if not current().active:
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in state.values():  # a state_dict's tensors share the module's storage
+        if isinstance(t, torch.Tensor) and t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(t)
+    for (_, dtype), tensors in groups.items():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        wire = flat.to(torch.uint8) if dtype == torch.bool else flat  # gloo has no bool
+        dist.broadcast(wire, 0)
+        _unflatten_into(wire.to(dtype), tensors)
+
+
+def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of `flat` into `tensors` (the order they were flattened in)."""
     offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
 
 

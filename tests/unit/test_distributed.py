@@ -167,6 +167,45 @@ def _same_as_one_process(out: Path, method: str) -> None:
     assert not (out / "rank1").exists() or not any((out / "rank1").rglob("*.*"))
 
 
+def _other_start_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Each rank builds its student from another seed (as where machines' initializers draw
+    other numbers), and a state_dict of other values (bool and int64 too)."""
+    from kdpipe.distill.distributed import broadcast_state
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        state = {
+            "flags": torch.tensor([rank == 0, rank == 1]),
+            "counts": torch.full((3,), rank, dtype=torch.int64),
+            "empty": torch.zeros(0),
+        }
+        broadcast_state(state)
+        student = _net(1 + rank)
+        distiller = get("kd")(student, _net(2), input_shape=(3, 8, 8))
+        train, val = _data()
+        fit(distiller, train, val, CFG, seed=0, desc="t")
+        torch.save({"state": state, "student": student.state_dict()}, Path(out, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_starts_from_rank_0s_state(tmp_path: Path) -> None:
+    # Without the broadcast each rank kept its own start, and averaged gradients kept them
+    # apart for the whole run.
+    two_ranks(_other_start_worker, str(tmp_path))
+    got = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
+    for r in (0, 1):
+        assert got[r]["state"]["flags"].tolist() == [True, False]
+        assert got[r]["state"]["counts"].tolist() == [0, 0, 0]
+    one = get("kd")(_net(1), _net(2), input_shape=(3, 8, 8))  # rank 0's start, one process
+    fit(one, *_data(), CFG, seed=0, desc="t")
+    for name, value in one.student().state_dict().items():
+        assert torch.equal(got[0]["student"][name], got[1]["student"][name]), name
+        assert torch.allclose(got[0]["student"][name], value, atol=1e-5, rtol=1e-4), name
+
+
 def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
     """What `_prepare_out_dir` made of `out` on this rank: "ok" or "refused: ..."."""
     from kdpipe.api import _prepare_out_dir
