@@ -199,7 +199,6 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     """Run the pipeline up to and including stage `until`; return the report (also written as
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
     check_until(until)
-    validate(cfg)
     redo = forced_stages(force)
     # Under torchrun every rank runs this function; they train together, rank 0 writes.
     cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
@@ -207,29 +206,40 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     if not rank.main:
         ui.silence_rank()
         set_writer(False)
-    note_uneven_batches(cfg, rank.world)
-    note_pretrained_evaluation(cfg)
-    torch.manual_seed(cfg.seed)
-    stages: dict[str, dict] = {}
-    # Data and model shapes are checked before the output directory is touched.
-    start = time.perf_counter()
-    data = load_data(cfg.data, cfg.seed)
-    ui.info(
-        f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
-        f"train/val/test {data.info.sizes['train']}/{data.info.sizes['val']}/{data.info.sizes['test']}"
-    )
-    stages["data"] = {"seconds": time.perf_counter() - start, "reused": False}
-    k = data.info.num_classes
-    check_models_take(cfg, k, data.info.input_size)
+    failure: KdpipeError | None = None
+    try:
+        data, stages = _checked_inputs(cfg, until, rank.world)
+    except KdpipeError as e:  # perhaps on this machine alone (a file missing here)
+        failure = e
+    distributed.raise_first_failure(failure)  # every rank stops with the first rank's error
     check_same_inputs(cfg, data)  # under torchrun: every process's, before any is written
-    if until in ("profile", "report"):
-        check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
     lock = RunLock(cfg.out_dir())
     try:
         out = _prepare_out_dir(cfg, bool(redo), rank.main, lock)
         return _run_stages(cfg, data, redo, until, rank.main, out, stages)
     finally:
         lock.release()
+
+
+def _checked_inputs(cfg: RunConfig, until: str, world: int) -> tuple[DataSplits, dict[str, dict]]:
+    """Options and files checked, data loaded, models checked against it (shapes, memory):
+    all before the output directory is touched. Returns the data and the stage times so far."""
+    validate(cfg)
+    note_uneven_batches(cfg, world)
+    note_pretrained_evaluation(cfg)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    data = load_data(cfg.data, cfg.seed)
+    sizes = "/".join(str(data.info.sizes[s]) for s in ("train", "val", "test"))
+    ui.info(
+        f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
+        f"train/val/test {sizes}"
+    )
+    stages = {"data": {"seconds": time.perf_counter() - start, "reused": False}}
+    check_models_take(cfg, data.info.num_classes, data.info.input_size)
+    if until in ("profile", "report"):
+        check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
+    return data, stages
 
 
 def _run_stages(

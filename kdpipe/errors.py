@@ -17,6 +17,9 @@ class KdpipeError(Exception):
     exit_code = 2
     # Raised on every rank of a torchrun job alike: rank 0 reports it, the others stay quiet.
     everywhere = False
+    # The job's verdict, reached by every rank together, on what rank N found (N: this value);
+    # rank 0 reports it, and rank N too when it runs on another machine (its own log).
+    agreed_from: int | None = None
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -27,7 +30,22 @@ class KdpipeError(Exception):
 class ConfigError(KdpipeError):
     """An option or config file value is invalid."""
 
-    everywhere = True  # decided from the options, which every rank shares
+    everywhere = True  # decided from the options and files, the same for every rank
+
+
+# Set once the processes of a torchrun job have compared their inputs (rank_inputs.py): from
+# then on every rank is known to have the same options and files, so an error decided from
+# them is the same on every machine, not only on each.
+_ranks_compared = False
+
+
+def mark_ranks_compared() -> None:
+    global _ranks_compared
+    _ranks_compared = True
+
+
+def ranks_compared() -> bool:
+    return _ranks_compared
 
 
 class DataError(KdpipeError):

@@ -23,7 +23,7 @@ from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import training_numerics
-from kdpipe.errors import ConfigError
+from kdpipe.errors import ConfigError, mark_ranks_compared
 from kdpipe.models.custom import sources
 from kdpipe.runs import file_sha256
 
@@ -67,6 +67,8 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     if not distributed.current().active:
         return
     parts = describe(cfg, data)
+    # Every rank reaches the same verdict below: its error, too, is rank 0's to report.
+    mark_ranks_compared()
     names = sorted(parts)
     # First the kdpipe version and the names compared: another version may compare others.
     schema = hashlib.sha256("\n".join(names).encode()).digest()[:DIGEST]
@@ -77,8 +79,9 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
         if head[: 32 + DIGEST] != heads[0][: 32 + DIGEST]:
             theirs, ours = _text(head[:32]), _text(heads[0][:32])
             same = theirs == ours
-            raise ConfigError(
-                f"rank {rank} (on {distributed.host_of(head[32 + DIGEST :])}) runs "
+            raise _found_by(
+                rank,
+                f"rank {rank} on {distributed.host_of(head[32 + DIGEST :])} runs "
                 + (
                     f"another build of kdpipe {ours}"
                     if same
@@ -111,13 +114,22 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     )
     if "training precision" in diff:
         hint += "; where their hardware differs, set --teacher-precision and --amp/--no-amp"
-    raise ConfigError(
-        f"the processes of this run were started with different inputs: rank {rank} (on "
-        f"{host}) differs from rank 0 in {shown}"
+    raise _found_by(
+        rank,
+        f"the processes of this run were started with different inputs: rank {rank} on "
+        f"{host} differs from rank 0 in {shown}"
         + (f" and {more} more" if more > 0 else "")
         + (f" ({others} other rank{'s' if others > 1 else ''} differ too)" if others else ""),
         hint,
     )
+
+
+def _found_by(rank: int, message: str, hint: str) -> ConfigError:
+    """The job's verdict on rank `rank`'s inputs, the same on every rank (cli/errors.py: rank 0
+    reports it, and rank `rank` too when it runs on another machine)."""
+    error = ConfigError(message, hint)
+    error.agreed_from = rank
+    return error
 
 
 def _options(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 import typer
 
 from kdpipe import ui
-from kdpipe.errors import KdpipeError
+from kdpipe.errors import KdpipeError, ranks_compared
 from kdpipe.stopping import Stopped
 
 
@@ -41,9 +42,10 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except KdpipeError as e:
         if debug:
             traceback.print_exc()
-        if e.everywhere and os.environ.get("RANK", "0") != "0":
+        if left_to_rank_0(e):
             raise typer.Exit(e.exit_code) from None  # rank 0 says it for every rank
-        _fail(e.message, e.hint, e.exit_code)
+        named = e.agreed_from is not None  # the verdict's message names its rank already
+        _fail(("" if named else _rank_prefix()) + e.message, e.hint, e.exit_code)
     except Stopped as e:  # a signal (stopping.py); under torchrun rank 0 says it for all
         if os.environ.get("RANK", "0") != "0":
             raise typer.Exit(e.exit_code) from None
@@ -88,6 +90,34 @@ def errors_reported(debug: bool) -> Iterator[None]:
                 1,
             )
         _fail(f"internal error: {type(e).__name__}: {first}", "rerun with --debug and report it", 1)
+
+
+def left_to_rank_0(e: KdpipeError) -> bool:
+    """Whether this process of a torchrun job keeps quiet about `e` because rank 0 reports it:
+    an error every rank raises alike. One decided from the options and files is alike on one
+    machine, and on several once the ranks found their inputs the same (rank_inputs.py).
+    Before that, the first process of each other machine reports its own too: that machine's
+    files may differ (a weights file or dataset missing there), and rank 0 would only wait
+    for it."""
+    env = os.environ
+    rank = env.get("RANK", "0")
+    if rank == "0":
+        return False
+    one_machine = env.get("LOCAL_WORLD_SIZE", "1") == env.get("WORLD_SIZE", "1")
+    if e.agreed_from is not None:  # what rank N found: rank N says it too, on its machine
+        return one_machine or rank != str(e.agreed_from)
+    if not e.everywhere:
+        return False
+    return one_machine or ranks_compared() or env.get("LOCAL_RANK", "0") != "0"
+
+
+def _rank_prefix() -> str:
+    """`rank N on HOST: ` for any process of a torchrun job but rank 0 (whose lines are the
+    job's own)."""
+    rank = os.environ.get("RANK", "0")
+    if "WORLD_SIZE" not in os.environ or rank == "0":
+        return ""
+    return f"rank {rank} on {socket.gethostname()}: "
 
 
 def out_of_memory(e: BaseException) -> bool:

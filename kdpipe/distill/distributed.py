@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdpipe.errors import ConfigError
+from kdpipe.errors import ConfigError, KdpipeError
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,39 @@ def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
     if d.main:
         probe.unlink(missing_ok=True)
     return [(r, host_of(rec[1:])) for r, rec in enumerate(seen) if not rec[0]]
+
+
+FAILURE_TEXT = 400  # bytes of a failure's message, and of its hint, carried to rank 0
+
+
+def raise_first_failure(error: KdpipeError | None) -> None:
+    """Every rank learns whether any rank failed its checks, and all raise the first failing
+    rank's error (its message, naming that rank and machine, its hint and exit code). A rank
+    whose machine lacks a file the others have would otherwise end alone, leaving the others
+    waiting in their next collective (on another machine, for torch's 30-minute timeout), and
+    rank 0's log saying nothing of why. One process: `error` itself."""
+    if not current().active:
+        if error is not None:
+            raise error
+        return
+    message, hint = (error.message, error.hint) if error else ("", "")
+    seen = gather_records(
+        bytes([error is not None, error.exit_code if error else 0])
+        + text_field(message, FAILURE_TEXT)
+        + text_field(hint, FAILURE_TEXT)
+        + host_field()
+    )
+    failed = [(r, rec) for r, rec in enumerate(seen) if rec[0]]
+    if not failed:
+        return
+    rank, rec = failed[0]
+    text = rec[2 : 2 + FAILURE_TEXT], rec[2 + FAILURE_TEXT : 2 + 2 * FAILURE_TEXT]
+    message, hint = (t.rstrip(b"\0").decode(errors="replace") for t in text)
+    if rank != 0:
+        message = f"rank {rank} on {host_of(rec[2 + 2 * FAILURE_TEXT :])}: {message}"
+    verdict = KdpipeError(message, hint)
+    verdict.exit_code, verdict.agreed_from = rec[1], rank
+    raise verdict from error
 
 
 def host_field() -> bytes:

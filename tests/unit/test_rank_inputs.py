@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kdpipe import api, rank_inputs
+from kdpipe import api, models, rank_inputs
 from kdpipe.config import RunConfig
 from kdpipe.data import load_data
-from kdpipe.errors import ConfigError
+from kdpipe.errors import ConfigError, KdpipeError
 from tests.unit.ranks import two_ranks
 
 
@@ -74,31 +74,45 @@ def _join(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _run_with_other_epochs(rank: int, world: int, port: int, out: str, said: str) -> None:
-    """`kdpipe run` on two processes whose command lines differ in --epochs."""
+def _run_differently(rank: int, world: int, port: int, out: str, said: str, case: str) -> None:
+    """`kdpipe run` on two processes whose command lines differ in --epochs, or whose
+    machines differ: the teacher weights file rank 1 is given is missing there."""
     _join(rank, world, port)
-    cfg = _cfg(out=out, distill={"train": {"epochs": 2 + rank}})
+    if case == "epochs":
+        cfg = _cfg(out=out, distill={"train": {"epochs": 2 + rank}})
+    else:
+        weights = Path(out).parent / f"teacher{rank}.pt"
+        if rank == 0:
+            torch.save(models.create("resnet18", 10).state_dict(), weights)
+        cfg = _cfg(out=out, teacher={"arch": "resnet18", "weights": str(weights)})
     try:
         api.run(cfg)
-    except ConfigError as e:
-        Path(said, f"rank{rank}.json").write_text(json.dumps([str(e), e.hint]))
+    except KdpipeError as e:
+        record = [str(e), e.hint, e.exit_code, e.agreed_from]
+        Path(said, f"rank{rank}.json").write_text(json.dumps(record))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def test_run_refuses_processes_started_with_other_options(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["epochs", "missing file"])
+def test_run_stops_every_process_with_what_one_found(tmp_path: Path, case: str) -> None:
     out, said = tmp_path / "run", tmp_path / "said"
     said.mkdir()
-    two_ranks(_run_with_other_epochs, str(out), str(said))
+    two_ranks(_run_differently, str(out), str(said), case)
     host = socket.gethostname()
+    expected = {
+        "epochs": "the processes of this run were started with different inputs: rank 1 on "
+        f"{host} differs from rank 0 in distill.train.epochs: 3 on rank 1, 2 on rank 0",
+        # Before, rank 1 ended alone (saying nothing: the others report options' errors) and
+        # rank 0 waited for it in the process group.
+        "missing file": f"rank 1 on {host}: --teacher-weights file {tmp_path / 'teacher1.pt'} "
+        "does not exist",
+    }
     for rank in (0, 1):  # both stop, with the same line: none waits for the other
-        message, hint = json.loads((said / f"rank{rank}.json").read_text())
-        assert message == (
-            "the processes of this run were started with different inputs: rank 1 (on "
-            f"{host}) differs from rank 0 in distill.train.epochs: 3 on rank 1, 2 on rank 0"
-        )
-        assert hint.startswith("start every process with the same command")
+        message, hint, code, origin = json.loads((said / f"rank{rank}.json").read_text())
+        assert (message, code, origin) == (expected[case], 2, 1)
+        assert hint
     assert not out.exists()  # refused before the output directory was touched
 
 
@@ -133,14 +147,14 @@ def test_check_names_what_differs(tmp_path: Path, case: str) -> None:
     said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert said[0] == said[1]
     host, message = socket.gethostname(), said[0]
-    start = f"the processes of this run were started with different inputs: rank 1 (on {host}) "
+    start = f"the processes of this run were started with different inputs: rank 1 on {host} "
     expected = {
         "same": "",
         "data": start + "differs from rank 0 in data: 10 classes, train/val/test 1250/180/360 "
         "on rank 1, 10 classes, train/val/test 1257/180/360 on rank 0",
-        "version": f"rank 1 (on {host}) runs kdpipe 9.9.9 and rank 0 kdpipe "
+        "version": f"rank 1 on {host} runs kdpipe 9.9.9 and rank 0 kdpipe "
         f"{rank_inputs.__version__}",
-        "schema": f"rank 1 (on {host}) runs another build of kdpipe {rank_inputs.__version__}",
+        "schema": f"rank 1 on {host} runs another build of kdpipe {rank_inputs.__version__}",
     }
     if case == "long":  # cut, with a digest that tells it from any other value
         assert message.startswith(start + "differs from rank 0 in model files: net.py:Net@abab")
