@@ -116,6 +116,11 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     """Check names and files before any work starts, so bad input fails in a second (the
     launcher of `--nproc` runs it once, before any worker starts, with `world` = N)."""
     check_batches(cfg, world or world_size())
+    check_names_and_files(cfg)
+
+
+def check_names_and_files(cfg: RunConfig) -> None:
+    """Models, methods and their parameters, and the files the options name."""
     models.check_name(cfg.teacher.arch)
     models.check_name(cfg.student.arch)
     d = cfg.distill
@@ -200,6 +205,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
     check_until(until)
     redo = forced_stages(force)
+    check_batches(cfg, world_size())  # from the options alone: every rank, before it joins
     # Under torchrun every rank runs this function; they train together, rank 0 writes.
     cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
     rank = distributed.setup(torch.device("cuda" if cuda else "cpu"))
@@ -224,7 +230,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
 def _checked_inputs(cfg: RunConfig, until: str, world: int) -> tuple[DataSplits, dict[str, dict]]:
     """Options and files checked, data loaded, models checked against it (shapes, memory):
     all before the output directory is touched. Returns the data and the stage times so far."""
-    validate(cfg)
+    check_names_and_files(cfg)
     note_uneven_batches(cfg, world)
     note_pretrained_evaluation(cfg)
     torch.manual_seed(cfg.seed)
