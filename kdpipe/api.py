@@ -299,9 +299,6 @@ def _run_stages(
 
     if until == "teacher":
         return teacher.metrics
-    # Each rank reused the teacher from its own machine's cache, or loaded or trained it:
-    # distill from rank 0's, on every rank.
-    distributed.broadcast_state(teacher.model.state_dict())
 
     d_fp = distill_fingerprint(cfg, t_fp)
     d_dir = rd.stage_dir("distill")

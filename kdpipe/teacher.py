@@ -98,15 +98,17 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     k = data.info.num_classes
     t = cfg.teacher
     cached = cached_teacher_dir(cfg, fp)
+    main = distributed.current().main
     tune = needs_fine_tuning(cfg, k)
     if t.weights is not None and not tune:
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
-    elif distributed.all_agree(  # all ranks reuse or all train, even if another run writes now
-        (reused := _from_cache(t.arch, k, cached)) is not None
+    elif distributed.rank_0_says(  # rank 0's cache decides for all (see below)
+        (reused := _from_cache(t.arch, k, cached) if main else None) is not None
     ):
-        assert reused is not None
-        model, metrics = reused
+        # Other ranks take rank 0's weights: their machines' caches may lack the teacher
+        # (rank 0 alone keeps what the job trains), or hold another training of it.
+        model, metrics = reused if reused else (models.create(t.arch, k), {"source": "cache"})
         ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
     else:
         if t.weights is not None:
@@ -149,6 +151,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             "history": result.history,
         }
         _keep_in_cache(model, metrics, cached)
+    distributed.broadcast_state(model.state_dict())  # one teacher for every rank: rank 0's
     logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if distributed.current().main:

@@ -242,6 +242,15 @@ def all_agree(flag: bool) -> bool:
     return bool(t.item())
 
 
+def rank_0_says(flag: bool) -> bool:
+    """Rank 0's `flag`, on every rank."""
+    if not current().active:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
 PROBE_PREFIX = ".kdpipe-shared-"
 _HOST_BYTES = 64
 

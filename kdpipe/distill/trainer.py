@@ -257,7 +257,7 @@ def fit(
         result.history = list(saved["history"])
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']} batch {pos['batch']}"
         ui.info(f"{desc}: resuming from {source} ({result.resumed_from})")
-    # Every rank starts from rank 0's state (the frozen teacher: api.py broadcasts it once).
+    # Every rank starts from rank 0's state (the frozen teacher: teacher.py makes it rank 0's).
     distributed.broadcast_state(ckpt.trainable_state(distiller))
     if log_path is not None and d.main:
         log_path.parent.mkdir(parents=True, exist_ok=True)

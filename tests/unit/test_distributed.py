@@ -206,6 +206,59 @@ def test_every_rank_starts_from_rank_0s_state(tmp_path: Path) -> None:
         assert torch.allclose(got[0]["student"][name], value, atol=1e-5, rtol=1e-4), name
 
 
+def _teacher_config():  # type: ignore[no-untyped-def]
+    from kdpipe.config import RunConfig
+
+    return RunConfig.model_validate({"teacher": {"arch": "resnet18", "train": {"epochs": 1}}})
+
+
+def _cached_teacher_worker(rank: int, world: int, port: int, root: str) -> None:
+    """The teacher stage on two "machines" with caches of their own: rank 0's holds the
+    teacher, rank 1's is empty."""
+    from kdpipe.data import load_data
+    from kdpipe.runs import set_writer
+    from kdpipe.teacher import run_teacher_stage, teacher_fingerprint
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KDPIPE_CACHE=f"{root}/cache{rank}"
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    set_writer(rank == 0)
+    try:
+        cfg = _teacher_config()
+        fp = teacher_fingerprint(cfg, 10)
+        result = run_teacher_stage(cfg, load_data(cfg.data, 0), Path(root, "out"), fp)
+        saved = {"state": result.model.state_dict(), "source": result.metrics["source"]}
+        torch.save(saved, Path(root, f"teacher{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0s_cached_teacher_is_every_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only rank 0 keeps the teacher a job trains, so with a cache per machine the others never
+    # had it: every rerun trained the teacher again (all ranks had to agree to reuse it).
+    from kdpipe import models
+    from kdpipe.teacher import _keep_in_cache, cached_teacher_dir, teacher_fingerprint
+
+    monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache0"))
+    cfg = _teacher_config()
+    torch.manual_seed(7)
+    kept = models.create("resnet18", 10)
+    _keep_in_cache(
+        kept, {"val_accuracy": 0.5}, cached_teacher_dir(cfg, teacher_fingerprint(cfg, 10))
+    )
+    two_ranks(_cached_teacher_worker, str(tmp_path))
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"teacher{r}.pt", weights_only=True)
+        assert got["source"] == "cache", r  # reused, not trained
+        for name, value in kept.state_dict().items():
+            assert torch.equal(got["state"][name], value), (r, name)
+    assert not (tmp_path / "cache1").exists()  # rank 1's machine had nothing and got nothing
+
+
 def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
     """What `_prepare_out_dir` made of `out` on this rank: "ok" or "refused: ..."."""
     from kdpipe.api import _prepare_out_dir
