@@ -8,7 +8,8 @@ their size and modification time, and the transforms), the device type and the t
 versions. Any later run of the same teacher over the same images (another student, another
 method, a resumed run) reads it instead of running the teacher over the data again; a change to
 any of those inputs is a different key, so a stale table is never used. Under torchrun each rank
-computes its share of the rows and the shares are gathered, so every rank holds the whole table.
+computes its share of the rows and the shares are gathered, so every rank holds the whole table;
+a table rank 0 reads from its cache is sent to every rank.
 """
 
 from __future__ import annotations
@@ -93,19 +94,21 @@ def teacher_outputs(
         path = cache_root() / "teacher-logits" / f"{table_key(teacher, images, dtype)}.pt"
     n = len(dataset)  # type: ignore[arg-type]
     device = next(teacher.parameters()).device
-    stored = _read(path, n, num_classes) if path is not None else None
-    if distributed.all_agree(stored is not None):
-        assert stored is not None
-        return TeacherTable(stored.to(device), "disk", time.perf_counter() - start, path)
+    main = distributed.current().main
+    stored = _read(path, n, num_classes) if path is not None and main else None
+    # Rank 0's cache decides for every rank and its table is sent to the others: their
+    # machines' caches may lack it (rank 0 alone stores what a job computes), or key the same
+    # images otherwise (a file's identity holds its modification time, which copying changes).
+    if distributed.rank_0_says(stored is not None):
+        mine = stored if stored is not None else torch.empty(n, num_classes)
+        table = distributed.broadcast_from_0(mine)
+        return TeacherTable(table.to(device), "disk", time.perf_counter() - start, path)
     table = _compute(teacher, dataset, num_classes, dtype, workers)
     if path is not None:
         try:
             save_torch({"logits": table.cpu()}, path)  # rank 0 writes
         except OSError as e:  # a full or read-only cache costs the reuse, not the run
             ui.warn(f"teacher-logit table not stored in {path.parent}: {e.strerror or e}")
-        # Others wait for rank 0's write: a rank that looked for the table again before it
-        # was renamed into place would recompute it (a CI failure of session 8's stop).
-        distributed.barrier()
     return TeacherTable(table, "computed", time.perf_counter() - start, path)
 
 

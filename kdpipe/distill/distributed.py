@@ -251,6 +251,13 @@ def rank_0_says(flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_from_0(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `t` (a CPU tensor of the same shape and dtype on every rank), in place."""
+    if current().active:
+        dist.broadcast(t, 0)
+    return t
+
+
 PROBE_PREFIX = ".kdpipe-shared-"
 _HOST_BYTES = 64
 

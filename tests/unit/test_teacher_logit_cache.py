@@ -202,3 +202,34 @@ def test_ranks_compute_shares_and_all_hold_the_whole_table(tmp_path: Path) -> No
         assert torch.allclose(got["logits"], expected, atol=1e-6), rank
         assert got["sources"] == ["computed", "disk"]
     assert len(list((tmp_path / "cache" / "teacher-logits").glob("*.pt"))) == 1
+
+
+def _machines_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Two "machines" with caches of their own: rank 0's holds the table, rank 1's nothing."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KDPIPE_CACHE=f"{out}/cache{rank}"
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    set_writer(rank == 0)
+    try:
+        t = teacher_outputs(_teacher(), _images(n=41), num_classes=4)
+        torch.save({"logits": t.logits, "source": t.source}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0s_stored_table_is_sent_to_ranks_whose_cache_lacks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only rank 0 stores a table, so with a cache per machine the other ranks never had it:
+    # every run computed the table again (all ranks had to hold it to reuse it).
+    monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache0"))
+    stored = teacher_outputs(_teacher(), _images(n=41), num_classes=4)
+    assert stored.source == "computed"
+    two_ranks(_machines_worker, str(tmp_path))
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["source"] == "disk", rank
+        assert torch.equal(got["logits"], stored.logits), rank
+    assert not (tmp_path / "cache1").exists()
