@@ -120,7 +120,14 @@ def _compare(rank: int, world: int, port: int, case: str, said: str) -> None:
     """check_same_inputs with each rank's description (or version) made to differ."""
     _join(rank, world, port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    parts = {"data": "10 classes, train/val/test 1257/180/360", "model files": "none", "seed": "0"}
+    parts = {
+        "data": "10 classes, train/val/test 1257/180/360",
+        "model files": "none",
+        "seed": "0",
+        "training precision": '{"teacher": "bfloat16"}',
+    }
+    if rank == 1 and case == "precision":  # a CPU without bf16 beside one with it
+        parts["training precision"] = '{"teacher": "float32"}'
     if rank == 1 and case == "data":
         parts["data"] = "10 classes, train/val/test 1250/180/360"
     if rank == 1 and case == "long":
@@ -135,23 +142,26 @@ def _compare(rank: int, world: int, port: int, case: str, said: str) -> None:
         rank_inputs.check_same_inputs(None, None)  # type: ignore[arg-type]
         message = ""
     except ConfigError as e:
-        message = str(e)
+        message = f"{e}\nhint: {e.hint}"
     finally:
         dist.destroy_process_group()
     Path(said, f"rank{rank}.txt").write_text(message)
 
 
-@pytest.mark.parametrize("case", ["same", "data", "long", "version", "schema"])
+@pytest.mark.parametrize("case", ["same", "data", "long", "precision", "version", "schema"])
 def test_check_names_what_differs(tmp_path: Path, case: str) -> None:
     two_ranks(_compare, case, str(tmp_path))
     said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert said[0] == said[1]
-    host, message = socket.gethostname(), said[0]
+    host, (message, _, hint) = socket.gethostname(), said[0].partition("\nhint: ")
+    assert ("--teacher-precision" in hint) == (case == "precision")
     start = f"the processes of this run were started with different inputs: rank 1 on {host} "
     expected = {
         "same": "",
         "data": start + "differs from rank 0 in data: 10 classes, train/val/test 1250/180/360 "
         "on rank 1, 10 classes, train/val/test 1257/180/360 on rank 0",
+        "precision": start + 'differs from rank 0 in training precision: {"teacher": "float32"} '
+        'on rank 1, {"teacher": "bfloat16"} on rank 0',
         "version": f"rank 1 on {host} runs kdpipe 9.9.9 and rank 0 kdpipe "
         f"{rank_inputs.__version__}",
         "schema": f"rank 1 on {host} runs another build of kdpipe {rank_inputs.__version__}",
