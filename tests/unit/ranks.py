@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from kdpipe.runs import set_writer
 
 
 def free_port() -> int:
@@ -40,3 +46,17 @@ def two_ranks(worker: Callable[..., None], *args: object) -> None:
                 proc.kill()
                 proc.join()
             raise TimeoutError(f"the two ranks were still running after {LIMIT_S:.0f} s: hung")
+
+
+@contextlib.contextmanager
+def gloo_rank(rank: int, world: int, port: int, **env: str) -> Iterator[None]:
+    """This forked process as rank `rank` of a gloo group for the block (one thread, `env`
+    set, rank 0 the one that writes files), the group left at its end."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    set_writer(rank == 0)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

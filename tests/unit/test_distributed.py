@@ -20,7 +20,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
-from tests.unit.ranks import two_ranks
+from tests.unit.ranks import gloo_rank, two_ranks
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
 
@@ -216,23 +216,14 @@ def _cached_teacher_worker(rank: int, world: int, port: int, root: str) -> None:
     """The teacher stage on two "machines" with caches of their own: rank 0's holds the
     teacher, rank 1's is empty."""
     from kdpipe.data import load_data
-    from kdpipe.runs import set_writer
     from kdpipe.teacher import run_teacher_stage, teacher_fingerprint
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KDPIPE_CACHE=f"{root}/cache{rank}"
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    set_writer(rank == 0)
-    try:
+    with gloo_rank(rank, world, port, KDPIPE_CACHE=f"{root}/cache{rank}"):
         cfg = _teacher_config()
         fp = teacher_fingerprint(cfg, 10)
         result = run_teacher_stage(cfg, load_data(cfg.data, 0), Path(root, "out"), fp)
         saved = {"state": result.model.state_dict(), "source": result.metrics["source"]}
         torch.save(saved, Path(root, f"teacher{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_rank_0s_cached_teacher_is_every_ranks(

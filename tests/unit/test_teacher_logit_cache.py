@@ -26,7 +26,7 @@ from kdpipe.data.transfer import MixedImages, PartiallyLabeled
 from kdpipe.data.transforms import eval_transform
 from kdpipe.distill.cache import teacher_logits_table, teacher_outputs
 from kdpipe.runs import set_writer
-from tests.unit.ranks import two_ranks
+from tests.unit.ranks import gloo_rank, two_ranks
 
 
 def _teacher(seed: int = 0) -> nn.Module:
@@ -206,17 +206,9 @@ def test_ranks_compute_shares_and_all_hold_the_whole_table(tmp_path: Path) -> No
 
 def _machines_worker(rank: int, world: int, port: int, out: str) -> None:
     """Two "machines" with caches of their own: rank 0's holds the table, rank 1's nothing."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KDPIPE_CACHE=f"{out}/cache{rank}"
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    set_writer(rank == 0)
-    try:
+    with gloo_rank(rank, world, port, KDPIPE_CACHE=f"{out}/cache{rank}"):
         t = teacher_outputs(_teacher(), _images(n=41), num_classes=4)
         torch.save({"logits": t.logits, "source": t.source}, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_rank_0s_stored_table_is_sent_to_ranks_whose_cache_lacks_it(
