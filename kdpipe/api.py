@@ -219,6 +219,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         failure = e
     distributed.raise_first_failure(failure)  # every rank stops with the first rank's error
     check_same_inputs(cfg, data)  # under torchrun: every process's, before any is written
+    if not rank.main:
+        ui.silence_rank(compared=True)  # inputs alike: rank 0's warnings speak for every rank
     lock = RunLock(cfg.out_dir())
     try:
         out = _prepare_out_dir(cfg, bool(redo), rank.main, lock)

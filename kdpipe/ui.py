@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -15,7 +18,8 @@ from rich.progress import (
 
 console = Console(stderr=True, highlight=False)
 _quiet = False
-_warnings = True  # False on torchrun ranks other than 0
+_warnings = True  # False on torchrun ranks other than 0 (see silence_rank)
+_prefix = ""  # "rank N on HOST: " on a rank other than 0 that warns
 
 
 def set_quiet(quiet: bool) -> None:
@@ -23,11 +27,37 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def silence_rank() -> None:
-    """A torchrun rank other than 0: rank 0 says it all. Every rank reads the same data and
-    files, so each warning (a skipped image, a damaged output) came once per process."""
-    global _quiet, _warnings
-    _quiet, _warnings = True, False
+def silence_rank(compared: bool = False) -> None:
+    """A torchrun rank other than 0: rank 0 says it all. Every rank of a machine reads the
+    same data and files, so each warning (a skipped image, a damaged output) came once per
+    process. On several machines, until the ranks have compared their inputs (`compared`),
+    the first process of each other machine keeps its warnings, named by rank and host: its
+    files may differ (an image that does not decode in that machine's copy)."""
+    global _quiet, _warnings, _prefix
+    _quiet = True
+    _warnings = not compared and first_on_another_machine()
+    _prefix = rank_prefix() if _warnings else ""
+
+
+def rank_prefix() -> str:
+    """`rank N on HOST: ` for a process of a torchrun job other than rank 0 (whose lines are
+    the job's own), else nothing."""
+    rank = os.environ.get("RANK", "0")
+    if "WORLD_SIZE" not in os.environ or rank == "0":
+        return ""
+    return f"rank {rank} on {socket.gethostname()}: "
+
+
+def several_machines() -> bool:
+    """Whether this process belongs to a torchrun job spread over several machines."""
+    env = os.environ
+    return "WORLD_SIZE" in env and env.get("LOCAL_WORLD_SIZE", "1") != env["WORLD_SIZE"]
+
+
+def first_on_another_machine() -> bool:
+    """Whether this torchrun process is the first of a machine other than rank 0's."""
+    env = os.environ
+    return several_machines() and env.get("LOCAL_RANK", "0") == "0" and env.get("RANK") != "0"
 
 
 def info(message: str) -> None:
@@ -40,7 +70,7 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """A warning is printed even with --quiet: it may change how results are read."""
     if _warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(_prefix + message)}")
 
 
 def error(message: str, hint: str = "") -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ def errors_reported(debug: bool) -> Iterator[None]:
         if left_to_rank_0(e):
             raise typer.Exit(e.exit_code) from None  # rank 0 says it for every rank
         named = e.agreed_from is not None  # the verdict's message names its rank already
-        _fail(("" if named else _rank_prefix()) + e.message, e.hint, e.exit_code)
+        _fail(("" if named else ui.rank_prefix()) + e.message, e.hint, e.exit_code)
     except Stopped as e:  # a signal (stopping.py); under torchrun rank 0 says it for all
         if os.environ.get("RANK", "0") != "0":
             raise typer.Exit(e.exit_code) from None
@@ -99,25 +98,14 @@ def left_to_rank_0(e: KdpipeError) -> bool:
     Before that, the first process of each other machine reports its own too: that machine's
     files may differ (a weights file or dataset missing there), and rank 0 would only wait
     for it."""
-    env = os.environ
-    rank = env.get("RANK", "0")
+    rank = os.environ.get("RANK", "0")
     if rank == "0":
         return False
-    one_machine = env.get("LOCAL_WORLD_SIZE", "1") == env.get("WORLD_SIZE", "1")
     if e.agreed_from is not None:  # what rank N found: rank N says it too, on its machine
-        return one_machine or rank != str(e.agreed_from)
+        return not ui.several_machines() or rank != str(e.agreed_from)
     if not e.everywhere:
         return False
-    return one_machine or ranks_compared() or env.get("LOCAL_RANK", "0") != "0"
-
-
-def _rank_prefix() -> str:
-    """`rank N on HOST: ` for any process of a torchrun job but rank 0 (whose lines are the
-    job's own)."""
-    rank = os.environ.get("RANK", "0")
-    if "WORLD_SIZE" not in os.environ or rank == "0":
-        return ""
-    return f"rank {rank} on {socket.gethostname()}: "
+    return ranks_compared() or not ui.first_on_another_machine()
 
 
 def out_of_memory(e: BaseException) -> bool:
