@@ -88,14 +88,16 @@ def teacher_outputs(
     read from the disk cache when a table of the same inputs is there, else computed (sharded
     over ranks, images read by `workers` processes) and stored."""
     start = time.perf_counter()
-    images = image_identity(dataset)
+    main = distributed.current().main
+    # Only rank 0 reads and stores tables: the others skip naming the images (a stat of
+    # every file of an image folder) and hashing the teacher.
+    images = image_identity(dataset) if main else None
     path = None
     if images:
         path = cache_root() / "teacher-logits" / f"{table_key(teacher, images, dtype)}.pt"
     n = len(dataset)  # type: ignore[arg-type]
     device = next(teacher.parameters()).device
-    main = distributed.current().main
-    stored = _read(path, n, num_classes) if path is not None and main else None
+    stored = _read(path, n, num_classes) if path is not None else None
     # Rank 0's cache decides for every rank and its table is sent to the others: their
     # machines' caches may lack it (rank 0 alone stores what a job computes), or key the same
     # images otherwise (a file's identity holds its modification time, which copying changes).
