@@ -54,10 +54,10 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, every_rank: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds
-    (and only on the process that writes: rank 0 of a distributed run). A write the disk
-    refuses (full, over quota) names `path` in its OSError."""
+    (and only on the process that writes: rank 0 of a distributed run, or any with
+    `every_rank`). A write the disk refuses (full, over quota) names `path` in its OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -70,7 +70,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         with naming(path, tmp_path):  # the user knows the file, not its temporary name
             yield tmp_path
-            if _writer:
+            if _writer or every_rank:
                 os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -148,13 +148,15 @@ def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: Path, text: str, every_rank: bool = False) -> None:
+    with atomic_path(path, every_rank) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path: Path, data: Any, every_rank: bool = False) -> None:
+    """`data` as JSON, atomically (on rank 0 alone unless `every_rank`: see atomic_path)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_text(path, text, every_rank)
 
 
 def _json_default(obj: Any) -> Any:

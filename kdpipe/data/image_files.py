@@ -56,8 +56,10 @@ def unreadable_files(files: Sequence[str]) -> dict[str, str]:
     size, modification time and inode (and Pillow's version and pixel limit): a rerun — a
     resume after a crash, another student — of an ImageNet-sized folder opened all 1.28 M
     files again (~47 us each warm on the CI CPU, far longer on a network disk, once per
-    torchrun rank). Any file changed, added or removed is another key: the folder is checked
-    again."""
+    torchrun rank). Every rank stores its verdicts: the cache may be each machine's own, and
+    rank 0 is on one machine only (ranks do not wait for one another to check first: on a
+    network disk an ImageNet check can outlast the process group's timeout). Any file
+    changed, added or removed is another key: the folder is checked again."""
     from kdpipe.runs import cache_root, read_json, write_json
 
     key = _listing_key(files)
@@ -72,7 +74,7 @@ def unreadable_files(files: Sequence[str]) -> dict[str, str]:
     bad = {f: why for f in files if (why := unreadable(f))}
     if path is not None:
         try:
-            write_json(path, bad)
+            write_json(path, bad, every_rank=True)  # the same verdicts: atomic, any may win
         except OSError:  # a cache that cannot be written costs this reuse only (the teacher
             pass  # cache's warning already says so)
     return bad

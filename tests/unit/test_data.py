@@ -264,6 +264,30 @@ def test_a_folder_checked_once_is_not_opened_again_until_a_file_changes(
     assert len(opened) == 13
 
 
+def test_every_torchrun_rank_keeps_its_image_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ranks other than 0 write no run files, and their verdicts went with them: with a cache
+    # per machine, every other machine opened every image again on every run.
+    from kdpipe.data import image_files
+    from kdpipe.runs import set_writer
+
+    folder = tmp_path / "imgs"
+    _two_classes(folder, 6)
+    opened: list[str] = []
+    check = image_files.unreadable
+    monkeypatch.setattr(image_files, "unreadable", lambda f: opened.append(f) or check(f))
+    spec = DataConfig(spec=f"imagefolder:{folder}", image_size=8)
+    set_writer(False)  # as on a rank other than 0
+    try:
+        for expected_opens in (12, 0):  # checked, then known, on that rank's machine too
+            opened.clear()
+            load_data(spec, seed=0)
+            assert len(opened) == expected_opens
+    finally:
+        set_writer(True)
+
+
 def test_files_cut_short_are_found_where_verify_reads_no_pixels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
