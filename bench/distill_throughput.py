@@ -13,7 +13,8 @@ alternate `--repeats` times (odd rounds start with the naive loop), and each rou
 taken between its own back-to-back runs. Naive: a plain PyTorch loop
 (contiguous tensors, teacher forward under no_grad every step, the same KD loss, AdamW
 one-cycle, batch 128). Reports images/s of each, the ratio, and both students' test top-1
-(the ratio only counts if they agree within 0.5 pt). A benchmark, not a test.
+(the ratio only counts if they agree within 0.5 pt), and this machine's ceiling for the ratio
+(see `ceiling`). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -140,6 +141,52 @@ def main() -> None:
         print(f"| {label} | {med(rates[key]):.1f} | {med(ratios):.2f} ({each}) | {acc_text} |")
     print(f"accuracy difference {100 * (k_acc - n_acc):+.2f} pt; cold and warm students' "
           f"test top-1 equal in {sum(same)} of {len(same)} rounds")  # fmt: skip
+    t, s, most = ceiling(cfg, teacher, args.device)
+    print(f"this machine: teacher forward {t:.0f} ms, student step {s:.0f} ms per batch of "
+          f"{cfg.distill.train.batch_size}: no loop that skips the teacher passes "
+          f"(T + S) / S = {most:.2f}x")  # fmt: skip
+
+
+def ceiling(cfg: RunConfig, teacher_path: Path, device: str) -> tuple[float, float, float]:
+    """(T, S, (T + S) / S): the naive loop's teacher forward (fp32, contiguous) and kdpipe's
+    student training step (channels-last, fused AdamW, KD loss), ms per batch (medians of 6),
+    and the ratio a loop that never runs the teacher could reach at most, data, validation
+    and checkpoints aside: what this machine allows, whatever the loop."""
+    data = load_data(cfg.data, cfg.seed)
+    k, b = data.info.num_classes, cfg.distill.train.batch_size
+    x = torch.stack([data.train[i][0] for i in range(b)]).to(device)
+    y = torch.randint(0, k, (b,), device=device)
+    teacher = models.create(cfg.teacher.arch, k, teacher_path).eval().to(device)
+    student = models.create(cfg.student.arch, k).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        z_t = teacher(x)
+
+    def forward() -> None:
+        with torch.no_grad():
+            teacher(x)
+
+    def step() -> None:
+        z_s = student(xc)
+        loss = 0.9 * kd_loss(z_s, z_t, 4.0) + 0.1 * F.cross_entropy(z_s, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def median_ms(f) -> float:  # type: ignore[no-untyped-def]
+        f()
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            f()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    t, s = median_ms(forward), median_ms(step)
+    return t, s, (t + s) / s
 
 
 def fmt(values: list[float]) -> str:
