@@ -150,7 +150,8 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
             "val_accuracy": result.val_accuracy,
             "history": result.history,
         }
-        _keep_in_cache(model, metrics, cached)
+        if main:  # the others' writes would be dropped (leaving an empty folder in their cache)
+            _keep_in_cache(model, metrics, cached)
     distributed.broadcast_state(model.state_dict())  # one teacher for every rank: rank 0's
     logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
