@@ -33,21 +33,6 @@ class ConfigError(KdpipeError):
     everywhere = True  # decided from the options and files, the same for every rank
 
 
-# Set once the processes of a torchrun job have compared their inputs (rank_inputs.py): from
-# then on every rank is known to have the same options and files, so an error decided from
-# them is the same on every machine, not only on each.
-_ranks_compared = False
-
-
-def mark_ranks_compared() -> None:
-    global _ranks_compared
-    _ranks_compared = True
-
-
-def ranks_compared() -> bool:
-    return _ranks_compared
-
-
 class DataError(KdpipeError):
     """A dataset is unknown, missing or unreadable."""
 

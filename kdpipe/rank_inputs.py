@@ -23,7 +23,7 @@ from kdpipe.config import RunConfig
 from kdpipe.data import DataSplits
 from kdpipe.distill import distributed
 from kdpipe.distill.stepper import training_numerics
-from kdpipe.errors import ConfigError, mark_ranks_compared
+from kdpipe.errors import ConfigError
 from kdpipe.models.custom import sources
 from kdpipe.runs import file_sha256
 
@@ -32,6 +32,8 @@ from kdpipe.runs import file_sha256
 PER_MACHINE = ("data.workers", "export.", "profile.")
 SHOWN = 40  # bytes of each value carried for the message (a digest tells longer ones apart)
 DIGEST = 8
+VERSION_BYTES = 32  # a version string's field; after it the digest of the names compared
+HEAD = VERSION_BYTES + DIGEST
 SHOWN_DIFFERENCES = 3
 
 
@@ -67,21 +69,20 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     if not distributed.current().active:
         return
     parts = describe(cfg, data)
-    # Every rank reaches the same verdict below: its error, too, is rank 0's to report.
-    mark_ranks_compared()
     names = sorted(parts)
     # First the kdpipe version and the names compared: another version may compare others.
     schema = hashlib.sha256("\n".join(names).encode()).digest()[:DIGEST]
     heads = distributed.gather_records(
-        distributed.text_field(__version__, 32) + schema + distributed.host_field()
+        distributed.text_field(__version__, VERSION_BYTES) + schema + distributed.host_field()
     )
     for rank, head in enumerate(heads[1:], start=1):
-        if head[: 32 + DIGEST] != heads[0][: 32 + DIGEST]:
-            theirs, ours = _text(head[:32]), _text(heads[0][:32])
+        if head[:HEAD] != heads[0][:HEAD]:
+            theirs = distributed.text_of(head[:VERSION_BYTES])
+            ours = distributed.text_of(heads[0][:VERSION_BYTES])
             same = theirs == ours
             raise _found_by(
                 rank,
-                f"rank {rank} on {distributed.host_of(head[32 + DIGEST :])} runs "
+                f"rank {rank} on {distributed.host_of(head[HEAD:])} runs "
                 + (
                     f"another build of kdpipe {ours}"
                     if same
@@ -109,7 +110,7 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     )
     more = len(diff) - SHOWN_DIFFERENCES
     others = len(differing) - 1
-    host = distributed.host_of(heads[rank][32 + DIGEST :])
+    host = distributed.host_of(heads[rank][HEAD:])
     hint = (
         "start every process with the same command and give every machine the same files "
         "(dataset, weights and model files)"
@@ -153,10 +154,6 @@ def _field(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()[:DIGEST] + distributed.text_field(value, SHOWN)
 
 
-def _text(field: bytes) -> str:
-    return field.rstrip(b"\0").decode(errors="replace")
-
-
 def _shown(field: bytes) -> str:
-    text = _text(field[DIGEST:])
+    text = distributed.text_of(field[DIGEST:])
     return text if len(text.encode()) < SHOWN else f"{text[: SHOWN - 10]}... ({field[:4].hex()})"

@@ -155,7 +155,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     distributed.broadcast_state(model.state_dict())  # one teacher for every rank: rank 0's
     logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
-    if distributed.current().main:
+    if main:
         fix = "check --teacher-weights" if t.weights and not tune else "raise --teacher-epochs"
         warn_near_chance("teacher", t.arch, metrics["test_accuracy"], k, fix)
     save_state(model, stage_dir / "model.pt")

@@ -19,7 +19,7 @@ from rich.progress import (
 console = Console(stderr=True, highlight=False)
 _quiet = False
 _warnings = True  # False on torchrun ranks other than 0 (see silence_rank)
-_prefix = ""  # "rank N on HOST: " on a rank other than 0 that warns
+_compared = False  # the ranks of a torchrun job found their inputs alike (rank_inputs.py)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -33,10 +33,16 @@ def silence_rank(compared: bool = False) -> None:
     process. On several machines, until the ranks have compared their inputs (`compared`),
     the first process of each other machine keeps its warnings, named by rank and host: its
     files may differ (an image that does not decode in that machine's copy)."""
-    global _quiet, _warnings, _prefix
-    _quiet = True
-    _warnings = not compared and first_on_another_machine()
-    _prefix = rank_prefix() if _warnings else ""
+    global _quiet, _warnings, _compared
+    _quiet, _compared = True, compared
+    _warnings = speaks_for_its_machine()
+
+
+def speaks_for_its_machine() -> bool:
+    """Whether this process reports its own warnings and errors of the options and files:
+    the first of a machine other than rank 0's, until the ranks have compared their inputs
+    (its files may differ from rank 0's); after that rank 0 speaks for every rank."""
+    return not _compared and first_on_another_machine()
 
 
 def rank_prefix() -> str:
@@ -70,7 +76,7 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """A warning is printed even with --quiet: it may change how results are read."""
     if _warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(_prefix + message)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(rank_prefix() + message)}")
 
 
 def error(message: str, hint: str = "") -> None:

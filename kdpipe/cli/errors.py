@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import typer
 
 from kdpipe import ui
-from kdpipe.errors import KdpipeError, ranks_compared
+from kdpipe.errors import KdpipeError
 from kdpipe.stopping import Stopped
 
 
@@ -105,7 +105,7 @@ def left_to_rank_0(e: KdpipeError) -> bool:
         return not ui.several_machines() or rank != str(e.agreed_from)
     if not e.everywhere:
         return False
-    return ranks_compared() or not ui.first_on_another_machine()
+    return not ui.speaks_for_its_machine()
 
 
 def out_of_memory(e: BaseException) -> bool:

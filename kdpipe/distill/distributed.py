@@ -114,11 +114,10 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
 
 def broadcast_state(state: Mapping[str, Any]) -> None:
     """Rank 0's values of a state_dict's tensors (a module's parameters and buffers) to every
-    rank, in place, as DDP does when it wraps a model. Ranks that build a model from the same seed hold the same weights only where every
-    machine's kernels draw the same numbers (an initializer's vectorized path can differ by
-    CPU), and a teacher reused from each machine's own cache may come from another training
-    there; a difference would last the whole run, as averaged gradients keep it. One
-    broadcast per device and dtype."""
+    rank, in place, as DDP does when it wraps a model. Ranks that build a model from the same
+    seed hold the same weights only where every machine's kernels draw the same numbers (an
+    initializer's vectorized path can differ by CPU), and a difference would last the whole
+    run, as averaged gradients keep it. One broadcast per device and dtype."""
     if not current().active:
         return
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -244,11 +243,7 @@ def all_agree(flag: bool) -> bool:
 
 def rank_0_says(flag: bool) -> bool:
     """Rank 0's `flag`, on every rank."""
-    if not current().active:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.broadcast(t, 0)
-    return bool(t.item())
+    return bool(broadcast_from_0(torch.tensor([int(flag)])).item())
 
 
 def broadcast_from_0(t: torch.Tensor) -> torch.Tensor:
@@ -317,7 +312,7 @@ def raise_first_failure(error: KdpipeError | None) -> None:
         return
     rank, rec = failed[0]
     text = rec[2 : 2 + FAILURE_TEXT], rec[2 + FAILURE_TEXT : 2 + 2 * FAILURE_TEXT]
-    message, hint = (t.rstrip(b"\0").decode(errors="replace") for t in text)
+    message, hint = (text_of(t) for t in text)
     if rank != 0:
         message = f"rank {rank} on {host_of(rec[2 + 2 * FAILURE_TEXT :])}: {message}"
     verdict = KdpipeError(message, hint)
@@ -331,12 +326,17 @@ def host_field() -> bytes:
 
 
 def host_of(field: bytes) -> str:
-    return field[:_HOST_BYTES].rstrip(b"\0").decode(errors="replace")
+    return text_of(field[:_HOST_BYTES])
 
 
 def text_field(text: str, width: int) -> bytes:
     """`text` as UTF-8 in exactly `width` bytes (cut, or padded with NULs)."""
     return text.encode()[:width].ljust(width, b"\0")
+
+
+def text_of(field: bytes) -> str:
+    """The text of a `text_field` (a cut character read as a replacement mark)."""
+    return field.rstrip(b"\0").decode(errors="replace")
 
 
 def gather_records(record: bytes) -> list[bytes]:

@@ -7,7 +7,7 @@ import socket
 import pytest
 import typer
 
-import kdpipe.errors
+from kdpipe import ui
 from kdpipe.cli import errors_reported
 from kdpipe.errors import ConfigError, DataError
 
@@ -83,7 +83,7 @@ def test_an_error_of_the_options_is_reported_once_per_machine_until_the_ranks_co
     )  # its machine's first says it
     assert _report(missing, capsys) == (2, [])
     # Once every rank found the others' inputs the same, rank 0's report stands for all.
-    monkeypatch.setattr(kdpipe.errors, "_ranks_compared", True)
+    monkeypatch.setattr(ui, "_compared", True)
     _torchrun(monkeypatch, rank=2, local_rank=0, world=4, per_machine=2)
     assert _report(missing, capsys) == (2, [])
     # Errors that are not alike on every rank are each process's own, named by its rank.

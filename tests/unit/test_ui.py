@@ -53,7 +53,7 @@ def test_the_first_process_of_another_machine_warns_until_the_ranks_compared(
         ("LOCAL_WORLD_SIZE", 2),
     ):
         monkeypatch.setenv(name, str(value))
-    for name, value in (("_quiet", False), ("_warnings", True), ("_prefix", "")):
+    for name, value in (("_quiet", False), ("_warnings", True), ("_compared", False)):
         monkeypatch.setattr(ui, name, value)  # restored after the test, as silence_rank sets them
     ui.silence_rank()
     ui.warn("skipped 1 image(s) that could not be decoded")
