@@ -27,7 +27,7 @@ from kdpipe.distill import distributed
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
-from kdpipe.errors import ConfigError, KdpipeError, absent, first_line
+from kdpipe.errors import ConfigError, KdpipeError, absent, first_line, reported
 from kdpipe.profile.environment import check_input_fits
 from kdpipe.rank_inputs import check_same_inputs
 from kdpipe.runlock import RunLock
@@ -217,6 +217,11 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         data, stages = _checked_inputs(cfg, until, rank.world)
     except KdpipeError as e:  # perhaps on this machine alone (a file missing here)
         failure = e
+    except Exception as e:  # a file unreadable here, a bug: the others must not wait for it
+        if rank.world == 1:
+            raise
+        failure = reported(e)
+        failure.__cause__ = e  # --debug's traceback goes back to it
     distributed.raise_first_failure(failure)  # every rank stops with the first rank's error
     check_same_inputs(cfg, data)  # under torchrun: every process's, before any is written
     if not rank.main:

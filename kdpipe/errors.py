@@ -7,6 +7,9 @@ without a traceback (``--debug`` shows it).
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -85,3 +88,57 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of a third-party exception's message (its type's name if it has none),
     cut at `limit` characters: what an `error:` line quotes of onnxruntime, torch, PIL..."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def reported(e: Exception) -> KdpipeError:
+    """What the CLI says of an exception that is not a KdpipeError: the error of its kind the
+    user can act on (a full disk, a path the system refused, memory, a peer process gone), else
+    "internal error". Also how a torchrun rank tells the others why it failed its checks."""
+    if isinstance(e, KdpipeError):
+        return e
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    kept = "finished stages and the last checkpoint are kept"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # not a bug
+        message, code = f"cannot write {e.filename or 'a file'}: {e.strerror}", 1
+        hint = f"free space on that disk, or point --out (or $KDPIPE_CACHE) elsewhere; {kept}: "
+        hint += "run the same command again to resume"
+    elif isinstance(e, OSError) and e.filename and e.strerror:  # a path the system refused
+        message, code = f"cannot use {e.filename}: {e.strerror}", 2
+        hint = "check that path: a file where a file is expected, in a folder kdpipe may use"
+    elif out_of_memory(e):  # the most common failure on a GPU, and not a bug either
+        message, code = f"out of memory: {first or type(e).__name__}", 1
+        hint = "use smaller batches or images (--batch-size is the global batch; "
+        hint += f"--image-size; --batch-sizes for profiling); {kept}"
+    elif "WORLD_SIZE" in os.environ and any(s in str(e) for s in PEER_GONE):
+        gone = next(s for s in PEER_GONE if s in str(e))  # the transport's symptom, not its advice
+        message, code = f"lost contact with another process of this run ({gone})", 1
+        hint = f"that process failed or was stopped (its own error says why); {kept}: run the "
+        hint += "same command again to resume, or let --max-restarts N do it"
+    else:
+        message, code = f"internal error: {type(e).__name__}: {first}", 1
+        hint = "rerun with --debug and report it"
+    said = KdpipeError(message, hint)
+    said.exit_code = code
+    return said
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """numpy's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's refusal."""
+    torch = sys.modules.get("torch")  # never imported just to ask
+    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return (
+        isinstance(e, MemoryError)
+        or (cuda_oom is not None and isinstance(e, cuda_oom))
+        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    )
+
+
+# What gloo and NCCL say when a peer process died: the error of a rank whose partner failed,
+# not a bug of its own.
+PEER_GONE = (
+    "Connection reset by peer",  # gloo
+    "Connection closed by peer",
+    "Broken pipe",
+    "remote process exited or there was a network error",  # NCCL
+    "Connection closed by remote peer",
+)

@@ -4,7 +4,6 @@ traceback unless --debug."""
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import traceback
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 import typer
 
 from kdpipe import ui
-from kdpipe.errors import KdpipeError
+from kdpipe.errors import KdpipeError, reported
 from kdpipe.stopping import Stopped
 
 
@@ -56,39 +55,8 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # not a bug
-            _fail(
-                f"cannot write {e.filename or 'a file'}: {e.strerror}",
-                "free space on that disk, or point --out (or $KDPIPE_CACHE) elsewhere; "
-                "finished stages and the last checkpoint are kept: run the same command again "
-                "to resume",
-                1,
-            )
-        if isinstance(e, OSError) and e.filename and e.strerror:  # a path the system refused
-            _fail(
-                f"cannot use {e.filename}: {e.strerror}",
-                "check that path: a file where a file is expected, in a folder kdpipe may use",
-                2,
-            )
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        if out_of_memory(e):  # the most common failure on a GPU, and not a bug either
-            _fail(
-                f"out of memory: {first or type(e).__name__}",
-                "use smaller batches or images (--batch-size is the global batch; "
-                "--image-size; --batch-sizes for profiling); finished stages and the last "
-                "checkpoint are kept",
-                1,
-            )
-        gone = [s for s in PEER_GONE if s in str(e)] if "WORLD_SIZE" in os.environ else []
-        if gone:  # the transport's symptom, not its paragraph of advice
-            _fail(
-                f"lost contact with another process of this run ({gone[0]})",
-                "that process failed or was stopped (its own error says why); finished stages "
-                "and the last checkpoint are kept: run the same command again to resume, or "
-                "let --max-restarts N do it",
-                1,
-            )
-        _fail(f"internal error: {type(e).__name__}: {first}", "rerun with --debug and report it", 1)
+        said = reported(e)
+        _fail(said.message, said.hint, said.exit_code)
 
 
 def left_to_rank_0(e: KdpipeError) -> bool:
@@ -106,25 +74,3 @@ def left_to_rank_0(e: KdpipeError) -> bool:
     if not e.everywhere:
         return False
     return not ui.speaks_for_its_machine()
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """numpy's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's refusal."""
-    torch = sys.modules.get("torch")  # never imported just to ask
-    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    return (
-        isinstance(e, MemoryError)
-        or (cuda_oom is not None and isinstance(e, cuda_oom))
-        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
-    )
-
-
-# What gloo and NCCL say when a peer process died: the error of a rank whose partner failed,
-# not a bug of its own.
-PEER_GONE = (
-    "Connection reset by peer",  # gloo
-    "Connection closed by peer",
-    "Broken pipe",
-    "remote process exited or there was a network error",  # NCCL
-    "Connection closed by remote peer",
-)

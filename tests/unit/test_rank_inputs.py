@@ -74,12 +74,30 @@ def _join(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
+# Not kdpipe's own errors, on rank 1 alone: a file its machine cannot read, a bug.
+_FAILS_HERE = {
+    "unreadable": PermissionError(13, "Permission denied", "/data/train/3/a.png"),
+    "bug": RuntimeError("boom in the data\nsecond line"),
+}
+
+
+def _raises(error: Exception):  # type: ignore[no-untyped-def]
+    def load_data(*args: object) -> None:
+        raise error
+
+    return load_data
+
+
 def _run_differently(rank: int, world: int, port: int, out: str, said: str, case: str) -> None:
     """`kdpipe run` on two processes whose command lines differ in --epochs, or whose
     machines differ: the teacher weights file rank 1 is given is missing there."""
     _join(rank, world, port)
     if case == "epochs":
         cfg = _cfg(out=out, distill={"train": {"epochs": 2 + rank}})
+    elif case in _FAILS_HERE:
+        cfg = _cfg(out=out)
+        if rank == 1:
+            api.load_data = _raises(_FAILS_HERE[case])  # type: ignore[assignment]
     else:
         weights = Path(out).parent / f"teacher{rank}.pt"
         if rank == 0:
@@ -95,7 +113,7 @@ def _run_differently(rank: int, world: int, port: int, out: str, said: str, case
             dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("case", ["epochs", "missing file"])
+@pytest.mark.parametrize("case", ["epochs", "missing file", "unreadable", "bug"])
 def test_run_stops_every_process_with_what_one_found(tmp_path: Path, case: str) -> None:
     out, said = tmp_path / "run", tmp_path / "said"
     said.mkdir()
@@ -108,10 +126,15 @@ def test_run_stops_every_process_with_what_one_found(tmp_path: Path, case: str) 
         # rank 0 waited for it in the process group.
         "missing file": f"rank 1 on {host}: --teacher-weights file {tmp_path / 'teacher1.pt'} "
         "does not exist",
+        # Before, rank 1 ended with its own error and rank 0 with "lost contact with another
+        # process" (or, had rank 1 not ended, waited in the process group).
+        "unreadable": f"rank 1 on {host}: cannot use /data/train/3/a.png: Permission denied",
+        "bug": f"rank 1 on {host}: internal error: RuntimeError: boom in the data",
     }
+    code = 1 if case == "bug" else 2  # what the CLI gives either error in one process
     for rank in (0, 1):  # both stop, with the same line: none waits for the other
-        message, hint, code, origin = json.loads((said / f"rank{rank}.json").read_text())
-        assert (message, code, origin) == (expected[case], 2, 1)
+        message, hint, exit_code, origin = json.loads((said / f"rank{rank}.json").read_text())
+        assert (message, exit_code, origin) == (expected[case], code, 1)
         assert hint
     assert not out.exists()  # refused before the output directory was touched
 
