@@ -1,5 +1,5 @@
 """`python -m kdpipe` is the same as the `kdpipe` command (torchrun launches it this way)."""
 
-from kdpipe.cli import main
+from kdpipe.entry import main
 
 main()

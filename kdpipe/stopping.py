@@ -34,6 +34,7 @@ DDP_CHECK_STEPS = 8  # GPUs under torchrun: ranks agree every this many steps (s
 STUCK_AFTER_S = 10.0  # a signal whose handler has not run by then finds the process stuck
 
 _pending = 0  # the signal received while deferring, not yet acted upon (0: none)
+_received = 0  # the last stop signal this command got (0: none): what a later error stems from
 _deferring = 0
 _last_handled = float("-inf")  # when the Python handler last ran (time.monotonic)
 _previous: dict[int, Any] = {}  # the handlers before `handled()`; forked children get them back
@@ -58,8 +59,9 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    global _pending, _last_handled
+    global _pending, _last_handled, _received
     _last_handled = time.monotonic()
+    _received = signum
     _leave_dead_terminal()
     if _deferring and not _pending:
         _pending = signum  # no printing here: the progress bar may be mid-draw
@@ -70,6 +72,30 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         # second Ctrl-C, a person insisting, stops at once (a scheduler insists with SIGKILL).
         return
     raise Stopped(signum)
+
+
+def note_interrupts() -> None:
+    """From the command's first instant, remember a Ctrl-C (still a KeyboardInterrupt at once)
+    for `received`. One landing in the middle of an import can leave a module half-imported,
+    and what fails next is not a KeyboardInterrupt: a Ctrl-C in numpy's import, within a second
+    of `kdpipe run`, ended in "internal error: RecursionError: maximum recursion depth
+    exceeded". Left alone when ignored (nohup) or replaced by whoever runs kdpipe in-process."""
+    global _received
+    _received = 0
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = signum
+    raise KeyboardInterrupt
+
+
+def received() -> int:
+    """The stop signal this command received, 0 if none: an error after one is its effect."""
+    return _received
 
 
 def _leave_dead_terminal() -> None:

@@ -5,14 +5,16 @@ traceback unless --debug."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 
-from kdpipe import ui
+from kdpipe import stopping, ui
 from kdpipe.errors import KdpipeError, reported
 from kdpipe.stopping import Stopped
 
@@ -25,7 +27,7 @@ def reader_gone() -> int:
     return 1
 
 
-def _fail(message: str, hint: str, code: int) -> None:
+def _fail(message: str, hint: str, code: int) -> NoReturn:
     ui.error(message, hint)
     raise typer.Exit(code)
 
@@ -33,6 +35,7 @@ def _fail(message: str, hint: str, code: int) -> None:
 @contextmanager
 def errors_reported(debug: bool) -> Iterator[None]:
     """Turn kdpipe's errors into one line plus a hint; anything else is an internal error."""
+    stopping.note_interrupts()  # this command's: not a signal an earlier one got in-process
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -44,19 +47,31 @@ def errors_reported(debug: bool) -> Iterator[None]:
             raise typer.Exit(e.exit_code) from None  # rank 0 says it for every rank
         named = e.agreed_from is not None  # the verdict's message names its rank already
         _fail(("" if named else ui.rank_prefix()) + e.message, e.hint, e.exit_code)
-    except Stopped as e:  # a signal (stopping.py); under torchrun rank 0 says it for all
-        if os.environ.get("RANK", "0") != "0":
-            raise typer.Exit(e.exit_code) from None
-        _fail(e.message, e.hint, e.exit_code)
+    except Stopped as e:  # a signal (stopping.py)
+        _stopped(e)
     except KeyboardInterrupt:
-        _fail("interrupted", "finished stages are kept; run the same command again to resume", 130)
+        _stopped(None)
     except BrokenPipeError:
         raise typer.Exit(reader_gone()) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
+        signum = stopping.received()
+        if signum:  # the signal's interrupt, turned into another error where it landed
+            _stopped(Stopped(signum) if signum != signal.SIGINT else None)
         said = reported(e)
         _fail(said.message, said.hint, said.exit_code)
+
+
+def _stopped(e: Stopped | None) -> NoReturn:
+    """A stop signal's line (None: Ctrl-C outside a run's handlers); under torchrun rank 0
+    says it for all."""
+    code = e.exit_code if e else 128 + signal.SIGINT
+    if os.environ.get("RANK", "0") != "0":
+        raise typer.Exit(code) from None
+    if e is None:
+        _fail("interrupted", "finished stages are kept; run the same command again to resume", code)
+    _fail(e.message, e.hint, code)
 
 
 def left_to_rank_0(e: KdpipeError) -> bool:

@@ -66,7 +66,7 @@ def kdpipe_here(capsys: pytest.CaptureFixture[str], *args: str, env: dict | None
     do) run here. An exception that escapes instead of becoming one `error:` line fails the
     test, as a traceback would. Of `env`, the teacher cache is what commands read.
     """
-    from kdpipe.cli import main
+    from kdpipe.entry import main
 
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:
