@@ -4,26 +4,37 @@ first instant, before the command's modules are imported, so one pressed at any 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
-from kdpipe import stopping  # the standard library only: imported in a few milliseconds
+from kdpipe import faults, stopping  # the standard library only: a few milliseconds
 
 
 def main(argv: list[str] | None = None) -> None:
     stopping.note_interrupts()
     try:
+        faults.reached("start")
         from kdpipe.cli import main as command  # typer, rich, the commands: ~0.1 s
 
         command(argv)
-    except KeyboardInterrupt:  # before the command's own handling began (or after it ended)
-        _interrupted()
+    except KeyboardInterrupt as e:  # before the command's own handling began (or after it ended)
+        _stopped(e.exit_code - 128 if isinstance(e, stopping.Stopped) else signal.SIGINT)
     except Exception:
         if stopping.received():  # the interrupt, turned into another error where it landed
-            _interrupted()
+            _stopped(stopping.received())
         raise
 
 
-def _interrupted() -> None:
-    # Plain text: the interrupt may have left the console's modules half-imported.
-    sys.stderr.write("error: interrupted\n")
-    sys.exit(130)
+def _stopped(signum: int) -> None:
+    # Plain text: the signal may have left the console's modules half-imported. Under
+    # torchrun rank 0 says it for every rank.
+    if os.environ.get("RANK", "0") == "0":
+        what = (
+            "interrupted"
+            if signum == signal.SIGINT
+            else f"stopped by {signal.Signals(signum).name}"
+        )
+        hint = "finished stages are kept; run the same command again to resume"
+        sys.stderr.write(f"error: {what}\nhint: {hint}\n")
+    sys.exit(128 + signum)

@@ -5,7 +5,9 @@ scheduler's `scancel` or a terminal's Ctrl-C does); with KDPIPE_FAULT_RANK=R onl
 rank R does, and never after the elastic launcher restarted the processes. Points: `load` (a training image loaded, counted
 in the process that loads it: a DataLoader worker counts its own), `step` (after an
 optimizer step), `epoch` (after an epoch's checkpoint is on disk), `checkpoint` (half-way
-through writing a checkpoint, before its rename). Unset in normal use, where it costs one
+through writing a checkpoint, before its rename), `launch` (`kdpipe run --nproc`'s launcher,
+its checks done, before torch's launcher starts the processes), `start` (the command's first
+instant, in kdpipe/entry.py). Unset in normal use, where it costs one
 dict lookup."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def reached(point: str) -> None:
     if name != point:
         return
     rank = os.environ.get("KDPIPE_FAULT_RANK")
-    if rank is not None and rank != os.environ.get("RANK", "0"):
+    if rank is not None and rank != os.environ.get("RANK"):  # a torchrun process of that rank
         return
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return  # a fault strikes the first attempt only: the launcher's restarts then recover

@@ -64,6 +64,8 @@ def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from kdpipe import faults
+
     # torchrun gives each process 1 thread unless told (and says so on every run): on a CPU
     # that leaves all but N cores idle. Split the cores this process may use instead.
     if "OMP_NUM_THREADS" not in os.environ:
@@ -83,6 +85,7 @@ def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
                 *("-m", "kdpipe", *without_launcher_options(argv)),
             ]
         )
+        faults.reached("launch")  # the tests' signal before the processes start
         try:
             run(args)
         except ChildFailedError as e:

@@ -79,12 +79,22 @@ def note_interrupts() -> None:
     for `received`. One landing in the middle of an import can leave a module half-imported,
     and what fails next is not a KeyboardInterrupt: a Ctrl-C in numpy's import, within a second
     of `kdpipe run`, ended in "internal error: RecursionError: maximum recursion depth
-    exceeded". Left alone when ignored (nohup) or replaced by whoever runs kdpipe in-process."""
+    exceeded". Left alone when ignored (nohup) or replaced by whoever runs kdpipe in-process.
+
+    In a process torch's launcher started, SIGTERM and SIGHUP also stop it at once with its
+    line (`Stopped`) until `handled()` takes over: the launcher passes a scheduler's signal on
+    at any moment, and a process still starting (its first half second) ended silently, the
+    launcher exiting 143 without a word."""
     global _received
     _received = 0
-    main = threading.current_thread() is threading.main_thread()
-    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        for s in (signal.SIGTERM, *HANGUP):
+            if signal.getsignal(s) is signal.SIG_DFL:
+                signal.signal(s, _handle)  # not deferring: raises Stopped
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -138,6 +148,27 @@ def handled() -> Iterator[None]:
         _previous.clear()
         _terminal_fds.clear()
         _pending = 0
+
+
+@contextmanager
+def at_once() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP stop the block at once (`Stopped`: its line, exit 128 +
+    signal), unless the process was started ignoring them; the previous handlers come back
+    after it. For `kdpipe run --nproc`'s launcher until torch's own handlers take over as it
+    starts the processes: without, a SIGTERM in its first seconds (importing torch, checking
+    the options, data and models) ended it silently, status -15."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        if previous[s] is not signal.SIG_IGN:
+            signal.signal(s, _handle)  # not deferring: raises Stopped
+    try:
+        yield
+    finally:
+        for signum, h in previous.items():
+            signal.signal(signum, h)
 
 
 class _Watchdog:

@@ -280,13 +280,16 @@ def run(
                 probe.acquire(warn=False)
                 probe.release()
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-            from kdpipe.api import validate
-            from kdpipe.launch import check_devices, relaunch
+            # Until torch's launcher takes signals its own way (it passes them on to the
+            # processes it starts), a signal stops this process with its line.
+            with stopping.at_once():
+                from kdpipe.api import validate  # torch: seconds
+                from kdpipe.launch import check_devices, relaunch
 
-            validate(cfg, nproc)  # --until, --force and --out were checked above
-            check_devices(nproc, cfg.runtime.device)
-            # The launcher takes signals its own way (it passes them on to the processes).
-            raise typer.Exit(relaunch(nproc, sys.argv[1:], max_restarts))
+                validate(cfg, nproc)  # --until, --force and --out were checked above
+                check_devices(nproc, cfg.runtime.device)
+                code = relaunch(nproc, sys.argv[1:], max_restarts)
+            raise typer.Exit(code)
         if max_restarts and "WORLD_SIZE" not in os.environ:
             raise ConfigError(
                 "--max-restarts restarts the processes --nproc starts",
