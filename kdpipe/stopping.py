@@ -104,8 +104,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def received() -> int:
-    """The stop signal this command received, 0 if none: an error after one is its effect."""
+    """The stop signal this command received and has not reported yet, 0 if none: an error
+    after one is its effect."""
     return _received
+
+
+def reported() -> None:
+    """The stop signal's line is out: nothing later needs saying of it."""
+    global _received
+    _received = 0
 
 
 def _leave_dead_terminal() -> None:

@@ -64,14 +64,17 @@ def errors_reported(debug: bool) -> Iterator[None]:
 
 
 def _stopped(e: Stopped | None) -> NoReturn:
-    """A stop signal's line (None: Ctrl-C outside a run's handlers); under torchrun rank 0
-    says it for all."""
-    code = e.exit_code if e else 128 + signal.SIGINT
-    if os.environ.get("RANK", "0") != "0":
-        raise typer.Exit(code) from None
-    if e is None:
-        _fail("interrupted", "finished stages are kept; run the same command again to resume", code)
-    _fail(e.message, e.hint, code)
+    raise typer.Exit(say_stopped(e)) from None
+
+
+def say_stopped(e: Stopped | None) -> int:
+    """A stop signal's line (None: Ctrl-C outside a run's handlers) and its exit status; under
+    torchrun rank 0 says it for all."""
+    stopping.reported()
+    if os.environ.get("RANK", "0") == "0":
+        hint = "finished stages are kept; run the same command again to resume"
+        ui.error(*((e.message, e.hint) if e else ("interrupted", hint)))
+    return e.exit_code if e else 128 + signal.SIGINT
 
 
 def left_to_rank_0(e: KdpipeError) -> bool:
