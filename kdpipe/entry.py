@@ -35,6 +35,5 @@ def _stopped(signum: int) -> None:
             if signum == signal.SIGINT
             else f"stopped by {signal.Signals(signum).name}"
         )
-        hint = "finished stages are kept; run the same command again to resume"
-        sys.stderr.write(f"error: {what}\nhint: {hint}\n")
+        sys.stderr.write(f"error: {what}\nhint: {stopping.KEPT}\n")
     sys.exit(128 + signum)

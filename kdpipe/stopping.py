@@ -33,6 +33,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, *HANGUP)
 DDP_CHECK_STEPS = 8  # GPUs under torchrun: ranks agree every this many steps (see `due`)
 STUCK_AFTER_S = 10.0  # a signal whose handler has not run by then finds the process stuck
 
+KEPT = "finished stages are kept; run the same command again to resume"  # a stop's hint
 _pending = 0  # the signal received while deferring, not yet acted upon (0: none)
 _received = 0  # the last stop signal this command got (0: none): what a later error stems from
 _deferring = 0
@@ -49,11 +50,7 @@ class Stopped(KeyboardInterrupt):
         self.message = f"stopped by {name}" + (f" {where}" if where else "")
         if saved:
             self.message += ", its checkpoint written"
-        self.hint = (
-            "run the same command again to resume from there"
-            if saved
-            else "finished stages are kept; run the same command again to resume"
-        )
+        self.hint = "run the same command again to resume from there" if saved else KEPT
         self.exit_code = 128 + signum
         super().__init__(self.message)
 

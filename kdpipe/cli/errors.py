@@ -72,8 +72,7 @@ def say_stopped(e: Stopped | None) -> int:
     torchrun rank 0 says it for all."""
     stopping.reported()
     if os.environ.get("RANK", "0") == "0":
-        hint = "finished stages are kept; run the same command again to resume"
-        ui.error(*((e.message, e.hint) if e else ("interrupted", hint)))
+        ui.error(*((e.message, e.hint) if e else ("interrupted", stopping.KEPT)))
     return e.exit_code if e else 128 + signal.SIGINT
 
 
