@@ -171,13 +171,7 @@ def test_sigterm_before_the_processes_run_says_so(tmp_path: Path, fault: dict[st
     out = tmp_path / "run"
     env = {**os.environ, "KDPIPE_CACHE": str(tmp_path / "cache"), **fault}
     args = ("run", "--nproc", "2", "--teacher", "resnet18", "--out", str(out), "--quiet")
-    proc = subprocess.run(
-        [sys.executable, "-m", "kdpipe", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = kdpipe(*args, env=env)
     assert proc.returncode == 143, proc.stderr[-3000:]
     torch_log = re.compile(r"^[EWI]\d{4} ")  # the elastic launcher's own log lines
     said = [line for line in proc.stderr.splitlines() if not torch_log.match(line)]
