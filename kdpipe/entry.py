@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
 
         command(argv)
     except KeyboardInterrupt as e:  # before the command's own handling began (or after it ended)
-        _stopped(e.exit_code - 128 if isinstance(e, stopping.Stopped) else signal.SIGINT)
+        _stopped(e.signum if isinstance(e, stopping.Stopped) else signal.SIGINT)
     except Exception:
         if stopping.received():  # the interrupt, turned into another error where it landed
             _stopped(stopping.received())
@@ -30,10 +30,5 @@ def _stopped(signum: int) -> None:
     # Plain text: the signal may have left the console's modules half-imported. Under
     # torchrun rank 0 says it for every rank.
     if os.environ.get("RANK", "0") == "0":
-        what = (
-            "interrupted"
-            if signum == signal.SIGINT
-            else f"stopped by {signal.Signals(signum).name}"
-        )
-        sys.stderr.write(f"error: {what}\nhint: {stopping.KEPT}\n")
+        sys.stderr.write(f"error: {stopping.said(signum)}\nhint: {stopping.KEPT}\n")
     sys.exit(128 + signum)

@@ -94,8 +94,6 @@ def reported(e: Exception) -> KdpipeError:
     """What the CLI says of an exception that is not a KdpipeError: the error of its kind the
     user can act on (a full disk, a path the system refused, memory, a peer process gone), else
     "internal error". Also how a torchrun rank tells the others why it failed its checks."""
-    if isinstance(e, KdpipeError):
-        return e
     first = (str(e).strip().splitlines() or [""])[0][:300]
     kept = "finished stages and the last checkpoint are kept"
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # not a bug

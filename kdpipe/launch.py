@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+from kdpipe import faults
+
 LAUNCHER_OPTIONS = ("--nproc", "--max-restarts")  # the launcher's; workers never see them
 
 
@@ -63,8 +65,6 @@ def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
-
-    from kdpipe import faults
 
     # torchrun gives each process 1 thread unless told (and says so on every run): on a CPU
     # that leaves all but N cores idle. Split the cores this process may use instead.

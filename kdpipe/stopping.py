@@ -51,8 +51,14 @@ class Stopped(KeyboardInterrupt):
         if saved:
             self.message += ", its checkpoint written"
         self.hint = "run the same command again to resume from there" if saved else KEPT
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
         super().__init__(self.message)
+
+
+def said(signum: int) -> str:
+    """What a stop by `signum` outside a training loop says: Ctrl-C before the run's own
+    handling (a plain KeyboardInterrupt) is "interrupted"."""
+    return "interrupted" if signum == signal.SIGINT else Stopped(signum).message
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
         if code == 130 and stopping.received():  # Ctrl-C as typer read the options: it returns
-            say_stopped(None)  # 130 and says nothing
+            say_stopped(stopping.received())  # 130 and says nothing
         sys.stdout.flush()  # what is still buffered for a pipe, while a closed one can be told
     except typer.Exit as e:
         code = e.exit_code

@@ -48,9 +48,9 @@ def errors_reported(debug: bool) -> Iterator[None]:
         named = e.agreed_from is not None  # the verdict's message names its rank already
         _fail(("" if named else ui.rank_prefix()) + e.message, e.hint, e.exit_code)
     except Stopped as e:  # a signal (stopping.py)
-        _stopped(e)
+        _stopped(e.signum, e)
     except KeyboardInterrupt:
-        _stopped(None)
+        _stopped(signal.SIGINT)
     except BrokenPipeError:
         raise typer.Exit(reader_gone()) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
@@ -58,22 +58,22 @@ def errors_reported(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         signum = stopping.received()
         if signum:  # the signal's interrupt, turned into another error where it landed
-            _stopped(Stopped(signum) if signum != signal.SIGINT else None)
+            _stopped(signum)
         said = reported(e)
         _fail(said.message, said.hint, said.exit_code)
 
 
-def _stopped(e: Stopped | None) -> NoReturn:
-    raise typer.Exit(say_stopped(e)) from None
+def _stopped(signum: int, e: Stopped | None = None) -> NoReturn:
+    raise typer.Exit(say_stopped(signum, e)) from None
 
 
-def say_stopped(e: Stopped | None) -> int:
-    """A stop signal's line (None: Ctrl-C outside a run's handlers) and its exit status; under
-    torchrun rank 0 says it for all."""
+def say_stopped(signum: int, e: Stopped | None = None) -> int:
+    """The line of a stop by `signum` (`e`'s own, which may say where it stopped) and its exit
+    status; under torchrun rank 0 says it for all."""
     stopping.reported()
     if os.environ.get("RANK", "0") == "0":
-        ui.error(*((e.message, e.hint) if e else ("interrupted", stopping.KEPT)))
-    return e.exit_code if e else 128 + signal.SIGINT
+        ui.error(*((e.message, e.hint) if e else (stopping.said(signum), stopping.KEPT)))
+    return 128 + signum
 
 
 def left_to_rank_0(e: KdpipeError) -> bool:
