@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from kdpipe import api, models, ui
-from kdpipe.config import RunConfig
+from kdpipe import api, models
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig
+from kdpipe.core.runs import cache_root
 from kdpipe.data import load_data
 from kdpipe.distill.methods.kd import kd_loss
-from kdpipe.profile.accuracy import predict_logits, top1
-from kdpipe.runs import cache_root
+from kdpipe.runtimes.accuracy import predict_logits, top1
 
 
 def naive_loop(cfg: RunConfig, teacher_path: Path, device: str) -> tuple[float, float]:

@@ -132,9 +132,9 @@ def fidelity(run: Path, report: dict, alternations: int) -> None:
     loop again in a random order and compares them within the alternation; the median of the
     paired ratios is reported. The second plain loop is a null control: the paired difference
     that comparing a loop with itself reads here is the bench's own noise floor."""
-    from kdpipe import ui
-    from kdpipe.config import ProfileConfig
-    from kdpipe.profile.standalone import profile_targets
+    from kdpipe.core import ui
+    from kdpipe.core.config import ProfileConfig
+    from kdpipe.stages.profile_files import profile_targets
 
     ui.set_quiet(True)
     threads = report["environment"]["threads"]

@@ -5,7 +5,7 @@
 Measures, on CUDA: inference latency with CUDA events (device time) and wall time
 (end to end), FP32 vs AMP (bf16 where supported, else fp16) vs AMP + channels_last, for
 resnet50 and resnet18 at batch 1 and 32 on 3x32x32 and 3x224x224; training throughput FP32
-vs AMP + channels_last; a TensorRT engine through kdpipe.export.tensorrt and
+vs AMP + channels_last; a TensorRT engine through kdpipe.runtimes.tensorrt and
 onnxruntime-gpu's CUDA provider when installed; kdpipe itself: the distill stage with and
 without AMP (and over NCCL with several GPUs), image files with loader workers, the whole
 pipeline, a scheduler's SIGTERM to the job and its resume, a batch too large for the card.
@@ -159,8 +159,8 @@ def training_throughput() -> None:
 def tensorrt_and_ort_gpu() -> None:
     try:
         from kdpipe.data.splits import DataInfo
-        from kdpipe.export import tensorrt
         from kdpipe.export.onnx import export_onnx
+        from kdpipe.runtimes import tensorrt
     except ImportError as e:  # kdpipe's own dependencies may be missing on a bare GPU image
         row(kind="tensorrt", status="skipped", reason=f"kdpipe not importable: {e}")
         return

@@ -29,12 +29,13 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from kdpipe import api, models, ui
-from kdpipe.config import RunConfig
+from kdpipe import api, models
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig
 from kdpipe.data import load_data
 from kdpipe.distill.methods import all_methods, get
 from kdpipe.distill.trainer import fit
-from kdpipe.profile.accuracy import predict_logits, top1
+from kdpipe.runtimes.accuracy import predict_logits, top1
 
 TEACHER, STUDENT = "resnet18", "shufflenet_v2_x0_5"
 OPTIONS: dict[str, dict] = {

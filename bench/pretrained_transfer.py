@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from kdpipe import api, ui
-from kdpipe.config import build_config
+from kdpipe import api
+from kdpipe.core import ui
+from kdpipe.core.config import build_config
 
 
 def write_pngs(root: Path, digits: range) -> None:

@@ -1,7 +1,7 @@
 """The public Python API. `run(cfg)` is the whole pipeline; the CLI is a thin layer over it.
 
     from kdpipe.api import run
-    from kdpipe.config import RunConfig
+    from kdpipe.core.config import RunConfig
     report = run(RunConfig())          # resnet50 -> resnet18 on digits
 
 Stages (teacher, distill, export, profile, report) talk only through return values and files
@@ -18,20 +18,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdpipe import models, stopping, ui
-from kdpipe.config import RunConfig
-from kdpipe.data import DataSplits, load_data, parse_spec
-from kdpipe.data.transfer import check_transfer
-from kdpipe.data.transforms import crop_fraction
-from kdpipe.distill import distributed
-from kdpipe.distill.compose import Composite
-from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stage import distill_fingerprint, run_distill_stage
-from kdpipe.errors import ConfigError, KdpipeError, absent, first_line, reported
-from kdpipe.profile.environment import check_input_fits
-from kdpipe.rank_inputs import check_same_inputs
-from kdpipe.runlock import RunLock
-from kdpipe.runs import (
+from kdpipe import models
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig
+from kdpipe.core.errors import ConfigError, KdpipeError, absent, first_line, reported
+from kdpipe.core.runs import (
     RunDir,
     check_until,
     ensure_writable_dir,
@@ -42,8 +33,17 @@ from kdpipe.runs import (
     set_writer,
     write_text,
 )
-from kdpipe.structured import SETTINGS_BYTES, ParseError, parse, read_text
-from kdpipe.teacher import (
+from kdpipe.data import DataSplits, load_data, parse_spec
+from kdpipe.data.transfer import check_transfer
+from kdpipe.data.transforms import crop_fraction
+from kdpipe.distill.compose import Composite
+from kdpipe.distill.methods import get as get_method
+from kdpipe.parallel import distributed, stopping
+from kdpipe.parallel.runlock import RunLock
+from kdpipe.profile.environment import check_input_fits
+from kdpipe.stages.distill import distill_fingerprint, run_distill_stage
+from kdpipe.stages.inputs import check_same_inputs
+from kdpipe.stages.teacher import (
     cached_teacher_dir,
     load_teacher,
     needs_fine_tuning,
@@ -328,12 +328,12 @@ def _run_stages(
         return distill_metrics
     # Imported where they are first needed: onnx and matplotlib cost a second of start-up to
     # every process, torchrun's ranks and runs that stop after training among them.
-    from kdpipe.export.stage import FILES as ONNX_FILES
-    from kdpipe.export.stage import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
-    from kdpipe.profile.stage import run_profile_stage
     from kdpipe.report.metrics import flatten_metrics
     from kdpipe.report.schema import build_report
     from kdpipe.report.write import write_reports
+    from kdpipe.stages.export import FILES as ONNX_FILES
+    from kdpipe.stages.export import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
+    from kdpipe.stages.profile import run_profile_stage
 
     if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
         ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")
@@ -395,26 +395,8 @@ def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
     data = load_data(cfg.data, cfg.seed)
     models.check_input_size("model", arch, data.info.num_classes, data.info.input_size)
     student = models.create(arch, data.info.num_classes, weights).eval()
-    from kdpipe.export.stage import run_export_stage
+    from kdpipe.stages.export import run_export_stage
 
     return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
 
 
-def load_run_config(run_dir: Path) -> dict:
-    """The resolved config a run wrote, as a dict (CLI overrides go on top)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{run_dir} is not a kdpipe run directory (no config.yaml)",
-            "pass the --out of a kdpipe run",
-        )
-    try:
-        data = parse(read_text(path, SETTINGS_BYTES), "yaml") or {}
-    except (OSError, ParseError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"{path} is unreadable ({type(e).__name__})", "re-run kdpipe run"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds no run config", "re-run kdpipe run")
-    data["out"] = str(run_dir)
-    return data

@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 
-from kdpipe import faults, stopping  # the standard library only: a few milliseconds
+from kdpipe.core import faults
+from kdpipe.parallel import stopping  # the standard library only: a few milliseconds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,10 @@ import onnxruntime as ort
 from PIL import Image
 from pydantic import Field, ValidationError
 
-from kdpipe.errors import ConfigError, DataError, ExportError, first_line
-from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
-from kdpipe.runs import file_sha256  # stdlib only: keeps predict free of torch
-from kdpipe.structured import Open, first_problem, parse, read_text
+from kdpipe.core.errors import ConfigError, DataError, ExportError, first_line
+from kdpipe.core.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
+from kdpipe.core.runs import file_sha256  # stdlib only: keeps predict free of torch
+from kdpipe.core.structured import Open, first_problem, parse, read_text
 
 
 @dataclass
@@ -157,7 +157,7 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     """One image file -> the [3,H,W] float32 input the model was trained on."""
     h, w = pre["resize"]
     try:
-        with open_image(path) as raw:  # 16-bit scaled as in training (kdpipe.pixels)
+        with open_image(path) as raw:  # 16-bit scaled as in training (kdpipe.core.pixels)
             img = eight_bit(raw, "L" if pre["color"] == "gray" else "RGB")
         rh, rw = resized_size(img.height, img.width, pre)
         if pre["interpolation"] == "pil_bilinear":  # as torchvision's Resize on PIL images

@@ -53,6 +53,6 @@ def _threads() -> None:
 def _loud_again() -> Iterator[None]:
     # In-process CLI calls with --quiet must not silence the tests that follow.
     yield
-    from kdpipe import ui
+    from kdpipe.core import ui
 
     ui.set_quiet(False)

@@ -16,10 +16,11 @@ import sys
 
 import typer
 
-from kdpipe import stopping, ui
 from kdpipe.cli import listing, measure, pipeline, ship
 from kdpipe.cli.errors import errors_reported, reader_gone, say_stopped
 from kdpipe.cli.shared import app, stdout
+from kdpipe.core import ui
+from kdpipe.parallel import stopping
 
 __all__ = ["app", "errors_reported", "main", "stdout"]
 

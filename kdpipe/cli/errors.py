@@ -14,9 +14,10 @@ from typing import NoReturn
 
 import typer
 
-from kdpipe import stopping, ui
-from kdpipe.errors import KdpipeError, reported
-from kdpipe.stopping import Stopped
+from kdpipe.core import ui
+from kdpipe.core.errors import KdpipeError, reported
+from kdpipe.parallel import stopping
+from kdpipe.parallel.stopping import Stopped
 
 
 def reader_gone() -> int:

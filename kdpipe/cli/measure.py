@@ -10,7 +10,6 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from kdpipe import ui
 from kdpipe.cli.errors import errors_reported
 from kdpipe.cli.shared import (
     BatchSizesOpt,
@@ -25,7 +24,9 @@ from kdpipe.cli.shared import (
     profile_overrides,
     stdout,
 )
-from kdpipe.errors import ConfigError, first_line
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError, first_line
+from kdpipe.core.runs import load_run_config
 
 
 def profile(
@@ -55,8 +56,8 @@ def profile(
     ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe import api
-        from kdpipe.config import build_config
-        from kdpipe.runs import write_json
+        from kdpipe.core.config import build_config
+        from kdpipe.core.runs import write_json
 
         overrides = profile_overrides(batch_sizes, threads, warmup, min_iters, min_seconds, memory)
         run_dirs = [t for t in targets if (Path(t) / "config.yaml").is_file()]
@@ -70,13 +71,13 @@ def profile(
                 )
             from kdpipe.report.terminal import print_summary
 
-            cfg = build_config(api.load_run_config(Path(run_dirs[0])), overrides, "profile")
+            cfg = build_config(load_run_config(Path(run_dirs[0])), overrides, "profile")
             report = api.run(cfg, force=["profile"])
             print_summary(report, stdout)
             if out is not None:  # besides the run's own report.json
                 write_json(out, report)
             return
-        from kdpipe.profile.standalone import profile_targets
+        from kdpipe.stages.profile_files import profile_targets
 
         cfg = build_config({}, overrides, "profile")
         chw = csv_list(input_size, int, "--input-size")
@@ -126,7 +127,7 @@ def report(
 ) -> None:
     """Rebuild report.md and report.html from the run's report.json."""
     with errors_reported(debug):
-        from kdpipe.gate import load_report
+        from kdpipe.report.gate import load_report
         from kdpipe.report.write import write_reports
 
         path = run_dir / "report.json"
@@ -167,9 +168,9 @@ def gate(
     """Fail (exit 1) when a latency/accuracy/size budget is broken; exit 2 on bad input."""
     ui.set_quiet(quiet)
     with errors_reported(debug):
-        from kdpipe import gate as g
-        from kdpipe.errors import BudgetError
-        from kdpipe.runs import load_samples
+        from kdpipe.core.errors import BudgetError
+        from kdpipe.core.runs import load_samples
+        from kdpipe.report import gate as g
 
         limits = g.load_budgets(budgets)  # bad budgets fail before minutes of measuring
         given = g.given_metrics(report) if measure else {}
@@ -178,9 +179,9 @@ def gate(
         def measured() -> tuple[dict, dict[str, list[float]]]:
             if measure:
                 from kdpipe import api
-                from kdpipe.config import build_config
+                from kdpipe.core.config import build_config
 
-                api.run(build_config(api.load_run_config(report.parent), {}), force=["profile"])
+                api.run(build_config(load_run_config(report.parent), {}), force=["profile"])
             latest["report"] = g.load_report(report)
             return latest["report"], load_samples(report.parent)
 
@@ -239,11 +240,11 @@ def compare(
 
     Latency rules are judged on the 95 % interval of the change where both runs kept their samples (profile/samples.json beside report.json)."""  # noqa: E501
     with errors_reported(debug):
-        from kdpipe.errors import BudgetError
-        from kdpipe.gate import load_report
+        from kdpipe.core.errors import BudgetError
+        from kdpipe.core.runs import load_samples
         from kdpipe.report.compare import Side, machine_difference, parse_rules
         from kdpipe.report.compare import compare as diff
-        from kdpipe.runs import load_samples
+        from kdpipe.report.gate import load_report
 
         rules = parse_rules(fail_on or "")
         sides, machines = [], []

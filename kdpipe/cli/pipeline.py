@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 
-from kdpipe import stopping, ui
 from kdpipe.cli.errors import errors_reported
 from kdpipe.cli.shared import (
     BackendOpt,
@@ -33,7 +32,9 @@ from kdpipe.cli.shared import (
     profile_overrides,
     stdout,
 )
-from kdpipe.errors import ConfigError
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError
+from kdpipe.parallel import stopping
 
 
 def run(
@@ -217,9 +218,9 @@ def run(
     """Train or load the teacher, distill the student, export, profile both and report."""
     ui.set_quiet(quiet)
     with errors_reported(debug):
-        from kdpipe.config import build_config, load_config_file
-        from kdpipe.runlock import RunLock
-        from kdpipe.runs import check_until, forced_stages, refuse_foreign_dir
+        from kdpipe.core.config import build_config, load_config_file
+        from kdpipe.core.runs import check_until, forced_stages, refuse_foreign_dir
+        from kdpipe.parallel.runlock import RunLock
 
         overrides: dict[str, Any] = {
             "teacher.arch": teacher,
@@ -270,7 +271,7 @@ def run(
         check_until(until)
         forced = bool(forced_stages(force or ()))
         if "WORLD_SIZE" in os.environ:
-            from kdpipe.launch import die_with_launcher
+            from kdpipe.parallel.launch import die_with_launcher
 
             die_with_launcher()
         else:  # under torchrun rank 0 checks, while the others wait
@@ -284,7 +285,7 @@ def run(
             # processes it starts), a signal stops this process with its line.
             with stopping.at_once():
                 from kdpipe.api import validate  # torch: seconds
-                from kdpipe.launch import check_devices, relaunch
+                from kdpipe.parallel.launch import check_devices, relaunch
 
                 validate(cfg, nproc)  # --until, --force and --out were checked above
                 check_devices(nproc, cfg.runtime.device)

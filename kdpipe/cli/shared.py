@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from kdpipe.errors import ConfigError
+from kdpipe.core.errors import ConfigError
 
 app = typer.Typer(
     help="Distill a big image model into a small one, export it, profile both, report.",

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from kdpipe import ui
 from kdpipe.cli.errors import errors_reported
 from kdpipe.cli.shared import (
     BackendOpt,
@@ -23,7 +22,9 @@ from kdpipe.cli.shared import (
     export_overrides,
     stdout,
 )
-from kdpipe.errors import ConfigError
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.runs import load_run_config
 
 
 def export(
@@ -58,7 +59,7 @@ def export(
     ui.set_quiet(quiet)
     with errors_reported(debug):
         from kdpipe import api
-        from kdpipe.config import build_config
+        from kdpipe.core.config import build_config
 
         overrides = export_overrides(
             precision, backend, calibration, calibration_samples, max_accuracy_drop, batch_range
@@ -76,7 +77,7 @@ def export(
                     "run directory (its data fixes it)",
                     "drop it, or export --arch/--weights with the data of your choice",
                 )
-            cfg = build_config(api.load_run_config(run_dir), overrides, "export")
+            cfg = build_config(load_run_config(run_dir), overrides, "export")
             results = api.run(cfg, until="export")
             where = run_dir / "export"
         else:

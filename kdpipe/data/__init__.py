@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.config import DataConfig
+from kdpipe.core import ui
+from kdpipe.core.config import DataConfig
+from kdpipe.core.errors import DataError, did_you_mean
 from kdpipe.data.splits import DataInfo, DataSplits
-from kdpipe.errors import DataError, did_you_mean
 
 NEEDS_PATH = ("imagefolder", "imagenet", "cifar10", "cifar100", "mnist", "fashion-mnist")
 KINDS = ("digits", *NEEDS_PATH)
@@ -35,7 +36,6 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     """Load the three splits named by `cfg.spec`, deterministic given `seed`."""
     splits = _load(cfg, seed)
     if cfg.crop_scale != DataConfig().crop_scale and not cfg.augment.startswith("resized"):
-        from kdpipe import ui
 
         ui.info(f"note: --crop-scale applies to resized crops (--augment {cfg.augment})")
     # random augmentation (applied by the trainer) gives a sample another tensor each epoch

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-from kdpipe.config import Augment
+from kdpipe.core.config import Augment
 from kdpipe.data.splits import DataInfo
 
 AUGMENTS: tuple[str, ...] = get_args(Augment)  # "none" and the kinds, as config accepts them

@@ -15,11 +15,11 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
-from kdpipe import ui
+from kdpipe.core import ui
+from kdpipe.core.errors import DataError, absent
 from kdpipe.data.image_files import is_image_file, load_rgb, unreadable_files
 from kdpipe.data.splits import DataInfo, DataSplits, check_labels, stratified_indices
 from kdpipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, describe, eval_transform
-from kdpipe.errors import DataError, absent
 
 
 def _drop_undecodable(ds: ImageFolder, path: Path, strict: bool) -> None:

@@ -1,5 +1,5 @@
 """Image files on disk: whether a file decodes to its end, and loading any mode as 8-bit RGB
-(which names are images: kdpipe.pixels). Shared by `imagefolder:` data and `--transfer
+(which names are images: kdpipe.core.pixels). Shared by `imagefolder:` data and `--transfer
 imagefolder:`."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import PIL
 from PIL import Image
 
-from kdpipe.errors import DataError
-from kdpipe.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
+from kdpipe import __version__
+from kdpipe.core.errors import DataError
+from kdpipe.core.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
+from kdpipe.core.runs import cache_root, read_json, write_json
 
 __all__ = ["EXTENSIONS", "is_image_file", "load_rgb", "unreadable", "unreadable_files"]
 
@@ -60,7 +62,6 @@ def unreadable_files(files: Sequence[str]) -> dict[str, str]:
     rank 0 is on one machine only (ranks do not wait for one another to check first: on a
     network disk an ImageNet check can outlast the process group's timeout). Any file
     changed, added or removed is another key: the folder is checked again."""
-    from kdpipe.runs import cache_root, read_json, write_json
 
     key = _listing_key(files)
     path = cache_root() / "image-checks" / f"{key}.json" if key else None
@@ -83,7 +84,6 @@ def unreadable_files(files: Sequence[str]) -> dict[str, str]:
 def _listing_key(files: Sequence[str]) -> str | None:
     """What the verdicts depend on, hashed; None when a file cannot be stat'ed (it is then
     checked, and named, by `unreadable`)."""
-    from kdpipe import __version__
 
     h = hashlib.sha256(f"{__version__}|{PIL.__version__}|{Image.MAX_IMAGE_PIXELS}".encode())
     try:

@@ -19,9 +19,9 @@ import os
 import tarfile
 from pathlib import Path
 
+from kdpipe.core.errors import DataError
 from kdpipe.data.folders import load_imagefolder
 from kdpipe.data.splits import DataSplits
-from kdpipe.errors import DataError
 
 SOLUTION = "LOC_val_solution.csv"
 DEVKIT = "ILSVRC2012_devkit_t12"

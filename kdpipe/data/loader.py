@@ -10,7 +10,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from kdpipe.errors import DataError
+from kdpipe.core.errors import DataError
 
 
 @dataclass

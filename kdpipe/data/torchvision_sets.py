@@ -12,9 +12,9 @@ import numpy as np
 from torch.utils.data import Subset
 from torchvision import datasets
 
+from kdpipe.core.errors import DataError
 from kdpipe.data.splits import DataInfo, DataSplits, stratified_indices
 from kdpipe.data.transforms import describe, eval_transform
-from kdpipe.errors import DataError
 
 # name: (torchvision class, mean, std, grayscale, where the files go under ROOT)
 SETS = {

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from kdpipe import ui
+from kdpipe.core import ui
+from kdpipe.core.errors import DataError, absent
 from kdpipe.data.image_files import is_image_file, load_rgb, unreadable_files
 from kdpipe.data.splits import DataInfo, stratified_indices
 from kdpipe.data.transforms import eval_transform
-from kdpipe.errors import DataError, absent
 
 UNLABELED = -1
 

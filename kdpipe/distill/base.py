@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdpipe.distill.distributed import gather_rows
+from kdpipe.core.errors import ConfigError, did_you_mean
 from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import (
     FeatureTaps,
@@ -34,7 +34,7 @@ from kdpipe.distill.taps import (
     default_layers,
     flat_embedding,
 )
-from kdpipe.errors import ConfigError, did_you_mean
+from kdpipe.parallel.distributed import gather_rows
 
 
 @dataclass(frozen=True)

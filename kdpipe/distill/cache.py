@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from kdpipe import __version__, ui
+from kdpipe import __version__
+from kdpipe.core import ui
+from kdpipe.core.runs import DamagedFile, cache_root, load_torch, save_torch
 from kdpipe.data.identity import hash_tensor, image_identity
-from kdpipe.distill import distributed
 from kdpipe.distill.stepper import autocast_to
-from kdpipe.profile.accuracy import in_order
-from kdpipe.runs import DamagedFile, cache_root, load_torch, save_torch
+from kdpipe.parallel import distributed
+from kdpipe.runtimes.accuracy import in_order
 
 
 @torch.inference_mode()

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdpipe import faults, ui
-from kdpipe.runs import DamagedFile, load_torch, torch_save_into
+from kdpipe.core import faults, ui
+from kdpipe.core.runs import DamagedFile, load_torch, torch_save_into
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller
-from kdpipe.errors import ConfigError
 
 
 class Composite(Distiller):

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from kdpipe.config import RuntimeConfig
-from kdpipe.distill import distributed
-from kdpipe.errors import ConfigError, TrainingError
+from kdpipe.core import ui
+from kdpipe.core.config import RuntimeConfig
+from kdpipe.core.errors import ConfigError, TrainingError
+from kdpipe.parallel import distributed
 
 
 def nonfinite_error(term: str, value: float, where: str) -> TrainingError:
@@ -57,7 +58,6 @@ class Runtime:
         """The device and precision a run trains with; CUDA-only flags on a CPU are noted once
         and ignored. `workers`: DataLoader processes (None: `loader_workers` chooses; the data
         is `in_memory` or decoded per sample)."""
-        from kdpipe import ui
 
         cuda = torch.cuda.is_available() and rc.device != "cpu"
         if rc.device == "cuda" and not cuda:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from kdpipe.distill import distributed
+from kdpipe.parallel import distributed
 
 _BN = nn.modules.batchnorm._BatchNorm
 

@@ -30,8 +30,8 @@ from types import TracebackType
 import torch
 from torch import Tensor, nn
 
-from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.models.zoo import find_head
+from kdpipe.core.errors import ConfigError, did_you_mean
+from kdpipe.models.heads import find_head
 
 KINDS = ("stages", "pre", "embedding")
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Mish)

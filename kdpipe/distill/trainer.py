@@ -28,19 +28,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-from kdpipe import faults, stopping, ui
-from kdpipe.config import TrainConfig
+from kdpipe.core import faults, ui
+from kdpipe.core.config import TrainConfig
 from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
 from kdpipe.data.loader import WorkerLoader
 from kdpipe.data.splits import DataSplits
 from kdpipe.distill import checkpoint as ckpt
-from kdpipe.distill import distributed, precise_bn, sync_bn
+from kdpipe.distill import precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
 from kdpipe.distill.optimizers import fused
 from kdpipe.distill.stepper import Runtime, Stepper, loader_workers
-from kdpipe.profile.accuracy import predict_logits
+from kdpipe.parallel import distributed, stopping
+from kdpipe.runtimes.accuracy import predict_logits
 
 
 @dataclass

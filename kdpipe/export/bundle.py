@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from kdpipe import __version__
+from kdpipe.core.runs import file_sha256, write_json, write_text
 from kdpipe.data.splits import DataInfo
 from kdpipe.data.transforms import shorter_side
-from kdpipe.runs import file_sha256, write_json, write_text
 
 # 2: preprocessing.center_crop (a reader of version 1 would squash a centre-cropped model's
 # input). `kdpipe predict` reads both and refuses later ones.

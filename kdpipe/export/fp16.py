@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-from kdpipe.runs import atomic_path
+from kdpipe.core.runs import atomic_path
 
 # The converter retypes a ConstantOfShape output to float16 but leaves its value (default:
 # float32 zero) as it is, which onnxruntime refuses to load (torchvision's swin_t, whose

@@ -21,8 +21,9 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from kdpipe import ui
-from kdpipe.errors import ExportError
+from kdpipe.core import ui
+from kdpipe.core.errors import ExportError
+from kdpipe.core.runs import naming
 from kdpipe.export.quantize import (
     ImageBatches,
     Int8Target,
@@ -30,8 +31,7 @@ from kdpipe.export.quantize import (
     quantizable_nodes,
     quantize_int8,
 )
-from kdpipe.export.verify import ort_logits, ort_session
-from kdpipe.runs import naming
+from kdpipe.runtimes.ort import ort_logits, ort_session
 
 
 def _top1(logits: Tensor, labels: Tensor) -> float:

@@ -16,12 +16,12 @@ import onnx
 import torch
 from torch import nn
 
-from kdpipe import __version__, ui
+from kdpipe import __version__
+from kdpipe.core import ui
+from kdpipe.core.errors import ExportError, first_line
+from kdpipe.core.runs import atomic_path
 from kdpipe.data.splits import DataInfo
-from kdpipe.errors import ExportError, first_line
-from kdpipe.runs import atomic_path
-
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+from kdpipe.runtimes.ort import INPUT_NAME, OUTPUT_NAME
 
 
 def export_onnx(model: nn.Module, info: DataInfo, path: Path, opset: int | None = None) -> dict:

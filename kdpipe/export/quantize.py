@@ -38,8 +38,8 @@ from onnxruntime.quantization import (
 )
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdpipe.export.onnx import INPUT_NAME
-from kdpipe.runs import atomic_path
+from kdpipe.core.runs import atomic_path
+from kdpipe.runtimes.ort import INPUT_NAME
 
 CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from kdpipe import ui
+from kdpipe.core import ui
+from kdpipe.core.errors import first_line
+from kdpipe.core.runs import atomic_path, cache_root, fingerprint, read_json, write_json
 from kdpipe.data import DataInfo
-from kdpipe.errors import first_line
-from kdpipe.runs import atomic_path, cache_root, fingerprint, read_json, write_json
 
 # A kept file must agree on top-1 as a fresh export must (stage.FP32_MIN_AGREEMENT) and give
 # the teacher's logits to FP32 rounding (fresh exports differ by ~1e-5): a file of another

@@ -20,9 +20,10 @@ from types import ModuleType
 
 from torch import nn
 
-from kdpipe.config import file_model
-from kdpipe.errors import ModelError, did_you_mean
-from kdpipe.runs import file_sha256
+from kdpipe.core.config import file_model
+from kdpipe.core.errors import ModelError, did_you_mean
+from kdpipe.core.runs import file_sha256
+from kdpipe.models.heads import replace_head
 
 
 def is_file_model(arch: str) -> bool:
@@ -68,8 +69,6 @@ def build(arch: str, num_classes: int) -> nn.Module:
             "name an nn.Module subclass or a function that returns one",
         )
     if not takes_k:
-        from kdpipe.models.zoo import replace_head  # zoo imports this module
-
         replace_head(model, num_classes)
     return model
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdpipe.errors import ConfigError
+from kdpipe.core.errors import ConfigError
 from kdpipe.models.zoo import create, on_meta
 
 # Sizes tried, smallest first, to name one the model takes in the hint.

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdpipe.errors import ModelError, first_line
-from kdpipe.runs import DamagedFile, load_torch
+from kdpipe.core.errors import ModelError, first_line
+from kdpipe.core.runs import DamagedFile, load_torch
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "student", "net")
 

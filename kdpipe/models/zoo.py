@@ -19,8 +19,9 @@ import torch
 import torchvision
 from torch import nn
 
-from kdpipe.errors import ModelError, closest
+from kdpipe.core.errors import ModelError, closest
 from kdpipe.models import custom
+from kdpipe.models.heads import find_head, replace_head
 from kdpipe.models.weights import load_into, load_state_dict_file
 
 # Residual families whose last BN per block can start at zero, which lets deep nets train
@@ -256,37 +257,3 @@ def _tame_head_init(model: nn.Module) -> None:
     if isinstance(weight, torch.Tensor) and callable(reset):
         if float(weight.detach().std()) > weight[0].numel() ** -0.5:
             reset()
-
-
-def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The classifier: the last Linear layer or, in a model without one, the last 1x1 Conv2d
-    (SqueezeNet classifies with one); None when there is neither."""
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    convs = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)
-    ]
-    found = linears or convs
-    return found[-1] if found else None
-
-
-def replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the classifier (find_head) for a fresh one with `num_classes` outputs."""
-    head = find_head(model)
-    if head is None:
-        raise ModelError(
-            f"{type(model).__name__} has no Linear or 1x1-conv classifier to resize",
-            "give the model a num_classes argument, or end it in a Linear layer",
-        )
-    path, layer = head
-    if isinstance(layer, nn.Linear):
-        if layer.out_features == num_classes:
-            return
-        fresh: nn.Module = nn.Linear(layer.in_features, num_classes)
-    elif isinstance(layer, nn.Conv2d):
-        if layer.out_channels == num_classes:
-            return
-        fresh = nn.Conv2d(layer.in_channels, num_classes, kernel_size=1)
-    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    setattr(parent, path.rpartition(".")[2], fresh)

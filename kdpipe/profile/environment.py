@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 from kdpipe import __version__
-from kdpipe.errors import ConfigError
+from kdpipe.core.errors import ConfigError
 
 # Instruction sets that change what kdpipe's kernels run: VNNI decides onnxruntime's INT8
 # path (and reduce_range), BF16/AMX the teacher's precision; absent ones are left out.

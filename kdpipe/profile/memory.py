@@ -41,7 +41,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "ort":
         import onnxruntime as ort
 
-        from kdpipe.profile.ort_input import read_input
+        from kdpipe.runtimes.ort_input import read_input
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = spec.get("threads", 1)
@@ -64,7 +64,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         batch = torch.randn(shape)
         baseline = _peak_rss_bytes()
         if spec["kind"] == "tensorrt":
-            from kdpipe.export.tensorrt import TensorRTRunner
+            from kdpipe.runtimes.tensorrt import TensorRTRunner
 
             runner = TensorRTRunner(Path(spec["path"]))
             result["device_bytes"] = runner.device_memory_bytes

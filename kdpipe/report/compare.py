@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.gate import CI_STATS, bootstrap, interval95, round_length
+from kdpipe.core.errors import ConfigError, did_you_mean
+from kdpipe.report.gate import CI_STATS, bootstrap, interval95, round_length
 
 CATEGORIES = {
     "latency": lambda k: k.endswith("_ms") and not k.endswith("std_ms"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from kdpipe import __version__
-from kdpipe.config import RunConfig
+from kdpipe.core.config import RunConfig
 from kdpipe.data import DataInfo
 
 SCHEMA_VERSION = "1.0"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdpipe.core.runs import load_samples, write_json, write_text
 from kdpipe.report.html import render_html
 from kdpipe.report.markdown import render_markdown
-from kdpipe.runs import load_samples, write_json, write_text
 
 
 def write_reports(run_dir: Path, report: dict, with_json: bool = True) -> None:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from kdpipe.core.runs import file_sha256
 from kdpipe.data.splits import stratified_indices
 from kdpipe.models import create
-from kdpipe.runs import file_sha256
 from tests.e2e.helpers import kdpipe, kdpipe_here
 
 pytestmark = pytest.mark.slow

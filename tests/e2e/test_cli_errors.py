@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from kdpipe.api import run
-from kdpipe.config import RunConfig
-from kdpipe.errors import ConfigError
+from kdpipe.core.config import RunConfig
+from kdpipe.core.errors import ConfigError
 from kdpipe.models import create
-from kdpipe.runlock import RunLock
+from kdpipe.parallel.runlock import RunLock
 from tests.e2e.helpers import kdpipe, kdpipe_here
 
 

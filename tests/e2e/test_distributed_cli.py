@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdpipe.errors import ConfigError
-from kdpipe.runlock import LOCK_NAME, RunLock
+from kdpipe.core.errors import ConfigError
+from kdpipe.parallel.runlock import LOCK_NAME, RunLock
 from tests.e2e.helpers import kdpipe, module_dir
 
 ARGS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.runs import file_sha256
+from kdpipe.core.runs import file_sha256
 from tests.e2e.helpers import kdpipe_here
 
 pytestmark = pytest.mark.slow

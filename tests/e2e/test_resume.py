@@ -1,6 +1,6 @@
 """Killed runs resume where they stopped and end bit-identical to an uninterrupted run.
 
-A CPU run is killed with SIGKILL (kdpipe/faults.py) mid-epoch, between epochs and half-way
+A CPU run is killed with SIGKILL (kdpipe/core/faults.py) mid-epoch, between epochs and half-way
 through writing a checkpoint; rerunning the same command resumes from the last complete
 checkpoint. The student must equal the uninterrupted run's, tensor for tensor.
 

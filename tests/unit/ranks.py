@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdpipe.runs import set_writer
+from kdpipe.core.runs import set_writer
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdpipe.profile.accuracy import agreement, near_chance, top1
+from kdpipe.runtimes.accuracy import agreement, near_chance, top1
 
 
 def test_top1_and_agreement_by_hand() -> None:
@@ -22,7 +22,7 @@ def test_near_chance_is_a_tenth_of_the_way_to_perfect() -> None:
 
 
 def test_the_warning_says_below_chance_when_it_is(capsys) -> None:  # type: ignore[no-untyped-def]
-    from kdpipe.profile.accuracy import warn_near_chance
+    from kdpipe.runtimes.accuracy import warn_near_chance
 
     warn_near_chance("student", "m", 0.20, 2, "try more --epochs")
     warn_near_chance("student", "m", 0.52, 2, "try more --epochs")

@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdpipe import faults
-from kdpipe.config import DataConfig, TrainConfig
+from kdpipe.core import faults
+from kdpipe.core.config import DataConfig, TrainConfig
 from kdpipe.data import load_data
 from kdpipe.data.augment import BatchAugment, SampleDraw, resized_crop_boxes
 from kdpipe.data.image_files import load_rgb

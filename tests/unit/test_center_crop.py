@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from kdpipe.config import DataConfig
+from kdpipe.core.config import DataConfig
+from kdpipe.core.errors import DataError
 from kdpipe.data import load_data
 from kdpipe.data.identity import image_identity
 from kdpipe.data.transforms import ResizeOrCrop, shorter_side
-from kdpipe.errors import DataError
 from kdpipe.export.bundle import write_bundle
 from kdpipe.predict import preprocess
 

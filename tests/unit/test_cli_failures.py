@@ -8,9 +8,10 @@ import socket
 import pytest
 import typer
 
-from kdpipe import stopping, ui
 from kdpipe.cli import errors_reported
-from kdpipe.errors import ConfigError, DataError
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError, DataError
+from kdpipe.parallel import stopping
 
 GLOO = (
     "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "

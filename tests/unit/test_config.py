@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.config import RunConfig, build_config, load_config_file
-from kdpipe.errors import ConfigError
+from kdpipe.core.config import RunConfig, build_config, load_config_file
+from kdpipe.core.errors import ConfigError
 
 
 def test_defaults_are_the_product_command() -> None:
@@ -105,8 +105,8 @@ def test_a_section_given_in_part_keeps_its_other_defaults() -> None:
 
 def test_how_data_is_loaded_does_not_change_what_a_stage_is() -> None:
     # More DataLoader workers, or --strict-data, train nothing again (and miss no cache).
-    from kdpipe.distill.stage import distill_fingerprint
-    from kdpipe.teacher import teacher_fingerprint
+    from kdpipe.stages.distill import distill_fingerprint
+    from kdpipe.stages.teacher import teacher_fingerprint
 
     base = RunConfig()
     t0 = teacher_fingerprint(base, 10)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from kdpipe import models
-from kdpipe.config import build_config
-from kdpipe.distill.stage import distill_fingerprint
-from kdpipe.errors import ConfigError, ModelError
+from kdpipe.core.config import build_config
+from kdpipe.core.errors import ConfigError, ModelError
 from kdpipe.models.custom import sources
-from kdpipe.teacher import teacher_fingerprint
+from kdpipe.stages.distill import distill_fingerprint
+from kdpipe.stages.teacher import teacher_fingerprint
 
 NET = """
 import torch
@@ -172,7 +172,7 @@ def test_sources_change_when_the_file_changes(nets: Path) -> None:
 
 
 def test_kdpipe_profile_takes_file_name_and_weights(nets: Path, tmp_path: Path) -> None:
-    from kdpipe.profile.standalone import runners_for
+    from kdpipe.stages.profile_files import runners_for
 
     torch.save(models.create(f"{nets}:TinyNet", 10).state_dict(), tmp_path / "w.pt")
     runners, _ = runners_for(f"{nets}:TinyNet:{tmp_path / 'w.pt'}", threads=1)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kdpipe.config import DataConfig
+from kdpipe.core.config import DataConfig
+from kdpipe.core.errors import DataError
 from kdpipe.data import load_data
-from kdpipe.errors import DataError
 from tests.e2e.helpers import stacked
 
 
@@ -186,7 +186,7 @@ def test_unknown_dataset_suggests() -> None:
 def test_undecodable_images_are_skipped_with_a_warning_or_fail_when_strict(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kdpipe.errors import DataError
+    from kdpipe.core.errors import DataError
 
     _two_classes(tmp_path, 10)
     (tmp_path / "a" / "cut.png").write_bytes((tmp_path / "a" / "0.png").read_bytes()[:40])
@@ -269,8 +269,8 @@ def test_every_torchrun_rank_keeps_its_image_checks(
 ) -> None:
     # Ranks other than 0 write no run files, and their verdicts went with them: with a cache
     # per machine, every other machine opened every image again on every run.
+    from kdpipe.core.runs import set_writer
     from kdpipe.data import image_files
-    from kdpipe.runs import set_writer
 
     folder = tmp_path / "imgs"
     _two_classes(folder, 6)

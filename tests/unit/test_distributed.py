@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdpipe.config import TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.data.augment import BatchAugment
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
@@ -170,7 +170,7 @@ def _same_as_one_process(out: Path, method: str) -> None:
 def _other_start_worker(rank: int, world: int, port: int, out: str) -> None:
     """Each rank builds its student from another seed (as where machines' initializers draw
     other numbers), and a state_dict of other values (bool and int64 too)."""
-    from kdpipe.distill.distributed import broadcast_state
+    from kdpipe.parallel.distributed import broadcast_state
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -207,7 +207,7 @@ def test_every_rank_starts_from_rank_0s_state(tmp_path: Path) -> None:
 
 
 def _teacher_config():  # type: ignore[no-untyped-def]
-    from kdpipe.config import RunConfig
+    from kdpipe.core.config import RunConfig
 
     return RunConfig.model_validate({"teacher": {"arch": "resnet18", "train": {"epochs": 1}}})
 
@@ -216,7 +216,7 @@ def _cached_teacher_worker(rank: int, world: int, port: int, root: str) -> None:
     """The teacher stage on two "machines" with caches of their own: rank 0's holds the
     teacher, rank 1's is empty."""
     from kdpipe.data import load_data
-    from kdpipe.teacher import run_teacher_stage, teacher_fingerprint
+    from kdpipe.stages.teacher import run_teacher_stage, teacher_fingerprint
 
     with gloo_rank(rank, world, port, KDPIPE_CACHE=f"{root}/cache{rank}"):
         cfg = _teacher_config()
@@ -232,7 +232,7 @@ def test_rank_0s_cached_teacher_is_every_ranks(
     # Only rank 0 keeps the teacher a job trains, so with a cache per machine the others never
     # had it: every rerun trained the teacher again (all ranks had to agree to reuse it).
     from kdpipe import models
-    from kdpipe.teacher import _keep_in_cache, cached_teacher_dir, teacher_fingerprint
+    from kdpipe.stages.teacher import _keep_in_cache, cached_teacher_dir, teacher_fingerprint
 
     monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache0"))
     cfg = _teacher_config()
@@ -253,9 +253,9 @@ def test_rank_0s_cached_teacher_is_every_ranks(
 def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
     """What `_prepare_out_dir` made of `out` on this rank: "ok" or "refused: ..."."""
     from kdpipe.api import _prepare_out_dir
-    from kdpipe.config import RunConfig
-    from kdpipe.errors import ConfigError
-    from kdpipe.runlock import RunLock
+    from kdpipe.core.config import RunConfig
+    from kdpipe.core.errors import ConfigError
+    from kdpipe.parallel.runlock import RunLock
 
     lock = RunLock(out)
     try:
@@ -268,7 +268,7 @@ def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
 
 
 def _claim_worker(rank: int, world: int, port: int, root: str) -> None:
-    from kdpipe.runs import set_writer
+    from kdpipe.core.runs import set_writer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -299,8 +299,8 @@ def test_rank_0_alone_claims_the_out_dir_and_every_rank_learns_the_verdict(tmp_p
 def _node_local_worker(rank: int, world: int, port: int, root: str) -> None:
     """Two "machines" whose --out is the same path on disks of their own: rank r's
     directory is root/node{r}/run."""
-    from kdpipe.distill.distributed import ranks_not_seeing
-    from kdpipe.runs import set_writer
+    from kdpipe.core.runs import set_writer
+    from kdpipe.parallel.distributed import ranks_not_seeing
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -332,11 +332,11 @@ def test_an_out_dir_that_other_ranks_do_not_see_is_refused_on_every_rank(tmp_pat
 def test_nproc_must_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     # 64 processes on 2 cores each hold their own models and data (the memory goes first);
     # a process past the last GPU failed with "invalid device ordinal".
-    from kdpipe.config import RuntimeConfig
-    from kdpipe.distill import distributed
+    from kdpipe.core.config import RuntimeConfig
+    from kdpipe.core.errors import ConfigError
     from kdpipe.distill.stepper import Runtime
-    from kdpipe.errors import ConfigError
-    from kdpipe.launch import check_devices
+    from kdpipe.parallel import distributed
+    from kdpipe.parallel.launch import check_devices
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

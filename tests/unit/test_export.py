@@ -14,10 +14,11 @@ from torch.utils.data import TensorDataset
 from kdpipe.data.splits import DataInfo
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.quantize import ImageBatches, int8_scheme, preprocess, quantize_int8
-from kdpipe.export.verify import ort_logits, ort_session, parity
+from kdpipe.export.verify import parity
 from kdpipe.models import create
-from kdpipe.profile.accuracy import predict_logits
-from kdpipe.profile.standalone import onnx_precision
+from kdpipe.runtimes.accuracy import predict_logits
+from kdpipe.runtimes.ort import ort_logits, ort_session
+from kdpipe.stages.profile_files import onnx_precision
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
 

@@ -170,8 +170,8 @@ def test_missing_or_corrupt_report_exits_2(tmp_path: Path) -> None:
 
 
 def test_a_nan_or_non_numeric_metric_never_passes(tmp_path: Path) -> None:
-    from kdpipe.gate import judge
     from kdpipe.report.compare import Side, compare, parse_rules
+    from kdpipe.report.gate import judge
 
     # NaN compares False with everything: `value < min` did not hold, so the budget passed.
     report = {"metrics": {"student.accuracy": float("nan"), f"{STUDENT}.p95_ms": 3.0}}
@@ -216,9 +216,9 @@ def test_compare_flags_regressions(tmp_path: Path) -> None:
 def test_compare_judges_latency_on_the_interval_of_the_change(tmp_path: Path) -> None:
     """p95 13.6 % slower as a point, but its 95 % interval reaches below +10 %: noise on the
     tail, not a regression the rule can be sure of; --strict (or no samples) judges the point."""
-    from kdpipe.gate import load_report
+    from kdpipe.core.runs import load_samples
     from kdpipe.report.compare import Side, compare, parse_rules
-    from kdpipe.runs import load_samples
+    from kdpipe.report.gate import load_report
 
     base = crafted_run(tmp_path / "base", student_ms=4.0)
     new = crafted_run(tmp_path / "new", student_ms=4.6)
@@ -275,7 +275,7 @@ def _measurements(tmp_path: Path, student_ms: list[float], accuracy: float = 0.9
 
 
 def test_confirm_passes_a_slow_spell_and_fails_a_real_regression(tmp_path: Path) -> None:
-    from kdpipe.gate import judge_confirmed
+    from kdpipe.report.gate import judge_confirmed
 
     key = f"{STUDENT}.p95_ms"
     limits = {key: {"max": 5.0}}
@@ -304,7 +304,7 @@ def test_confirm_passes_a_slow_spell_and_fails_a_real_regression(tmp_path: Path)
 def test_a_pass_by_the_benefit_of_the_doubt_is_measured_again(tmp_path: Path) -> None:
     """A budget inside the first measurement's interval passes that measurement, but is not
     settled by it: when the next two break the budget, it breaks."""
-    from kdpipe.gate import judge_confirmed
+    from kdpipe.report.gate import judge_confirmed
 
     measure, calls = _measurements(tmp_path / "edge", [4.0, 6.0, 6.0])
     first = json.loads(crafted_run(tmp_path / "probe", 4.0).read_text())["metrics"]
@@ -319,7 +319,7 @@ def test_a_pass_by_the_benefit_of_the_doubt_is_measured_again(tmp_path: Path) ->
 
 
 def test_confirm_does_not_re_measure_accuracy_or_size(tmp_path: Path) -> None:
-    from kdpipe.gate import judge_confirmed
+    from kdpipe.report.gate import judge_confirmed
 
     measure, calls = _measurements(tmp_path, [4.0, 4.0, 4.0], accuracy=0.90)
     limits = {"student.accuracy": {"min": 0.95}, f"{STUDENT}.p95_ms": {"max": 5.0}}
@@ -329,7 +329,7 @@ def test_confirm_does_not_re_measure_accuracy_or_size(tmp_path: Path) -> None:
 
 
 def test_drift_notes_tell_a_slower_machine_from_a_slower_student() -> None:
-    from kdpipe.gate import Verdict, drift_notes
+    from kdpipe.report.gate import Verdict, drift_notes
 
     key, ref = "student.ort-cpu.int8.bs1.p95_ms", "teacher.ort-cpu.int8.bs1.p95_ms"
     broken = [Verdict(key, 6.0, 5.8, 6.3, None, 5.0, False, "interval above max 5")]
@@ -361,7 +361,7 @@ def test_drift_notes_tell_a_slower_machine_from_a_slower_student() -> None:
 
 
 def test_intervals_resample_whole_rounds_so_a_slow_spell_widens_them() -> None:
-    from kdpipe.gate import confidence_interval, round_length
+    from kdpipe.report.gate import confidence_interval, round_length
 
     # 40 rounds of 20 calls; the machine's speed changes from round to round (slow spells),
     # and calls within a round scatter a little around their round's level.

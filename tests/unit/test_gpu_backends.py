@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from kdpipe.core.errors import BackendUnavailable
 from kdpipe.data.splits import DataInfo
-from kdpipe.errors import BackendUnavailable
-from kdpipe.export import tensorrt
 from kdpipe.export.onnx import export_onnx
 from kdpipe.models import create
-from kdpipe.profile.backends import build_runners
+from kdpipe.runtimes import tensorrt
+from kdpipe.runtimes.backends import build_runners
 
 TRT_REASON = tensorrt.unavailable_reason()
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)

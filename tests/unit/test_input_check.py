@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdpipe.errors import ConfigError
+from kdpipe.core.errors import ConfigError
 from kdpipe.models import check_input_size
 
 

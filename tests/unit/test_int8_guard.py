@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdpipe.config import DataConfig
+from kdpipe.core.config import DataConfig
 from kdpipe.data import load_data
 from kdpipe.data.splits import DataInfo
 from kdpipe.export.fp16 import convert_fp16
 from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
-from kdpipe.export.verify import ort_logits, ort_session
-from kdpipe.profile.standalone import onnx_precision
+from kdpipe.runtimes.ort import ort_logits, ort_session
+from kdpipe.stages.profile_files import onnx_precision
 from tests.e2e.helpers import stacked
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 16, 16), [0.0] * 3, [1.0] * 3)

@@ -78,7 +78,7 @@ def test_cached_teacher_logits_give_the_same_loss() -> None:
 
 
 def test_unknown_hyperparameter_is_named() -> None:
-    from kdpipe.errors import ConfigError
+    from kdpipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no parameter 'temp'"):
         HintonKD(nn.Linear(2, 2), nn.Linear(2, 2), params={"temp": 3.0})

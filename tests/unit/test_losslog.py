@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdpipe.core.errors import TrainingError
 from kdpipe.distill.base import ce_loss
 from kdpipe.distill.losslog import LossLog
-from kdpipe.errors import TrainingError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Layers
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import all_methods, get
-from kdpipe.errors import ConfigError
 from kdpipe.models import create
 
 SHAPE = (3, 16, 16)
@@ -141,7 +141,7 @@ def test_adversarial_discriminator_loss_is_logged_per_epoch() -> None:
     history through the loss log like the terms do."""
     from torch.utils.data import TensorDataset
 
-    from kdpipe.config import TrainConfig
+    from kdpipe.core.config import TrainConfig
     from kdpipe.distill.trainer import fit
 
     student, teacher = _pair("adversarial")
@@ -164,7 +164,7 @@ def test_adversarial_discriminator_loss_is_logged_per_epoch() -> None:
 )
 def test_method_parameters_are_checked_before_any_training(distill: dict, message: str) -> None:
     from kdpipe import api
-    from kdpipe.config import RunConfig
+    from kdpipe.core.config import RunConfig
 
     with pytest.raises(ConfigError, match=message):
         api.validate(RunConfig.model_validate({"distill": distill}))

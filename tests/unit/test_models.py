@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdpipe.errors import ModelError
+from kdpipe.core.errors import ModelError
 from kdpipe.models import create, replace_head
 from kdpipe.models.weights import load_into, load_state_dict_file
 

@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from kdpipe.config import TrainConfig
+from kdpipe.core.config import TrainConfig
+from kdpipe.core.errors import ConfigError, TrainingError
 from kdpipe.distill.base import Batch
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.checkpoint import load as load_checkpoint
 from kdpipe.distill.methods.kd import HintonKD
 from kdpipe.distill.trainer import fit
-from kdpipe.errors import ConfigError, TrainingError
 
 
 class BreaksAtStep(HintonKD):

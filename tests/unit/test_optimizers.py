@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdpipe.config import TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.distill import trainer
 from kdpipe.distill.optimizers import fused
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from kdpipe.errors import ModelError
+from kdpipe.core.errors import ModelError
 from kdpipe.models import create, create_pretrained, weights_file
 
 
@@ -134,9 +134,9 @@ def test_imagenet_files_with_auxiliary_classifiers_load(
 def test_runs_on_image_files_are_told_the_crop_torchvisions_weights_saw(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdpipe import ui
     from kdpipe.api import note_pretrained_evaluation
-    from kdpipe.config import RunConfig
+    from kdpipe.core import ui
+    from kdpipe.core.config import RunConfig
 
     monkeypatch.setattr(ui, "_quiet", False)
 
@@ -159,8 +159,8 @@ def test_runs_on_image_files_are_told_the_crop_torchvisions_weights_saw(
 def test_a_teacher_trained_from_weights_is_keyed_by_its_file_and_fine_tuning_recipe(
     tmp_path: Path,
 ) -> None:
-    from kdpipe.config import build_config
-    from kdpipe.teacher import teacher_fingerprint
+    from kdpipe.core.config import build_config
+    from kdpipe.stages.teacher import teacher_fingerprint
 
     path = tmp_path / "teacher.pt"
     torch.save(create("resnet18", 10).state_dict(), path)

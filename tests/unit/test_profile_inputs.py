@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from kdpipe.errors import ConfigError
-from kdpipe.profile.standalone import Declared, _batch_sizes, _shape
+from kdpipe.core.errors import ConfigError
+from kdpipe.stages.profile_files import Declared, _batch_sizes, _shape
 from tests.e2e.helpers import kdpipe_here
 
 QUICK = ["--min-iters", "10", "--min-seconds", "0.02", "--warmup", "1", "--no-memory", "--quiet"]

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kdpipe import api, models, rank_inputs
-from kdpipe.config import RunConfig
+from kdpipe import api, models
+from kdpipe.core.config import RunConfig
+from kdpipe.core.errors import ConfigError, KdpipeError
 from kdpipe.data import load_data
-from kdpipe.errors import ConfigError, KdpipeError
+from kdpipe.stages import inputs as rank_inputs
 from tests.unit.ranks import two_ranks
 
 

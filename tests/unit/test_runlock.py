@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe import runlock
-from kdpipe.errors import ConfigError
-from kdpipe.runlock import LOCK_NAME, RunLock
-from kdpipe.runs import refuse_foreign_dir
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.runs import refuse_foreign_dir
+from kdpipe.parallel import runlock
+from kdpipe.parallel.runlock import LOCK_NAME, RunLock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from kdpipe.runlock import RunLock
+from kdpipe.parallel.runlock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("held", flush=True)
 time.sleep(120)

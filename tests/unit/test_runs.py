@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.runs import (
+from kdpipe.core.runs import (
     DamagedFile,
     RunDir,
     atomic_path,
@@ -132,7 +132,7 @@ def test_artifacts_get_the_mode_a_plain_open_gives_them(tmp_path: Path) -> None:
 
 
 def test_samples_that_are_not_lists_of_numbers_are_left_out(tmp_path: Path) -> None:
-    from kdpipe.runs import load_samples
+    from kdpipe.core.runs import load_samples
 
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "samples.json").write_text(
@@ -145,7 +145,7 @@ def test_a_write_error_without_a_file_name_names_the_file_being_made(tmp_path: P
     # onnx.save on a full disk raised OSError(28) with no file name: "cannot write a file".
     import errno
 
-    from kdpipe.runs import naming
+    from kdpipe.core.runs import naming
 
     with pytest.raises(OSError) as e, naming(tmp_path / "student.int8.onnx"):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -156,7 +156,7 @@ def test_a_write_error_without_a_file_name_names_the_file_being_made(tmp_path: P
 
 
 def test_a_path_the_system_refuses_names_the_file_not_its_temporary_name(tmp_path: Path) -> None:
-    from kdpipe.runs import write_text
+    from kdpipe.core.runs import write_text
 
     with pytest.raises(IsADirectoryError) as e:
         write_text(tmp_path, "x")  # the rename onto a folder of that name

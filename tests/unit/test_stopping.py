@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
-from kdpipe import stopping
-from kdpipe.config import TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
-from kdpipe.stopping import Stopped
+from kdpipe.parallel import stopping
+from kdpipe.parallel.stopping import Stopped
 from tests.unit.ranks import free_port, two_ranks
 from tests.unit.test_distributed import _net
 
@@ -139,7 +139,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) 
 def test_a_checkpoint_of_another_world_resumes_only_where_its_steps_mean_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kdpipe import faults
+    from kdpipe.core import faults
 
     train, val = _data()
     ck = Checkpointing(tmp_path / "last.pt", key="k")
@@ -186,7 +186,7 @@ STUCK_RANK = f"""
 import sys, time
 from datetime import timedelta
 import torch, torch.distributed as dist
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 stopping.STUCK_AFTER_S = {STUCK_AFTER_S}
 dist.init_process_group("gloo", timeout=timedelta(seconds=300))
 if dist.get_rank() == 1:
@@ -254,7 +254,7 @@ def test_forked_children_get_the_handlers_from_before() -> None:
 
 TWO_SIGTERMS = f"""
 import time, torch
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 stopping.STUCK_AFTER_S = {STUCK_AFTER_S}
 a = torch.randn(3000, 3000)
 with stopping.handled(), stopping.deferred():
@@ -292,7 +292,7 @@ def test_signals_that_arrive_together_do_not_look_stuck_to_the_watchdog() -> Non
 LOADER_WORKER = """
 import os, signal, sys, torch
 from torch.utils.data import DataLoader, TensorDataset
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 stopping.WORKER_GRACE_S = 1.0
 init = stopping.loader_worker_init if sys.argv[1] == "kdpipe" else None
 data = TensorDataset(torch.arange(400.0))
@@ -334,7 +334,7 @@ def test_a_loader_worker_outlives_a_signal_to_the_job_but_not_the_process(init: 
 STARTING_WORKER = """
 import os, signal, sys, time, torch
 from torch.utils.data import DataLoader
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 from kdpipe.data.loader import WorkerLoader
 
 def slow_start(worker_id):  # the worker's start, stretched: torch's handlers, not yet kdpipe's
@@ -382,7 +382,7 @@ def test_a_signal_while_a_loader_worker_starts_waits_for_its_handlers(loader: st
 FORKING = """
 import os, signal, sys, threading, time, torch
 from torch.utils.data import TensorDataset
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 from kdpipe.data.loader import WorkerLoader
 
 def slow_parent_side():  # the parent's at-fork callbacks (logging's), stretched
@@ -423,7 +423,7 @@ def test_a_signal_while_forking_loader_workers_is_not_lost(loader: str) -> None:
 
 HANGUP = """
 import signal, sys, time
-from kdpipe import stopping
+from kdpipe.parallel import stopping
 with stopping.handled(), stopping.deferred():  # a training loop
     print("ready", flush=True)
     deadline = time.monotonic() + 3

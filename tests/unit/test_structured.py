@@ -1,10 +1,10 @@
-"""Config, budgets and report files parsed without trusting them (kdpipe.structured)."""
+"""Config, budgets and report files parsed without trusting them (kdpipe.core.structured)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kdpipe.structured import MAX_VALUES, ParseError, parse
+from kdpipe.core.structured import MAX_VALUES, ParseError, parse
 
 
 def test_yaml_aliases_are_counted_as_expanded_and_legit_ones_work() -> None:

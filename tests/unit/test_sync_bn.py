@@ -47,7 +47,7 @@ def test_the_swap_keeps_tensors_and_outputs_and_is_undone(cuda: bool) -> None:
 
 
 def test_the_flag_reaches_training_and_its_fingerprint() -> None:
-    from kdpipe.config import RuntimeConfig
+    from kdpipe.core.config import RuntimeConfig
     from kdpipe.distill.stepper import Runtime, training_numerics
 
     on, off = RuntimeConfig(sync_bn=True), RuntimeConfig(device="cpu")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.taps import FeatureTaps, as_feature_map, default_layers
-from kdpipe.errors import ConfigError
 from kdpipe.models import create
 
 

@@ -19,13 +19,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from kdpipe.config import DataConfig
+from kdpipe.core.config import DataConfig
+from kdpipe.core.runs import set_writer
 from kdpipe.data import load_data
 from kdpipe.data.identity import describe_transform, image_identity
 from kdpipe.data.transfer import MixedImages, PartiallyLabeled
 from kdpipe.data.transforms import eval_transform
 from kdpipe.distill.cache import teacher_logits_table, teacher_outputs
-from kdpipe.runs import set_writer
 from tests.unit.ranks import gloo_rank, two_ranks
 
 
@@ -170,7 +170,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     set_writer(rank == 0)
     if rank == 0:  # a slow disk: rank 1 must still find the table when it looks again
-        import kdpipe.runs as runs
+        import kdpipe.core.runs as runs
 
         real = runs.atomic_path  # what save_torch writes the table through
 

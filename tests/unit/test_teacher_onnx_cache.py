@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdpipe.data.splits import DataInfo, DataSplits
-from kdpipe.export import stage, teacher_cache
-from kdpipe.export.stage import export_teacher
+from kdpipe.export import teacher_cache
+from kdpipe.stages import export as stage
+from kdpipe.stages.export import export_teacher
 
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 16, 16), [0.5] * 3, [0.25] * 3)
 

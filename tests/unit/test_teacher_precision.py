@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdpipe import models
-from kdpipe.config import RuntimeConfig
+from kdpipe.core.config import RuntimeConfig
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.cache import teacher_logits_table, teacher_outputs
 from kdpipe.distill.methods import get
 from kdpipe.distill.stepper import Runtime, Stepper, cpu_has_native_bf16, teacher_precision
-from kdpipe.errors import ConfigError
 
 
 def _teacher() -> nn.Module:

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from kdpipe import ui
+from kdpipe.core import ui
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TypeVar
 
+from kdpipe.core.errors import ConfigError, did_you_mean
 from kdpipe.distill.base import Distiller
-from kdpipe.errors import ConfigError, did_you_mean
 
 _REGISTRY: dict[str, type[Distiller]] = {}
 # Method modules, imported on first lookup so each registers itself.

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller, ce_loss
 from kdpipe.distill.methods import register
-from kdpipe.errors import ConfigError
+from kdpipe.distill.trainer import val_accuracy
 
 
 def dml_loss(z_k: Tensor, others: list[Tensor], labels: Tensor) -> Tensor:
@@ -106,7 +107,6 @@ class DeepMutualLearning(Distiller):
         return terms
 
     def finish(self, val: torch.utils.data.Dataset) -> dict:
-        from kdpipe.distill.trainer import val_accuracy  # shared between torchrun's ranks
 
         accs = [val_accuracy(peer, val, workers=0) for peer in self.peers]
         pick = int(self.params["export_peer"])

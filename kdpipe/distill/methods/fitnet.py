@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Size, Tensor, nn
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller, Stage, ce_loss
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
-from kdpipe.errors import ConfigError
 
 
 def hint_loss(u_t: Tensor, r_v_s: Tensor) -> Tensor:

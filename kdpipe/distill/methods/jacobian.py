@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller, ce_loss
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
-from kdpipe.errors import ConfigError
 
 
 def input_gradient(logits: Tensor, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:

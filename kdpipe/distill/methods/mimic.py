@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
 from kdpipe.distill.methods.logits import logit_mse
-from kdpipe.errors import ConfigError
 
 TARGETS = ("logits", "probabilities", "hard labels")
 

@@ -9,19 +9,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdpipe import ui
-from kdpipe.config import RunConfig
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig
+from kdpipe.core.errors import first_line
+from kdpipe.core.runs import write_json
 from kdpipe.data import DataSplits
-from kdpipe.errors import first_line
-from kdpipe.export import teacher_cache, tensorrt
+from kdpipe.export import teacher_cache
 from kdpipe.export.bundle import write_bundle
 from kdpipe.export.fp16 import convert_fp16
 from kdpipe.export.guard import quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.quantize import Int8Target
-from kdpipe.export.verify import ort_logits, ort_session, parity, parity_subset
-from kdpipe.profile.accuracy import predict_logits
-from kdpipe.runs import write_json
+from kdpipe.export.verify import parity, parity_subset
+from kdpipe.runtimes import tensorrt
+from kdpipe.runtimes.accuracy import predict_logits
+from kdpipe.runtimes.ort import ort_logits, ort_session
 
 FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
 # The INT8 engine's source when TensorRT is asked for: symmetric Q/DQ, the only form TensorRT

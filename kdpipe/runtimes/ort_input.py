@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from kdpipe.errors import ConfigError
+from kdpipe.core.errors import ConfigError
 
 DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,

@@ -19,12 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kdpipe import __version__, ui
-from kdpipe.errors import ConfigError
-from kdpipe.runlock import LOCK_NAME
-from kdpipe.structured import is_number, parse, read_text
+from kdpipe import __version__
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.structured import SETTINGS_BYTES, ParseError, is_number, parse, read_text
 
 STAGES = ("teacher", "distill", "export", "profile", "report")
+
+LOCK_NAME = ".kdpipe.lock"  # held by a `kdpipe run` writing here (parallel/runlock.py)
 
 
 _writer = True
@@ -317,3 +319,23 @@ def load_samples(run_dir: Path) -> dict[str, list[float]]:
     return {  # non-empty lists of numbers only: anything else would reach numpy
         k: v for k, v in data.items() if isinstance(v, list) and v and all(map(is_number, v))
     }
+
+
+def load_run_config(run_dir: Path) -> dict:
+    """The resolved config a run wrote, as a dict (CLI overrides go on top)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a kdpipe run directory (no config.yaml)",
+            "pass the --out of a kdpipe run",
+        )
+    try:
+        data = parse(read_text(path, SETTINGS_BYTES), "yaml") or {}
+    except (OSError, ParseError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path} is unreadable ({type(e).__name__})", "re-run kdpipe run"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds no run config", "re-run kdpipe run")
+    data["out"] = str(run_dir)
+    return data

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import BackendUnavailable, ConfigError, ExportError
-from kdpipe.export.onnx import INPUT_NAME
-from kdpipe.runs import atomic_path, write_json
+from kdpipe.core.errors import BackendUnavailable, ConfigError, ExportError
+from kdpipe.core.runs import atomic_path, write_json
+from kdpipe.runtimes.ort import INPUT_NAME
 
 
 def unavailable_reason() -> str | None:

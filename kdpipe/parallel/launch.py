@@ -12,7 +12,8 @@ import os
 import sys
 import tempfile
 
-from kdpipe import faults
+from kdpipe.core import faults
+from kdpipe.core.errors import ConfigError
 
 LAUNCHER_OPTIONS = ("--nproc", "--max-restarts")  # the launcher's; workers never see them
 
@@ -38,8 +39,6 @@ def check_devices(nproc: int, device: str) -> None:
     process holds its own models and data: 64 of them on 2 cores would exhaust the memory
     long before they sped anything up)."""
     import torch
-
-    from kdpipe.errors import ConfigError
 
     if device != "cpu" and torch.cuda.is_available():
         gpus = torch.cuda.device_count()

@@ -20,9 +20,9 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from kdpipe.export import tensorrt
-from kdpipe.export.verify import ort_session
-from kdpipe.profile.ort_input import read_input
+from kdpipe.runtimes import tensorrt
+from kdpipe.runtimes.ort import ort_session
+from kdpipe.runtimes.ort_input import read_input
 
 ORT_PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

@@ -17,13 +17,16 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from kdpipe import models, ui
-from kdpipe.config import ProfileConfig, file_model, model_label
-from kdpipe.errors import ConfigError, ExportError, first_line
-from kdpipe.export import tensorrt
+from kdpipe import models
+from kdpipe.core import ui
+from kdpipe.core.config import ProfileConfig, file_model, model_label
+from kdpipe.core.errors import ConfigError, ExportError, first_line
+from kdpipe.core.runs import load_run_config
 from kdpipe.predict import load_bundle
 from kdpipe.profile import environment, memory
-from kdpipe.profile.backends import (
+from kdpipe.profile.environment import check_input_fits
+from kdpipe.runtimes import tensorrt
+from kdpipe.runtimes.backends import (
     ORT_PROVIDERS,
     OrtPredict,
     Runner,
@@ -32,8 +35,8 @@ from kdpipe.profile.backends import (
     tensorrt_predict,
     torch_predict,
 )
-from kdpipe.profile.environment import check_input_fits
-from kdpipe.profile.stage import settings_record, time_runners
+from kdpipe.stages.export import TEACHER_ONNX
+from kdpipe.stages.profile import settings_record, time_runners
 
 
 def _num_classes(state: dict[str, torch.Tensor]) -> int:
@@ -203,9 +206,6 @@ def runners_for(
 def run_dir_targets(run_dir: Path) -> list[tuple[str, str]]:
     """A run directory among other targets stands for its models, named RUN/teacher and
     RUN/student: the exported bundle, the teacher's ONNX file, and both weight files."""
-    from kdpipe.api import load_run_config  # the whole pipeline: only when a run is named
-    from kdpipe.export.stage import TEACHER_ONNX
-
     cfg = load_run_config(run_dir)
     try:
         archs = {role: str(cfg[role]["arch"]) for role in ("teacher", "student")}

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from kdpipe import ui
+from kdpipe.core import ui
 from kdpipe.data.loader import WorkerLoader
 
 

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kdpipe import models, ui
-from kdpipe.config import RunConfig, model_label
+from kdpipe import models
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig, model_label
+from kdpipe.core.runs import file_sha256, fingerprint, write_json
 from kdpipe.data import DataSplits, augment
 from kdpipe.data.transfer import student_training_set
-from kdpipe.distill import distributed
 from kdpipe.distill.base import Distiller, Layers
 from kdpipe.distill.cache import TeacherTable, teacher_outputs
 from kdpipe.distill.checkpoint import Checkpointing
@@ -25,9 +26,9 @@ from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime, training_numerics
 from kdpipe.distill.trainer import fit, predict_test
 from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import agreement, top1, warn_near_chance
-from kdpipe.runs import file_sha256, fingerprint, write_json
-from kdpipe.teacher import save_state
+from kdpipe.parallel import distributed
+from kdpipe.runtimes.accuracy import agreement, top1, warn_near_chance
+from kdpipe.stages.teacher import save_state
 
 
 def distill_fingerprint(cfg: RunConfig, teacher_fp: str) -> str:

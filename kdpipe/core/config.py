@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdpipe.errors import ConfigError, did_you_mean
-from kdpipe.structured import read_settings
+from kdpipe.core.errors import ConfigError, did_you_mean
+from kdpipe.core.structured import read_settings
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")  # the default; fp16 on request

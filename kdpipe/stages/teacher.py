@@ -15,18 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from kdpipe import models, ui
-from kdpipe.config import RunConfig, TeacherConfig, TrainConfig, model_label
-from kdpipe.data import DataSplits, augment
-from kdpipe.distill import distributed
-from kdpipe.distill.checkpoint import Checkpointing
-from kdpipe.distill.methods import get as get_method
-from kdpipe.distill.stepper import Runtime, training_numerics
-from kdpipe.distill.trainer import fit, predict_test
-from kdpipe.errors import KdpipeError, ModelError, first_line
-from kdpipe.models.custom import sources
-from kdpipe.profile.accuracy import top1, warn_near_chance
-from kdpipe.runs import (
+from kdpipe import models
+from kdpipe.core import ui
+from kdpipe.core.config import RunConfig, TeacherConfig, TrainConfig, model_label
+from kdpipe.core.errors import KdpipeError, ModelError, first_line
+from kdpipe.core.runs import (
     cache_root,
     file_sha256,
     fingerprint,
@@ -34,6 +27,14 @@ from kdpipe.runs import (
     save_torch,
     write_json,
 )
+from kdpipe.data import DataSplits, augment
+from kdpipe.distill.checkpoint import Checkpointing
+from kdpipe.distill.methods import get as get_method
+from kdpipe.distill.stepper import Runtime, training_numerics
+from kdpipe.distill.trainer import fit, predict_test
+from kdpipe.models.custom import sources
+from kdpipe.parallel import distributed
+from kdpipe.runtimes.accuracy import top1, warn_near_chance
 
 
 @dataclass

@@ -32,8 +32,9 @@ from xml.etree import ElementTree as ET
 import numpy as np
 from pydantic import Field, ValidationError
 
-from kdpipe.errors import ConfigError, KdpipeError, closest
-from kdpipe.structured import Open, first_problem, is_number, parse, read_settings, read_text
+from kdpipe.core.errors import ConfigError, KdpipeError, closest
+from kdpipe.core.runs import write_text
+from kdpipe.core.structured import Open, first_problem, is_number, parse, read_settings, read_text
 
 CI_STATS = {"p50_ms": 50, "p90_ms": 90, "p95_ms": 95, "p99_ms": 99, "mean_ms": None}
 BOOTSTRAP = 2000
@@ -375,11 +376,10 @@ def write_junit(verdicts: list[Verdict], path: Path) -> None:
         failures=str(sum(not v.passed for v in verdicts)),
     )
     for v in verdicts:
-        case = ET.SubElement(suite, "testcase", classname="kdpipe.gate", name=v.metric)
+        case = ET.SubElement(suite, "testcase", classname="kdpipe.report.gate", name=v.metric)
         if not v.passed:
             failure = ET.SubElement(case, "failure", message=v.reason)
             failure.text = f"{v.metric} = {v.value:g}, budget {budget_text(v)}"
-    from kdpipe.runs import write_text
 
     write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
 

@@ -18,15 +18,15 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from kdpipe import ui
-from kdpipe.errors import ConfigError
+from kdpipe.core import ui
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.runs import LOCK_NAME
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".kdpipe.lock"
 
 # Lock descriptors this process holds. A forked child (a DataLoader worker) inherits them, and
 # a flock lives as long as any copy: workers that outlived a killed run by a few seconds would

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdpipe.errors import ConfigError, KdpipeError
+from kdpipe.core.errors import ConfigError, KdpipeError
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdpipe import ui
-from kdpipe.config import ProfileConfig, RunConfig
+from kdpipe.core import ui
+from kdpipe.core.config import ProfileConfig, RunConfig
+from kdpipe.core.runs import write_json
 from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
-from kdpipe.profile.accuracy import agreement, top1
-from kdpipe.profile.backends import Runner, Target, build_runners
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
-from kdpipe.runs import write_json
+from kdpipe.runtimes.accuracy import agreement, top1
+from kdpipe.runtimes.backends import Runner, Target, build_runners
 
 HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
 

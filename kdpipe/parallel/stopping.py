@@ -322,7 +322,7 @@ def due(step: int, gpu: bool) -> bool:
     process (a flag read) and on CPUs (one all-reduce of one number, ~0.1 ms beside steps of
     50 ms and more, whose length on a slow CPU could outlast a scheduler's grace period);
     every DDP_CHECK_STEPS steps on GPUs under torchrun, whose steps are short."""
-    from kdpipe.distill import distributed
+    from kdpipe.parallel import distributed
 
     return not gpu or not distributed.current().active or step % DDP_CHECK_STEPS == 0
 
@@ -330,7 +330,7 @@ def due(step: int, gpu: bool) -> bool:
 def requested() -> int:
     """The signal to stop on (0: none), the same on every rank: the highest any rank got.
     Every rank must call it at the same point."""
-    from kdpipe.distill import distributed
+    from kdpipe.parallel import distributed
 
     if not distributed.current().active:
         return _pending

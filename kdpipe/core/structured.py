@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from kdpipe.errors import ConfigError, first_line
+from kdpipe.core.errors import ConfigError, first_line
 
 MAX_VALUES = 100_000  # kdpipe's own files hold hundreds
 MAX_BYTES = 64 << 20  # reports and run files; a long run's report.json is ~100 KB

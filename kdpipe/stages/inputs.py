@@ -19,13 +19,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from kdpipe import __version__, models
-from kdpipe.config import RunConfig
+from kdpipe.core.config import RunConfig
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.runs import file_sha256
 from kdpipe.data import DataSplits
-from kdpipe.distill import distributed
 from kdpipe.distill.stepper import training_numerics
-from kdpipe.errors import ConfigError
 from kdpipe.models.custom import sources
-from kdpipe.runs import file_sha256
+from kdpipe.parallel import distributed
 
 # Options that change no trained result and may fit one machine and not another: loader
 # workers; export and profile run on rank 0 alone, after training.
