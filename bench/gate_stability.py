@@ -5,9 +5,9 @@
 1. Measures the run `--reference` times (`kdpipe profile RUN`), `--reference-gap` seconds
    apart, takes the median of the student's p95 at batch 1 on its fastest backend, and writes
    two budgets: 20 % above it and 20 % below it. Spread out so that one slow spell cannot
-   set the reference alone (three back-to-back profiles all fell in one in sessions 7 and 9);
+   set the reference alone (three back-to-back profiles have all fallen in one);
    where the machine's speed drifts by more than 20 % over the bench's 20 minutes, no
-   reference taken beforehand can keep both budgets on their sides (session 10 measured it).
+   reference taken beforehand can keep both budgets on their sides.
 2. Gates the run `--rounds` times against each budget with `kdpipe gate --measure` (the gate
    re-profiles the run itself; a timing budget that is not a clear pass is measured up to
    `--confirm` more times and the majority decides). A stable gate passes the loose budget

@@ -21,14 +21,12 @@ import yaml
 from kdpipe import models
 from kdpipe.core import ui
 from kdpipe.core.config import RunConfig
-from kdpipe.core.errors import ConfigError, KdpipeError, absent, first_line, reported
+from kdpipe.core.errors import ConfigError, KdpipeError, absent, reported
 from kdpipe.core.runs import (
     RunDir,
     check_until,
     ensure_writable_dir,
-    fingerprint,
     forced_stages,
-    read_json,
     refuse_foreign_dir,
     set_writer,
     write_text,
@@ -38,17 +36,13 @@ from kdpipe.data.transfer import check_transfer
 from kdpipe.data.transforms import crop_fraction
 from kdpipe.distill.compose import Composite
 from kdpipe.distill.methods import get as get_method
-from kdpipe.parallel import distributed, stopping
+from kdpipe.parallel import distributed
 from kdpipe.parallel.runlock import RunLock
 from kdpipe.profile.environment import check_input_fits
-from kdpipe.stages.distill import distill_fingerprint, run_distill_stage
+from kdpipe.stages.base import Context, run_pipeline
 from kdpipe.stages.inputs import check_same_inputs
 from kdpipe.stages.teacher import (
-    cached_teacher_dir,
-    load_teacher,
     needs_fine_tuning,
-    run_teacher_stage,
-    teacher_fingerprint,
 )
 
 
@@ -214,7 +208,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
         set_writer(False)
     failure: KdpipeError | None = None
     try:
-        data, stages = _checked_inputs(cfg, until, rank.world)
+        data, times = _checked_inputs(cfg, until, rank.world)
     except KdpipeError as e:  # perhaps on this machine alone (a file missing here)
         failure = e
     except Exception as e:  # a file unreadable here, a bug: the others must not wait for it
@@ -229,7 +223,8 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     lock = RunLock(cfg.out_dir())
     try:
         out = _prepare_out_dir(cfg, bool(redo), rank.main, lock)
-        return _run_stages(cfg, data, redo, until, rank.main, out, stages)
+        ctx = Context(cfg, data, RunDir(out), redo, rank.main, times=times)
+        return run_pipeline(ctx, until)
     finally:
         lock.release()
 
@@ -248,143 +243,11 @@ def _checked_inputs(cfg: RunConfig, until: str, world: int) -> tuple[DataSplits,
         f"data: {data.info.name}, {data.info.num_classes} classes, input {data.info.input_size}, "
         f"train/val/test {sizes}"
     )
-    stages = {"data": {"seconds": time.perf_counter() - start, "reused": False}}
+    times = {"data": {"seconds": time.perf_counter() - start, "reused": False}}
     check_models_take(cfg, data.info.num_classes, data.info.input_size)
     if until in ("profile", "report"):
         check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
-    return data, stages
-
-
-def _run_stages(
-    cfg: RunConfig,
-    data: DataSplits,
-    redo: set[str],
-    until: str,
-    main: bool,
-    out: Path,
-    stages: dict[str, dict],
-) -> dict:
-    """The stages of `run` from the teacher on, in the claimed output directory."""
-    k = data.info.num_classes
-    rd = RunDir(out)
-
-    def stage(name: str, fp: str, outputs: list[str], work, load):  # type: ignore[no-untyped-def]
-        distributed.barrier()  # every rank decides reuse from the same files
-        stop = stopping.requested()  # a signal as the last stage's training ended
-        if stop:
-            raise stopping.Stopped(stop, f"before the {name} stage")
-        start = time.perf_counter()
-        if name not in redo and rd.is_done(name, fp):
-            try:
-                result = load()
-            except (KdpipeError, OSError, ValueError, KeyError) as e:  # damaged since written
-                ui.warn(
-                    f"{name}: its outputs in {rd.stage_dir(name)} cannot be read ({first_line(e)}); "
-                    "running the stage again"
-                )
-            else:
-                ui.info(f"{name}: up to date, reusing {rd.stage_dir(name)}")
-                stages[name] = {"seconds": time.perf_counter() - start, "reused": True}
-                return result
-        result = work(rd.stage_dir(name))
-        seconds = time.perf_counter() - start
-        rd.mark_done(name, fp, outputs, seconds)
-        stages[name] = {"seconds": seconds, "reused": False}
-        return result
-
-    t_fp = teacher_fingerprint(cfg, k)
-    if "teacher" in redo and main:  # a teacher loaded as given has no cached copy
-        for f in cached_teacher_dir(cfg, t_fp).glob("*"):
-            f.unlink()
-    teacher = stage(
-        "teacher",
-        t_fp,
-        ["model.pt", "metrics.json"],
-        lambda d: run_teacher_stage(cfg, data, d, t_fp),
-        lambda: load_teacher(cfg, k, rd.stage_dir("teacher")),
-    )
-
-    if until == "teacher":
-        return teacher.metrics
-
-    d_fp = distill_fingerprint(cfg, t_fp)
-    d_dir = rd.stage_dir("distill")
-    student, distill_metrics = stage(
-        "distill",
-        d_fp,
-        ["student.pt", "metrics.json", "log.jsonl"],
-        lambda d: run_distill_stage(cfg, data, teacher.model, d, d_fp),
-        lambda: (
-            models.create(
-                read_json(d_dir / "metrics.json")["arch"], k, d_dir / "student.pt"
-            ).eval(),
-            read_json(d_dir / "metrics.json"),
-        ),
-    )
-
-    # Training is over: leave the process group; export, profile and report run on rank 0 only.
-    distributed.shutdown()
-    if until == "distill" or not main:
-        return distill_metrics
-    # Imported where they are first needed: onnx and matplotlib cost a second of start-up to
-    # every process, torchrun's ranks and runs that stop after training among them.
-    from kdpipe.report.metrics import flatten_metrics
-    from kdpipe.report.schema import build_report
-    from kdpipe.report.write import write_reports
-    from kdpipe.stages.export import FILES as ONNX_FILES
-    from kdpipe.stages.export import TEACHER_ONNX, TENSORRT_INT8, run_export_stage
-    from kdpipe.stages.profile import run_profile_stage
-
-    if distill_metrics["arch"] != cfg.student.arch:  # DML exported a peer of another arch
-        ui.info(f"distill: the exported student is the {distill_metrics['arch']} peer")
-        cfg.student.arch = distill_metrics["arch"]
-    e_fp = fingerprint("export", d_fp, cfg.export.model_dump())
-    e_dir = rd.stage_dir("export")
-    onnx_names = [ONNX_FILES[p] for p in cfg.export.precisions]
-    if "int8" in cfg.export.precisions and "tensorrt" in cfg.export.backends:
-        onnx_names.append(TENSORRT_INT8)
-    if cfg.export.teacher:
-        onnx_names += [TEACHER_ONNX, "teacher.json"]
-    export = stage(
-        "export",
-        e_fp,
-        [*onnx_names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"],
-        lambda d: run_export_stage(
-            cfg, data, student, d, teacher.model, cached_teacher_dir(cfg, t_fp)
-        ),
-        lambda: read_json(e_dir / "export.json"),
-    )
-
-    if until == "export":
-        return export
-
-    p_fp = fingerprint("profile", e_fp, t_fp, cfg.profile.model_dump())
-    files = {"teacher": rd.stage_dir("teacher") / "model.pt", "student": d_dir / "student.pt"}
-    onnx_files: dict[str, Path] = {p: e_dir / ONNX_FILES[p] for p in cfg.export.precisions}
-    teacher_onnx = e_dir / TEACHER_ONNX if cfg.export.teacher else None
-    engines = read_json(e_dir / "tensorrt.json")
-    plans = {
-        p: e_dir / m["plan"] for p, m in engines.items() if isinstance(m, dict) and "plan" in m
-    }
-    profile = stage(
-        "profile",
-        p_fp,
-        ["results.json", "samples.json"],
-        lambda d: run_profile_stage(
-            cfg, data, teacher.model, student, files, onnx_files, plans, d, teacher_onnx
-        ),
-        lambda: read_json(rd.stage_dir("profile") / "results.json"),
-    )
-    if until == "profile":
-        return profile
-
-    report = build_report(cfg, data.info, teacher.metrics, distill_metrics, export, profile, stages)
-    if teacher_onnx is not None:
-        report["teacher"]["onnx"] = read_json(e_dir / "teacher.json")
-    report["tensorrt"] = engines
-    report["metrics"] = flatten_metrics(report)
-    write_reports(out, report)
-    return report
+    return data, times
 
 
 def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
@@ -395,8 +258,6 @@ def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
     data = load_data(cfg.data, cfg.seed)
     models.check_input_size("model", arch, data.info.num_classes, data.info.input_size)
     student = models.create(arch, data.info.num_classes, weights).eval()
-    from kdpipe.stages.export import run_export_stage
+    from kdpipe.stages.export import run_export_stage  # onnx: only when exporting
 
     return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
-
-

@@ -36,7 +36,6 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     """Load the three splits named by `cfg.spec`, deterministic given `seed`."""
     splits = _load(cfg, seed)
     if cfg.crop_scale != DataConfig().crop_scale and not cfg.augment.startswith("resized"):
-
         ui.info(f"note: --crop-scale applies to resized crops (--augment {cfg.augment})")
     # random augmentation (applied by the trainer) gives a sample another tensor each epoch
     splits.deterministic = cfg.augment == "none"

@@ -13,7 +13,7 @@ process, either is plain BatchNorm. The layers' classes are swapped for the dura
 student are those of the model as built.
 
 Cost on the 2-core CPU under 2 gloo ranks: resnet18 distillation at 32 px, 8.2-8.4 s against
-5.5 s (docs/benchmarks.md, session 22): 20 layers each wait for one all_gather forward and one
+5.5 s: 20 layers each wait for one all_gather forward and one
 all_reduce backward per step (gloo on this host: 0.4 and 1.2 ms, plus the ranks' drift), and
 the statistics are taken in unfused operations.
 """

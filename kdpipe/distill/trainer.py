@@ -127,8 +127,7 @@ def place_for_training(module: nn.Module, device: torch.device) -> None:
     contiguous one and back — two copies of each 9 MB resnet18 weight per step. Depthwise and
     1 x 1 convolutions stay channels-last (a contiguous depthwise weight made MobileNetV2's
     step 2.5x slower), and so does a frozen teacher (its bf16 inference was not faster).
-    Measured on the 2-core CPU, resnet18 distill stage: 4-5 % less time per step
-    (docs/benchmarks.md, session 17)."""
+    Measured on the 2-core CPU, resnet18 distill stage: 4-5 % less time per step."""
     module.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     if device.type != "cpu":
         return  # cuDNN wants channels-last weights with channels-last activations

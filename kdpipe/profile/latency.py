@@ -22,7 +22,7 @@ ROUND_CALLS = 20  # timed calls per model per round
 # session needs several calls, not one, to reach the steady state a plain loop over one model
 # (trtexec, onnxruntime_perf_test) measures: with one re-warm call and 5 timed, the first
 # timed call of a round read +25 % (INT8 student) and the round's p95 +20 %; with 5 re-warm
-# calls the first timed call is within 1 % of the last (docs/benchmarks.md, session 8).
+# calls the first timed call is within 1 % of the last.
 # Torch eager barely cares. Untimed share: 20 % of calls (1 + 5 had 17 %).
 REWARM_CALLS = 5
 

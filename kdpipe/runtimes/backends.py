@@ -118,7 +118,7 @@ class OrtPredict:
     def timed(self, x: Tensor) -> Callable[[], object]:
         """What an application's call costs: on the CPU, `session.run` on a ready numpy feed,
         its output left as onnxruntime returns it. Wrapping each output in a torch tensor
-        read ~5 % over a plain loop on a busy 2-vCPU VM (docs/benchmarks.md, session 9).
+        read ~5 % over a plain loop on a busy 2-vCPU VM.
         On a GPU the whole bound call, copies included (end-to-end time)."""
         if not self.on_cpu:
             return partial(self, x)

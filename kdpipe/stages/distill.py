@@ -6,6 +6,7 @@ link cached by fingerprint), DML builds its peers and exports the best one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from kdpipe import models
 from kdpipe.core import ui
 from kdpipe.core.config import RunConfig, model_label
-from kdpipe.core.runs import file_sha256, fingerprint, write_json
+from kdpipe.core.runs import file_sha256, fingerprint, read_json, write_json
 from kdpipe.data import DataSplits, augment
 from kdpipe.data.transfer import student_training_set
 from kdpipe.distill.base import Distiller, Layers
@@ -28,6 +29,7 @@ from kdpipe.distill.trainer import fit, predict_test
 from kdpipe.models.custom import sources
 from kdpipe.parallel import distributed
 from kdpipe.runtimes.accuracy import agreement, top1, warn_near_chance
+from kdpipe.stages.base import Context, Stage
 from kdpipe.stages.teacher import save_state
 
 
@@ -259,3 +261,50 @@ def run_distill_stage(
         fix = "it did not learn; try more --epochs, a lower --lr"
         warn_near_chance("student", arch, metrics["test_accuracy"], data.info.num_classes, fix)
     return student, metrics
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    metrics: dict
+
+
+class DistillStage(Stage):
+    """The student, distilled from the teacher by the configured method(s)."""
+
+    name = "distill"
+
+    def fingerprint(self, ctx: Context) -> str:
+        return distill_fingerprint(ctx.cfg, ctx.fingerprints["teacher"])
+
+    def outputs(self, ctx: Context) -> list[str]:
+        return ["student.pt", "metrics.json", "log.jsonl"]
+
+    def run(self, ctx: Context, folder: Path) -> DistillResult:
+        teacher = ctx.results["teacher"].model
+        student, metrics = run_distill_stage(
+            ctx.cfg, ctx.data, teacher, folder, ctx.fingerprints[self.name]
+        )
+        return _shipped(ctx, DistillResult(student, metrics))
+
+    def load(self, ctx: Context, folder: Path) -> DistillResult:
+        metrics = read_json(folder / "metrics.json")
+        student = models.create(metrics["arch"], ctx.num_classes, folder / "student.pt")
+        return _shipped(ctx, DistillResult(student.eval(), metrics))
+
+    def summary(self, result: DistillResult) -> dict:
+        return result.metrics
+
+
+def _shipped(ctx: Context, result: DistillResult) -> DistillResult:
+    """DML ships its best peer, which may be of another architecture: the stages after this
+    one see that student's arch (the run directory stays where it is)."""
+    arch = result.metrics["arch"]
+    if arch != ctx.cfg.student.arch:
+        ui.info(f"distill: the exported student is the {arch} peer")
+        student = ctx.cfg.student.model_copy(update={"arch": arch})
+        ctx.cfg = ctx.cfg.model_copy(update={"student": student, "out": ctx.cfg.out_dir()})
+    return result
+
+
+STAGE = DistillStage()

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdpipe.core import ui
 from kdpipe.core.config import RunConfig
 from kdpipe.core.errors import first_line
-from kdpipe.core.runs import write_json
+from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
 from kdpipe.export import teacher_cache
 from kdpipe.export.bundle import write_bundle
@@ -24,6 +24,8 @@ from kdpipe.export.verify import parity, parity_subset
 from kdpipe.runtimes import tensorrt
 from kdpipe.runtimes.accuracy import predict_logits
 from kdpipe.runtimes.ort import ort_logits, ort_session
+from kdpipe.stages.base import Context, Stage
+from kdpipe.stages.teacher import cached_teacher_dir
 
 FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
 # The INT8 engine's source when TensorRT is asked for: symmetric Q/DQ, the only form TensorRT
@@ -194,3 +196,34 @@ def _tensorrt_engines(
         ]
         engines[precision]["parity"] = parity(reference, torch.cat(logits), labels)
     return engines
+
+
+class ExportStage(Stage):
+    """The student as ONNX in every precision asked (and TensorRT engines where they build),
+    the teacher as ONNX, each checked against PyTorch, and the edge bundle."""
+
+    name = "export"
+
+    def fingerprint(self, ctx: Context) -> str:
+        return fingerprint("export", ctx.fingerprints["distill"], ctx.cfg.export.model_dump())
+
+    def outputs(self, ctx: Context) -> list[str]:
+        e = ctx.cfg.export
+        names = [FILES[p] for p in e.precisions]
+        if "int8" in e.precisions and "tensorrt" in e.backends:
+            names.append(TENSORRT_INT8)
+        if e.teacher:
+            names += [TEACHER_ONNX, "teacher.json"]
+        return [*names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"]
+
+    def run(self, ctx: Context, folder: Path) -> dict:
+        teacher = ctx.results["teacher"].model
+        cached = cached_teacher_dir(ctx.cfg, ctx.fingerprints["teacher"])
+        student = ctx.results["distill"].student
+        return run_export_stage(ctx.cfg, ctx.data, student, folder, teacher, cached)
+
+    def load(self, ctx: Context, folder: Path) -> dict:
+        return read_json(folder / "export.json")
+
+
+STAGE = ExportStage()

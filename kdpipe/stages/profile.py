@@ -19,12 +19,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdpipe.core import ui
 from kdpipe.core.config import ProfileConfig, RunConfig
-from kdpipe.core.runs import write_json
+from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
 from kdpipe.runtimes.accuracy import agreement, top1
 from kdpipe.runtimes.backends import Runner, Target, build_runners
+from kdpipe.stages.base import Context, Stage
+from kdpipe.stages.export import FILES, TEACHER_ONNX
 
 HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
 
@@ -192,3 +194,42 @@ def _batch_of(sample: Tensor, size: int) -> Tensor:
     """`size` real test images (repeated if the test set is smaller), contiguous float32."""
     reps = -(-size // len(sample))
     return sample.repeat(reps, *[1] * (sample.dim() - 1))[:size].contiguous()
+
+
+class ProfileStage(Stage):
+    """Teacher and student timed side by side on every backend that runs here, with their
+    accuracy, size, FLOPs and memory."""
+
+    name = "profile"
+
+    def fingerprint(self, ctx: Context) -> str:
+        fps = ctx.fingerprints
+        return fingerprint("profile", fps["export"], fps["teacher"], ctx.cfg.profile.model_dump())
+
+    def outputs(self, ctx: Context) -> list[str]:
+        return ["results.json", "samples.json"]
+
+    def run(self, ctx: Context, folder: Path) -> dict:
+        cfg, exported = ctx.cfg, ctx.folder("export")
+        files = {
+            "teacher": ctx.folder("teacher") / "model.pt",
+            "student": ctx.folder("distill") / "student.pt",
+        }
+        onnx_files: dict[str, Path] = {p: exported / FILES[p] for p in cfg.export.precisions}
+        teacher_onnx = exported / TEACHER_ONNX if cfg.export.teacher else None
+        engines = read_json(exported / "tensorrt.json")
+        plans = {
+            p: exported / m["plan"]
+            for p, m in engines.items()
+            if isinstance(m, dict) and "plan" in m
+        }
+        teacher, student = ctx.results["teacher"].model, ctx.results["distill"].student
+        return run_profile_stage(
+            cfg, ctx.data, teacher, student, files, onnx_files, plans, folder, teacher_onnx
+        )
+
+    def load(self, ctx: Context, folder: Path) -> dict:
+        return read_json(folder / "results.json")
+
+
+STAGE = ProfileStage()

@@ -35,6 +35,7 @@ from kdpipe.distill.trainer import fit, predict_test
 from kdpipe.models.custom import sources
 from kdpipe.parallel import distributed
 from kdpipe.runtimes.accuracy import top1, warn_near_chance
+from kdpipe.stages.base import Context, Stage
 
 
 @dataclass
@@ -167,8 +168,8 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
 def _keep_in_cache(model: nn.Module, metrics: dict[str, Any], cached: Path) -> None:
     """Keep the trained teacher for later runs, if the cache can take it: a cache that is not
     writable (a read-only home, KDPIPE_CACHE naming a file, a full disk) costs the reuse, not
-    the run. Before, the error ended the run right after training, and every rerun trained
-    the teacher's last epoch again only to fail at the same place."""
+    the run (ending it here would make every rerun train the teacher again, only to fail at
+    the same place)."""
     try:
         save_state(model, cached / "model.pt")
         write_json(cached / "metrics.json", metrics)
@@ -202,3 +203,31 @@ def _from_cache(arch: str, k: int, cached: Path) -> tuple[nn.Module, dict[str, A
 def load_teacher(cfg: RunConfig, num_classes: int, stage_dir: Path) -> TeacherResult:
     model = models.create(cfg.teacher.arch, num_classes, stage_dir / "model.pt")
     return TeacherResult(model.eval(), read_json(stage_dir / "metrics.json"))
+
+
+class TeacherStage(Stage):
+    """The teacher: loaded as given, fine-tuned, taken from the cache or trained."""
+
+    name = "teacher"
+
+    def fingerprint(self, ctx: Context) -> str:
+        return teacher_fingerprint(ctx.cfg, ctx.num_classes)
+
+    def outputs(self, ctx: Context) -> list[str]:
+        return ["model.pt", "metrics.json"]
+
+    def run(self, ctx: Context, folder: Path) -> TeacherResult:
+        fp = ctx.fingerprints[self.name]
+        if self.name in ctx.redo and ctx.main:  # forced: the cached copy is trained again too
+            for f in cached_teacher_dir(ctx.cfg, fp).glob("*"):
+                f.unlink()
+        return run_teacher_stage(ctx.cfg, ctx.data, folder, fp)
+
+    def load(self, ctx: Context, folder: Path) -> TeacherResult:
+        return load_teacher(ctx.cfg, ctx.num_classes, folder)
+
+    def summary(self, result: TeacherResult) -> dict:
+        return result.metrics
+
+
+STAGE = TeacherStage()

@@ -81,7 +81,7 @@ def kdpipe_here(capsys: pytest.CaptureFixture[str], *args: str, env: dict | None
 @contextmanager
 def module_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
     """A directory for a module-scoped fixture, deleted when the fixture ends rather than at
-    the end of the session: CI shares its machine's disk (docs/benchmarks.md, session 10)."""
+    the end of the session: CI shares its machine's disk."""
     path = factory.mktemp(name)
     try:
         yield path

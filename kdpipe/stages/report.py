@@ -1,0 +1,49 @@
+"""The report stage: report.json (versioned, with the flat metrics map), report.md and
+report.html in the run directory, from the results of every stage before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdpipe.core.runs import read_json
+from kdpipe.report.gate import load_report
+from kdpipe.report.metrics import flatten_metrics
+from kdpipe.report.schema import build_report
+from kdpipe.report.write import write_reports
+from kdpipe.stages.base import Context, Stage
+
+
+class ReportStage(Stage):
+    """Always rebuilt: it records how long this run's stages took and which were reused."""
+
+    name = "report"
+
+    def fingerprint(self, ctx: Context) -> None:
+        return None
+
+    def outputs(self, ctx: Context) -> list[str]:
+        return ["report.json", "report.md", "report.html"]
+
+    def run(self, ctx: Context, folder: Path) -> dict:
+        r, exported = ctx.results, ctx.folder("export")
+        report = build_report(
+            ctx.cfg,
+            ctx.data.info,
+            r["teacher"].metrics,
+            r["distill"].metrics,
+            r["export"],
+            r["profile"],
+            ctx.times,
+        )
+        if ctx.cfg.export.teacher:
+            report["teacher"]["onnx"] = read_json(exported / "teacher.json")
+        report["tensorrt"] = read_json(exported / "tensorrt.json")
+        report["metrics"] = flatten_metrics(report)
+        write_reports(ctx.run_dir.root, report)
+        return report
+
+    def load(self, ctx: Context, folder: Path) -> dict:
+        return load_report(ctx.run_dir.root / "report.json")
+
+
+STAGE = ReportStage()
