@@ -4,11 +4,10 @@ first instant, before the command's modules are imported, so one pressed at any 
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
-from kdpipe.core import faults
+from kdpipe.core import faults, torchrun
 from kdpipe.parallel import stopping  # the standard library only: a few milliseconds
 
 
@@ -30,6 +29,6 @@ def main(argv: list[str] | None = None) -> None:
 def _stopped(signum: int) -> None:
     # Plain text: the signal may have left the console's modules half-imported. Under
     # torchrun rank 0 says it for every rank.
-    if os.environ.get("RANK", "0") == "0":
+    if torchrun.is_main():
         sys.stderr.write(f"error: {stopping.said(signum)}\nhint: {stopping.KEPT}\n")
     sys.exit(128 + signum)

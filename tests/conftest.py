@@ -56,3 +56,11 @@ def _loud_again() -> Iterator[None]:
     from kdpipe.core import ui
 
     ui.set_quiet(False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e trains models or starts processes: `slow`, so that
+    `pytest -m "not slow"` is the quick loop."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import typer
 
-from kdpipe.core import ui
+from kdpipe.core import torchrun, ui
 from kdpipe.core.errors import KdpipeError, reported
 from kdpipe.parallel import stopping
 from kdpipe.parallel.stopping import Stopped
@@ -72,7 +72,7 @@ def say_stopped(signum: int, e: Stopped | None = None) -> int:
     """The line of a stop by `signum` (`e`'s own, which may say where it stopped) and its exit
     status; under torchrun rank 0 says it for all."""
     stopping.reported()
-    if os.environ.get("RANK", "0") == "0":
+    if torchrun.is_main():
         ui.error(*((e.message, e.hint) if e else (stopping.said(signum), stopping.KEPT)))
     return 128 + signum
 
@@ -84,11 +84,10 @@ def left_to_rank_0(e: KdpipeError) -> bool:
     Until then, the first process of each other machine reports its own too: that machine's
     files may differ (a weights file or dataset missing there), and rank 0 would only wait
     for it."""
-    rank = os.environ.get("RANK", "0")
-    if rank == "0":
+    if torchrun.is_main():
         return False
     if e.agreed_from is not None:  # what rank N found: rank N says it too, on its machine
-        return not ui.several_machines() or rank != str(e.agreed_from)
+        return not torchrun.several_machines() or torchrun.rank() != e.agreed_from
     if not e.everywhere:
         return False
     return not ui.speaks_for_its_machine()

@@ -4,12 +4,10 @@ helpers and the options several commands declare."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-
-from kdpipe.core.errors import ConfigError
 
 app = typer.Typer(
     help="Distill a big image model into a small one, export it, profile both, report.",
@@ -26,97 +24,49 @@ stdout = Console(
 )
 
 
-def csv_list(value: str | None, cast: type = str, option: str = "") -> list | None:
-    if value is None:
-        return None
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32"
-        ) from None
-
-
-def number_params(
-    pairs: list[str] | None, option: str = "--set", example: str = "T=4 --set alpha=0.9"
-) -> dict[str, float] | None:
-    if not pairs:
-        return None
-    out: dict[str, float] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        try:
-            if not sep or not key.strip():
-                raise ValueError
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(
-                f"{option} takes NAME=NUMBER, got '{pair}'", f"e.g. {option} {example}"
-            ) from None
-    return out
-
-
 Opt = typer.Option
 
 # Options shared by several commands, declared once.
+EXPORT, PROFILE = "Export", "Profile"
 PrecisionOpt = Annotated[
-    str | None, Opt(help="Export precisions, comma-separated: fp32,fp16,int8.")
+    str | None,
+    Opt(help="Export precisions, comma-separated: fp32,fp16,int8.", rich_help_panel=EXPORT),
 ]
 BackendOpt = Annotated[
-    str | None, Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).")
+    str | None,
+    Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).", rich_help_panel=EXPORT),
 ]
-CalibrationOpt = Annotated[str | None, Opt(help="INT8 calibration: minmax | entropy | percentile.")]
+CalibrationOpt = Annotated[
+    str | None,
+    Opt(help="INT8 calibration: minmax | entropy | percentile.", rich_help_panel=EXPORT),
+]
 CalibrationSamplesOpt = Annotated[
-    int | None, Opt(help="Training images used for INT8 calibration.")
+    int | None, Opt(help="Training images used for INT8 calibration.", rich_help_panel=EXPORT)
 ]
 MaxDropOpt = Annotated[
-    float | None, Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).")
+    float | None,
+    Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).", rich_help_panel=EXPORT),
 ]
-BatchRangeOpt = Annotated[str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.")]
+BatchRangeOpt = Annotated[
+    str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.", rich_help_panel=EXPORT)
+]
 BatchSizesOpt = Annotated[
-    str | None, Opt(help="Profile batch sizes, comma-separated (default 1,32).")
+    str | None,
+    Opt(help="Profile batch sizes, comma-separated (default 1,32).", rich_help_panel=PROFILE),
 ]
 ThreadsOpt = Annotated[
-    int | None, Opt(help="CPU threads for profiling (default: all cores); recorded.")
+    int | None,
+    Opt(help="CPU threads for profiling (default: all cores); recorded.", rich_help_panel=PROFILE),
 ]
-MinItersOpt = Annotated[int | None, Opt(help="Profile: timed calls per model, at least.")]
-MinSecondsOpt = Annotated[float | None, Opt(help="Profile: timed seconds per model, at least.")]
-MemoryOpt = Annotated[bool | None, Opt("--memory/--no-memory", help="Measure memory per backend.")]
+MinItersOpt = Annotated[
+    int | None, Opt(help="Profile: timed calls per model, at least.", rich_help_panel=PROFILE)
+]
+MinSecondsOpt = Annotated[
+    float | None, Opt(help="Profile: timed seconds per model, at least.", rich_help_panel=PROFILE)
+]
+MemoryOpt = Annotated[
+    bool | None,
+    Opt("--memory/--no-memory", help="Measure memory per backend.", rich_help_panel=PROFILE),
+]
 QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
-
-
-def profile_overrides(
-    batch_sizes: str | None,
-    threads: int | None,
-    warmup: int | None,
-    min_iters: int | None,
-    min_seconds: float | None,
-    memory: bool | None,
-) -> dict[str, Any]:
-    return {
-        "profile.batch_sizes": csv_list(batch_sizes, int, "--batch-sizes"),
-        "profile.threads": threads,
-        "profile.warmup": warmup,
-        "profile.min_iters": min_iters,
-        "profile.min_seconds": min_seconds,
-        "profile.memory": memory,
-    }
-
-
-def export_overrides(
-    precision: str | None,
-    backend: str | None,
-    calibration: str | None,
-    calibration_samples: int | None,
-    max_accuracy_drop: float | None,
-    batch_range: str | None,
-) -> dict[str, Any]:
-    return {
-        "export.precisions": csv_list(precision, str, "--precision"),
-        "export.backends": csv_list(backend, str, "--backend"),
-        "export.calibration": calibration,
-        "export.calibration_samples": calibration_samples,
-        "export.max_accuracy_drop": max_accuracy_drop,
-        "export.batch_range": csv_list(batch_range, int, "--batch-range"),
-    }

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kdpipe.cli.errors import errors_reported
+from kdpipe.cli.options import overrides_of
 from kdpipe.cli.shared import (
     BackendOpt,
     BatchRangeOpt,
@@ -19,12 +20,12 @@ from kdpipe.cli.shared import (
     Opt,
     PrecisionOpt,
     QuietOpt,
-    export_overrides,
     stdout,
 )
 from kdpipe.core import ui
 from kdpipe.core.errors import ConfigError
-from kdpipe.core.runs import load_run_config
+
+DATA_OPTIONS = ("data", "image_size", "center_crop")  # for --weights alone
 
 
 def export(
@@ -56,43 +57,25 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export a student to ONNX FP32/FP16/INT8 (+TensorRT) with parity checks and a bundle."""
+    options = dict(locals())
     ui.set_quiet(quiet)
     with errors_reported(debug):
-        from kdpipe import api
-        from kdpipe.core.config import build_config
+        from kdpipe.api import measure
 
-        overrides = export_overrides(
-            precision, backend, calibration, calibration_samples, max_accuracy_drop, batch_range
-        )
-        if (run_dir is None) == (weights is None):
+        given = [f"--{p.replace('_', '-')}" for p in DATA_OPTIONS if options[p] is not None]
+        if run_dir is not None and weights is None and given:
             raise ConfigError(
-                "pass either a run directory or --arch with --weights",
-                "e.g. kdpipe export runs/my-run",
+                f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to a "
+                "run directory (its data fixes it)",
+                "drop it, or export --arch/--weights with the data of your choice",
             )
-        if run_dir is not None:
-            given = {"--data": data, "--image-size": image_size, "--center-crop": center_crop}
-            if stray := [name for name, v in given.items() if v is not None]:
-                raise ConfigError(
-                    f"{', '.join(stray)} {'do' if len(stray) > 1 else 'does'} not apply to a "
-                    "run directory (its data fixes it)",
-                    "drop it, or export --arch/--weights with the data of your choice",
-                )
-            cfg = build_config(load_run_config(run_dir), overrides, "export")
-            results = api.run(cfg, until="export")
-            where = run_dir / "export"
-        else:
-            if not arch or weights is None:
-                raise ConfigError(
-                    "--weights needs --arch", "e.g. --arch resnet18 --weights student.pt"
-                )
-            where = out or Path("export")
-            data_overrides = {
-                "data.spec": data,
-                "data.image_size": image_size,
-                "data.center_crop": center_crop,
-            }
-            cfg = build_config({}, {**overrides, **data_overrides}, "export")
-            results = api.export_weights(arch, weights, cfg, where)
+        results, where = measure.export_again(
+            run_dir,
+            (arch, weights),
+            overrides_of(options, ("export",)),
+            overrides_of(options, ("data",)),
+            out,
+        )
         for name, r in results.items():
             p = r["parity"]
             stdout.print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 from rich.console import Console
@@ -15,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from kdpipe.core import torchrun
 
 console = Console(stderr=True, highlight=False)
 _quiet = False
@@ -42,28 +43,15 @@ def speaks_for_its_machine() -> bool:
     """Whether this process reports its own warnings and errors of the options and files:
     the first of a machine other than rank 0's, until the ranks have compared their inputs
     (its files may differ from rank 0's); after that rank 0 speaks for every rank."""
-    return not _compared and first_on_another_machine()
+    return not _compared and torchrun.first_on_another_machine()
 
 
 def rank_prefix() -> str:
     """`rank N on HOST: ` for a process of a torchrun job other than rank 0 (whose lines are
     the job's own), else nothing."""
-    rank = os.environ.get("RANK", "0")
-    if "WORLD_SIZE" not in os.environ or rank == "0":
+    if not torchrun.active() or torchrun.is_main():
         return ""
-    return f"rank {rank} on {socket.gethostname()}: "
-
-
-def several_machines() -> bool:
-    """Whether this process belongs to a torchrun job spread over several machines."""
-    env = os.environ
-    return "WORLD_SIZE" in env and env.get("LOCAL_WORLD_SIZE", "1") != env["WORLD_SIZE"]
-
-
-def first_on_another_machine() -> bool:
-    """Whether this torchrun process is the first of a machine other than rank 0's."""
-    env = os.environ
-    return several_machines() and env.get("LOCAL_RANK", "0") == "0" and env.get("RANK") != "0"
+    return f"rank {torchrun.rank()} on {socket.gethostname()}: "
 
 
 def info(message: str) -> None:

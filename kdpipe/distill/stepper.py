@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from kdpipe.core import ui
+from kdpipe.core import torchrun, ui
 from kdpipe.core.config import RuntimeConfig
 from kdpipe.core.errors import ConfigError, TrainingError
 from kdpipe.parallel import distributed
@@ -112,7 +112,7 @@ def loader_workers(asked: int | None, cuda: bool, in_memory: bool) -> int:
     if not cuda or in_memory:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_process = (cores or 1) // max(1, distributed.env_int("LOCAL_WORLD_SIZE", 1))
+    per_process = (cores or 1) // max(1, torchrun.local_world_size())
     return max(1, min(8, per_process - 1))
 
 

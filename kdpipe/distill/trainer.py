@@ -227,196 +227,283 @@ def fit(
     AB, FT and FSP first run an initialization stage); return the per-epoch history. With
     `checkpoint`, resume from a matching checkpoint and write new ones as training goes;
     with `augment`, each training batch is augmented on the device (data/augment.py)."""
-    rt = runtime or Runtime()
-    d = distributed.current()
-    torch.manual_seed(seed)
-    dataset = IndexedDataset(train, augment.crops_while_loading if augment else None)
-    n = len(dataset)
-    per_epoch = len(epoch_batches(n, cfg.batch_size, seed, 0))
-    place_for_training(distiller, rt.device)
+    run = _Fit(distiller, train, val, cfg, seed, desc, runtime or Runtime(), checkpoint, augment)
     if teacher_cache is not None:
-        teacher_cache = teacher_cache.to(rt.device)
-    plan = [(st.name, stage_epochs(st.epochs_fraction, cfg.epochs)) for st in distiller.stages]
-    total_steps = sum(e for _, e in plan) * per_epoch
-    stepper = Stepper(rt)
-    distiller.stepper = stepper
-    result = FitResult()
+        run.teacher_cache = teacher_cache.to(run.rt.device)
+    run.resume()
+    run.start_log(log_path)
+    return run.train()
 
-    # Where to start: the beginning, or the position a matching checkpoint recorded.
-    pos = {"stage": 0, "epoch": 1, "batch": 0}
-    found = ckpt.load(checkpoint) if checkpoint else None
-    saved, source = found if found else (None, None)
-    if saved is not None:
-        saved = _fits_this_world(saved, per_epoch, d.world, desc, checkpoint)
-    sums: dict[str, float] = {}  # an epoch's loss sums so far (from a checkpoint when resuming)
-    seen, elapsed = 0, 0.0
-    if saved is not None:
-        ckpt.restore_module(distiller, saved["model"])
-        pos = {k: int(saved[k]) for k in ("stage", "epoch", "batch")}
-        sums, seen, elapsed = dict(saved["sums"]), int(saved["seen"]), float(saved["elapsed"])
-        result.history = list(saved["history"])
-        result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']} batch {pos['batch']}"
-        ui.info(f"{desc}: resuming from {source} ({result.resumed_from})")
-    # Every rank starts from rank 0's state (the frozen teacher: teacher.py makes it rank 0's).
-    distributed.broadcast_state(ckpt.trainable_state(distiller))
-    if log_path is not None and d.main:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
 
-    start = time.perf_counter() - elapsed
-    done_before = sum(e for _, e in plan[: pos["stage"]]) * per_epoch
-    done_before += (pos["epoch"] - 1) * per_epoch + pos["batch"]
-    anomaly = (
-        torch.autograd.set_detect_anomaly(True) if rt.detect_anomaly else contextlib.nullcontext()
-    )
-    writer = ckpt.Writer(background=rt.cuda, resumed_from=source)
+@dataclass
+class _Position:
+    """Where training is: a stage of the plan, an epoch of it (from 1), batches done in it."""
 
-    def save(position: dict[str, int], sums: dict[str, float], reached: str | None = None) -> None:
+    stage: int = 0
+    epoch: int = 1
+    batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"stage": self.stage, "epoch": self.epoch, "batch": self.batch}
+
+
+class _Fit:
+    """One call of `fit`: the state a checkpoint records and the loops that advance it."""
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        train: Dataset,
+        val: Dataset,
+        cfg: TrainConfig,
+        seed: int,
+        desc: str,
+        rt: Runtime,
+        checkpoint: Checkpointing | None,
+        augment: BatchAugment | None,
+    ) -> None:
+        self.distiller, self.train_set, self.val, self.cfg = distiller, train, val, cfg
+        self.seed, self.desc, self.rt = seed, desc, rt
+        self.checkpoint, self.augment = checkpoint, augment
+        self.d = distributed.current()
+        torch.manual_seed(seed)
+        self.dataset = IndexedDataset(train, augment.crops_while_loading if augment else None)
+        self.n = len(self.dataset)
+        self.per_epoch = len(epoch_batches(self.n, cfg.batch_size, seed, 0))
+        place_for_training(distiller, rt.device)
+        self.teacher_cache: Tensor | None = None
+        self.plan = [
+            (s.name, stage_epochs(s.epochs_fraction, cfg.epochs)) for s in distiller.stages
+        ]
+        self.stepper = Stepper(rt)
+        distiller.stepper = self.stepper
+        self.result = FitResult()
+        self.pos = _Position()
+        self.saved: dict | None = None
+        self.source: Path | None = None
+        self.sums: dict[str, float] = {}  # an epoch's loss sums so far
+        self.seen, self.elapsed = 0, 0.0
+        self.log_path: Path | None = None
+
+    def resume(self) -> None:
+        """Take the position and state a matching checkpoint recorded, if there is one; then
+        every rank starts from rank 0's state (the frozen teacher is rank 0's already)."""
+        found = ckpt.load(self.checkpoint) if self.checkpoint else None
+        saved, self.source = found if found else (None, None)
+        if saved is not None:
+            saved = _fits_this_world(
+                saved, self.per_epoch, self.d.world, self.desc, self.checkpoint
+            )
+        if saved is not None:
+            ckpt.restore_module(self.distiller, saved["model"])
+            self.pos = _Position(*(int(saved[k]) for k in ("stage", "epoch", "batch")))
+            self.sums, self.seen = dict(saved["sums"]), int(saved["seen"])
+            self.elapsed = float(saved["elapsed"])
+            self.result.history = list(saved["history"])
+            p = self.pos
+            self.result.resumed_from = f"stage {p.stage} epoch {p.epoch} batch {p.batch}"
+            ui.info(f"{self.desc}: resuming from {self.source} ({self.result.resumed_from})")
+        self.saved = saved
+        distributed.broadcast_state(ckpt.trainable_state(self.distiller))
+
+    def start_log(self, log_path: Path | None) -> None:
+        """log.jsonl holds the history so far (a resumed run's epochs before this call)."""
+        self.log_path = log_path if self.d.main else None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("".join(json.dumps(h) + "\n" for h in self.result.history))
+
+    def train(self) -> FitResult:
+        self.start = time.perf_counter() - self.elapsed
+        p = self.pos
+        done = sum(e for _, e in self.plan[: p.stage]) * self.per_epoch
+        done += (p.epoch - 1) * self.per_epoch + p.batch
+        anomaly = (
+            torch.autograd.set_detect_anomaly(True)
+            if self.rt.detect_anomaly
+            else contextlib.nullcontext()
+        )
+        self.writer = ckpt.Writer(background=self.rt.cuda, resumed_from=self.source)
+        synced = sync_bn.global_statistics(
+            self.distiller, self.rt.sync_bn and self.d.active, self.rt.cuda
+        )
+        with ui.progress() as self.bar, anomaly, self.writer.finished_on_error():
+            with stopping.deferred(), synced:
+                total = sum(e for _, e in self.plan) * self.per_epoch
+                self.task = self.bar.add_task(
+                    self.desc, total=total, completed=done, rate="", stats=""
+                )
+                for index in range(self.pos.stage, len(self.plan)):
+                    self.run_stage(index)
+        return self.finish()
+
+    def run_stage(self, index: int) -> None:
+        name, epochs = self.plan[index]
+        self.distiller.stage = name
+        # A fresh optimizer and schedule per stage, as the multi-stage papers train.
+        params = list(self.distiller.trainable_parameters())
+        self.opt, self.sched = make_optimizer(params, self.cfg, epochs * self.per_epoch)
+        resuming = self.saved is not None and index == self.pos.stage
+        if resuming:
+            assert self.saved is not None
+            if (self.pos.epoch, self.pos.batch) != (1, 0):  # else: the stage's fresh optimizer
+                self.opt.load_state_dict(self.saved["optimizer"])
+                self.sched.load_state_dict(self.saved["scheduler"])
+            self.stepper.scaler.load_state_dict(self.saved["scaler"])
+            ckpt.set_rng_state(self.saved["rng"])
+        self.label = f"{name} " if len(self.plan) > 1 else ""
+        first = self.pos.epoch if resuming else 1
+        for epoch in range(first, epochs + 1):
+            skip = self.pos.batch if resuming and epoch == first else 0
+            self.run_epoch(index, epoch, skip)
+
+    def run_epoch(self, index: int, epoch: int, skip: int) -> None:
+        name, epochs = self.plan[index]
+        self.distiller.train()
+        self.distiller.epoch = epoch
+        log = LossLog(self.rt.cuda, self.sums if skip else {}, read=skip)
+        key = index * 100_003 + epoch
+        self.dataset.key = key
+        loader = WorkerLoader(
+            self.dataset,
+            batch_sampler=epoch_batches(self.n, self.cfg.batch_size, self.seed, key, skip),  # type: ignore[arg-type]
+            num_workers=self.rt.workers,
+            pin_memory=self.rt.cuda,
+            # Its own generator: creating an iterator must not draw from the global one,
+            # whose state a checkpoint restores (dropout masks depend on it).
+            generator=torch.Generator().manual_seed(key),
+        )
+        batches = skip
+        for x, y, idx, cropped in loader:
+            self.distiller.progress = ((epoch - 1) * self.per_epoch + batches) / (
+                epochs * self.per_epoch
+            )
+            self.stepper.where = f"{name} epoch {epoch} step {batches + 1}"
+            self.step(x, y, idx, cropped, key, log)
+            batches += 1
+            self.show(log, epoch, epochs, advance=1)
+            self.maybe_stop_mid_epoch(_Position(index, epoch, batches), log)
+        self.sums = log.flush()  # every step read (and guarded) before anything is saved
+        self.end_epoch(index, epoch, batches, log)
+
+    def step(
+        self, x: Tensor, y: Tensor, idx: Tensor, cropped: Tensor, key: int, log: LossLog
+    ) -> None:
+        """One optimizer step on one batch."""
+        rt = self.rt
+        x = x.to(rt.device, non_blocking=True)
+        # non_blocking: a plain copy of pinned memory waits for the GPU to finish
+        idx = idx.to(rt.device, non_blocking=True)
+        if self.augment is not None:
+            x = self.augment(x, idx, key, cropped)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(rt.device, non_blocking=True)
+        cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
+        self.distiller.logged.clear()
+        terms = self.distiller.train_step(x, y, cached, self.opt)
+        self.sched.step()
+        self.seen += len(y) * self.d.world
+        log.add({**terms, **self.distiller.logged}, self.stepper.where)
+        faults.reached("step")
+
+    def show(self, log: LossLog, epoch: int, epochs: int, advance: int = 0, val: str = "") -> None:
+        rate = self.seen / (time.perf_counter() - self.start)
+        shown = " ".join(f"{k}={v:.3f}" for k, v in log.means().items())
+        stats = f"{self.label}ep {epoch}/{epochs} {shown}{val}"
+        self.bar.update(self.task, advance=advance, rate=f"{rate:.0f} img/s", stats=stats)
+
+    def maybe_stop_mid_epoch(self, at: _Position, log: LossLog) -> None:
+        """Checkpoint every `checkpoint.every` steps, and stop here on a signal (stopping.py):
+        this very position is what resumes. Epoch ends have their own checkpoint."""
+        if at.batch == self.per_epoch:
+            return
+        stop = stopping.requested() if stopping.due(at.batch, self.rt.cuda) else 0
+        every = self.checkpoint.every if self.checkpoint else 0
+        if self.checkpoint and (stop or (every and at.batch % every == 0)):
+            self.save(at.as_dict(), log.flush())
+        if stop:
+            self.writer.wait()
+            where = f"in {self.desc} after {self.label}epoch {at.epoch} step {at.batch}"
+            raise stopping.Stopped(stop, where, saved=self.checkpoint is not None)
+
+    def end_epoch(self, index: int, epoch: int, batches: int, log: LossLog) -> None:
+        """Statistics, validation, the history line and the epoch's checkpoint; a stop asked
+        for during the epoch ends training here, unless this was the last epoch (the stage
+        then finishes first: api.py stops before the next one)."""
+        name, epochs = self.plan[index]
+        entry = self.history_entry(name, epoch, batches)
+        self.result.history.append(entry)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        after = (index, epoch + 1) if epoch < epochs else (index + 1, 1)
+        if self.checkpoint and after[0] < len(self.plan):
+            self.save(_Position(*after).as_dict(), {}, reached="epoch")
+        self.show(log, epoch, epochs, val=f" val={entry['val_accuracy']:.3f}")
+        last = index == len(self.plan) - 1 and epoch == epochs
+        stop = stopping.requested()  # every rank is here, at every epoch end
+        if stop and not last:
+            self.writer.wait()
+            where = f"in {self.desc} after {self.label}epoch {epoch}"
+            raise stopping.Stopped(stop, where, saved=self.checkpoint is not None)
+
+    def history_entry(self, name: str, epoch: int, batches: int) -> dict:
+        # BatchNorm that tracks slowly (MobileNetV3) or after depthwise convolutions
+        # (MobileNetV2, EfficientNet) gets statistics that match its weights.
+        recalibrated = precise_bn.recalibrate(
+            self.distiller.students(),
+            self.train_set,
+            self.cfg.batch_size,
+            self.rt.device,
+            self.seed,
+        )
+        distributed.broadcast_buffers(self.distiller)
+        val_acc = val_accuracy(self.distiller.student(), self.val, self.rt.workers)
+        means = distributed.mean_over_ranks({k: v / max(batches, 1) for k, v in self.sums.items()})
+        return {
+            "stage": name,
+            "epoch": epoch,
+            **{f"loss_{k}": v for k, v in means.items()},
+            "val_accuracy": val_acc,
+            **({"bn_recalibrated_images": recalibrated} if recalibrated else {}),
+            "lr": self.sched.get_last_lr()[0],
+            "images_per_s": self.seen / (time.perf_counter() - self.start),
+            "seconds": time.perf_counter() - self.start,
+        }
+
+    def save(
+        self, position: dict[str, int], sums: dict[str, float], reached: str | None = None
+    ) -> None:
         """Checkpoint the training state as it is now (rank 0 writes; see ckpt.Writer)."""
-        if checkpoint is None or not d.main:
+        if self.checkpoint is None or not self.d.main:
             return
         state = {
             **position,
-            "model": ckpt.trainable_state(distiller),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": stepper.scaler.state_dict(),
+            "model": ckpt.trainable_state(self.distiller),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
             "rng": ckpt.rng_state(),
             "sums": sums,
-            "seen": seen,
-            "elapsed": time.perf_counter() - start,
-            "history": result.history,
-            "per_epoch": per_epoch,  # steps per epoch, and the processes that took them
-            "world": d.world,
+            "seen": self.seen,
+            "elapsed": time.perf_counter() - self.start,
+            "history": self.result.history,
+            "per_epoch": self.per_epoch,  # steps per epoch, and the processes that took them
+            "world": self.d.world,
         }
-        writer.submit(checkpoint, state, reached)
+        self.writer.submit(self.checkpoint, state, reached)
 
-    synced = sync_bn.global_statistics(distiller, rt.sync_bn and d.active, rt.cuda)
-    with ui.progress() as bar, anomaly, writer.finished_on_error(), stopping.deferred(), synced:
-        task = bar.add_task(desc, total=total_steps, completed=done_before, rate="", stats="")
-        for stage_index, (stage_name, epochs) in enumerate(plan):
-            if stage_index < pos["stage"]:
-                continue
-            distiller.stage = stage_name
-            # A fresh optimizer and schedule per stage, as the multi-stage papers train.
-            params = list(distiller.trainable_parameters())
-            opt, sched = make_optimizer(params, cfg, epochs * per_epoch)
-            resuming = saved is not None and stage_index == pos["stage"]
-            if resuming:
-                assert saved is not None
-                if (pos["epoch"], pos["batch"]) != (1, 0):  # else: the stage's fresh optimizer
-                    opt.load_state_dict(saved["optimizer"])
-                    sched.load_state_dict(saved["scheduler"])
-                stepper.scaler.load_state_dict(saved["scaler"])
-                ckpt.set_rng_state(saved["rng"])
-            label = f"{stage_name} " if len(plan) > 1 else ""
-            first_epoch = pos["epoch"] if resuming else 1
-            for epoch in range(first_epoch, epochs + 1):
-                distiller.train()
-                distiller.epoch = epoch
-                skip = pos["batch"] if resuming and epoch == first_epoch else 0
-                log = LossLog(rt.cuda, sums if skip else {}, read=skip)
-                batches = skip
-                key = stage_index * 100_003 + epoch
-                dataset.key = key
-                loader = WorkerLoader(
-                    dataset,
-                    batch_sampler=epoch_batches(n, cfg.batch_size, seed, key, skip),  # type: ignore[arg-type]
-                    num_workers=rt.workers,
-                    pin_memory=rt.cuda,
-                    # Its own generator: creating an iterator must not draw from the global
-                    # one, whose state a checkpoint restores (dropout masks depend on it).
-                    generator=torch.Generator().manual_seed(key),
-                )
-                for x, y, idx, cropped in loader:
-                    distiller.progress = ((epoch - 1) * per_epoch + batches) / (epochs * per_epoch)
-                    stepper.where = f"{stage_name} epoch {epoch} step {batches + 1}"
-                    x = x.to(rt.device, non_blocking=True)
-                    # non_blocking: a plain copy of pinned memory waits for the GPU to finish
-                    idx = idx.to(rt.device, non_blocking=True)
-                    if augment is not None:
-                        x = augment(x, idx, key, cropped)
-                    if x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    y = y.to(rt.device, non_blocking=True)
-                    cached = teacher_cache[idx] if teacher_cache is not None else None
-                    distiller.logged.clear()
-                    terms = distiller.train_step(x, y, cached, opt)
-                    sched.step()
-                    batches += 1
-                    seen += len(y) * d.world
-                    log.add({**terms, **distiller.logged}, stepper.where)
-                    rate = seen / (time.perf_counter() - start)
-                    shown = " ".join(f"{k}={v:.3f}" for k, v in log.means().items())
-                    bar.update(
-                        task,
-                        advance=1,
-                        rate=f"{rate:.0f} img/s",
-                        stats=f"{label}ep {epoch}/{epochs} {shown}",
-                    )
-                    faults.reached("step")
-                    at_end = batches == per_epoch  # epoch ends have their own checkpoint
-                    ask = not at_end and stopping.due(batches, rt.cuda)
-                    stop = stopping.requested() if ask else 0
-                    if (
-                        checkpoint
-                        and (stop or (checkpoint.every and batches % checkpoint.every == 0))
-                        and not at_end
-                    ):
-                        save({"stage": stage_index, "epoch": epoch, "batch": batches}, log.flush())
-                    if stop:  # a signal (stopping.py): this very position is what resumes
-                        writer.wait()
-                        where = f"in {desc} after {label}epoch {epoch} step {batches}"
-                        raise stopping.Stopped(stop, where, saved=checkpoint is not None)
-                sums = log.flush()  # every step read (and guarded) before anything is saved
-                # BatchNorm that tracks slowly (MobileNetV3) or after depthwise convolutions
-                # (MobileNetV2, EfficientNet) gets statistics that match its weights.
-                recalibrated = precise_bn.recalibrate(
-                    distiller.students(), train, cfg.batch_size, rt.device, seed
-                )
-                distributed.broadcast_buffers(distiller)
-                val_acc = val_accuracy(distiller.student(), val, rt.workers)
-                means = distributed.mean_over_ranks(
-                    {k: v / max(batches, 1) for k, v in sums.items()}
-                )
-                entry = {
-                    "stage": stage_name,
-                    "epoch": epoch,
-                    **{f"loss_{k}": v for k, v in means.items()},
-                    "val_accuracy": val_acc,
-                    **({"bn_recalibrated_images": recalibrated} if recalibrated else {}),
-                    "lr": sched.get_last_lr()[0],
-                    "images_per_s": seen / (time.perf_counter() - start),
-                    "seconds": time.perf_counter() - start,
-                }
-                result.history.append(entry)
-                if log_path is not None and d.main:
-                    with open(log_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(entry) + "\n")
-                if checkpoint:
-                    # The position after this epoch: the next epoch, or the next stage.
-                    nxt = (
-                        {"stage": stage_index, "epoch": epoch + 1, "batch": 0}
-                        if epoch < epochs
-                        else {"stage": stage_index + 1, "epoch": 1, "batch": 0}
-                    )
-                    if nxt["stage"] < len(plan):
-                        save(nxt, {}, reached="epoch")
-                bar.update(task, stats=f"{label}ep {epoch}/{epochs} {shown} val={val_acc:.3f}")
-                last = stage_index == len(plan) - 1 and epoch == epochs
-                stop = stopping.requested()  # every rank is here, at every epoch end
-                if stop and not last:  # after the last epoch the stage finishes first (api.py)
-                    writer.wait()
-                    where = f"in {desc} after {label}epoch {epoch}"
-                    raise stopping.Stopped(stop, where, saved=checkpoint is not None)
-    # Back to the CPU in the default layout: export and profiling start from there.
-    distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    writer.wait()
-    if checkpoint and d.main:
-        ckpt.discard(checkpoint)  # the stage's outputs now stand for it
-    result.teacher_precision = rt.teacher_precision
-    result.seconds = time.perf_counter() - start
-    result.images = seen
-    result.images_per_s = seen / max(result.seconds, 1e-9)
-    result.val_accuracy = result.history[-1]["val_accuracy"] if result.history else 0.0
-    return result
+    def finish(self) -> FitResult:
+        # Back to the CPU in the default layout: export and profiling start from there.
+        self.distiller.to(torch.device("cpu"), memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        self.writer.wait()
+        if self.checkpoint and self.d.main:
+            ckpt.discard(self.checkpoint)  # the stage's outputs now stand for it
+        r = self.result
+        r.teacher_precision = self.rt.teacher_precision
+        r.seconds = time.perf_counter() - self.start
+        r.images = self.seen
+        r.images_per_s = self.seen / max(r.seconds, 1e-9)
+        r.val_accuracy = r.history[-1]["val_accuracy"] if r.history else 0.0
+        return r

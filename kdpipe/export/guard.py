@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -34,18 +36,57 @@ from kdpipe.export.quantize import (
 from kdpipe.runtimes.ort import ort_logits, ort_session
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The images activation ranges are calibrated on, and how."""
+
+    images: Dataset
+    method: str = "minmax"  # minmax | entropy | percentile
+    samples: int = 512
+    seed: int = 0
+
+
 def _top1(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
+
+
+class _Quantizer:
+    """One FP32 model quantized again and again with other layers left out. Ranges are
+    calibrated once per op set: exclusions change what is quantized, not the ranges."""
+
+    def __init__(
+        self,
+        fp32: Path,
+        calibration: Calibration,
+        target: Int8Target,
+        reduce_range: bool | None,
+        tmp: Path,
+    ) -> None:
+        self.pre, self.tmp = tmp / "pre.onnx", tmp
+        preprocess(fp32, self.pre)
+        self.reader = ImageBatches(calibration.images, calibration.samples, calibration.seed)
+        self.method, self.target, self.reduce_range = calibration.method, target, reduce_range
+        self.ranges = {True: tmp / "ranges-weight-layers.json", False: tmp / "ranges-all.json"}
+
+    def write(self, path: Path, exclude: list[str], weight_layers_only: bool = True) -> dict:
+        return quantize_int8(
+            self.pre,
+            path,
+            self.reader,
+            method=self.method,
+            exclude=exclude,
+            target=self.target,
+            reduce_range=self.reduce_range,
+            weight_layers_only=weight_layers_only,
+            ranges=self.ranges[weight_layers_only],
+        )
 
 
 def quantize_with_guard(
     fp32: Path,
     out: Path,
-    calibration: Dataset,
+    calibration: Calibration,
     guard_set: Dataset,
-    method: str,
-    samples: int,
-    seed: int,
     max_drop: float,
     target: Int8Target = "onnxruntime",
     reduce_range: bool | None = None,
@@ -55,19 +96,11 @@ def quantize_with_guard(
     onnxruntime on the CPU, also for the TensorRT form: its Q/DQ arithmetic is the same."""
     ref_logits, labels = ort_logits(ort_session(fp32), guard_set)
     ref_acc = _top1(ref_logits, labels)
-    reader = ImageBatches(calibration, samples, seed)
     with naming(out), tempfile.TemporaryDirectory(dir=out.parent) as tmp_dir:
-        tmp = Path(tmp_dir)
-        pre = tmp / "pre.onnx"
-        preprocess(fp32, pre)
-
-        # Calibrated once per op set: exclusions change what is quantized, not the ranges.
-        ranges = {True: tmp / "ranges-weight-layers.json", False: tmp / "ranges-all.json"}
+        q = _Quantizer(fp32, calibration, target, reduce_range, Path(tmp_dir))
 
         def drop_with(exclude: list[str], path: Path, weights: bool = True) -> tuple[float, dict]:
-            settings = quantize_int8(
-                pre, path, reader, method, exclude, target, reduce_range, weights, ranges[weights]
-            )
+            settings = q.write(path, exclude, weights)
             logits, _ = ort_logits(ort_session(path), guard_set)
             return ref_acc - _top1(logits, labels), settings
 
@@ -93,40 +126,15 @@ def quantize_with_guard(
                 f"{100 * layers_drop:.2f} pt with the weightless ops left in FP32"
             )
             return {**settings, "guard": guard}
-        nodes = quantizable_nodes(pre)
+        nodes = quantizable_nodes(q.pre)
         ui.info(
             f"export: INT8 drops {100 * first_drop:.2f} pt (> {100 * max_drop:.2f}), "
             f"{100 * layers_drop:.2f} pt on weight layers alone; ranking {len(nodes)} layers "
             "by sensitivity"
         )
-        sensitivity: dict[str, float] = {}
-        probe = tmp / "probe.onnx"
-        for node in nodes:
-            others = [n for n in nodes if n != node]
-            quantize_int8(
-                pre, probe, reader, method, others, target, reduce_range, True, ranges[True]
-            )
-            logits, _ = ort_logits(ort_session(probe), guard_set)
-            sensitivity[node] = float(((logits - ref_logits) ** 2).mean())
-        ranked = sorted(nodes, key=lambda n: -sensitivity[n])
-        # Smallest k whose drop is within the limit; k = all layers is FP32 again (drop ~0).
-        lo, hi, best = 1, len(ranked), None
-        while lo <= hi:
-            k = (lo + hi) // 2
-            candidate = tmp / f"k{k}.onnx"
-            drop, k_settings = drop_with(ranked[:k], candidate)
-            if drop <= max_drop:
-                best, hi = (k, drop, candidate, k_settings), k - 1
-            else:
-                lo = k + 1
-        if best is None:  # only when max_drop < 0: k = all is the FP32 model
-            raise ExportError(
-                f"INT8 cannot meet --max-accuracy-drop {100 * max_drop:.2f} pt even with every "
-                f"layer in FP32 (all-INT8 drop {100 * first_drop:.2f} pt)",
-                "raise --max-accuracy-drop, or use more --calibration-samples",
-            )
-        k, drop, candidate, settings = best  # type: ignore[misc]
-        candidate.replace(out)
+        sensitivity = _sensitivity(q, nodes, guard_set, ref_logits)
+        ranked = sorted(sensitivity, key=lambda n: -sensitivity[n])
+        k, drop, settings = _fewest_in_fp32(ranked, drop_with, q.tmp, max_drop, first_drop, out)
         guard.update(
             kept_fp32=[
                 {"node": n, "sensitivity_mse": sensitivity[n], "rank": i + 1}
@@ -140,3 +148,47 @@ def quantize_with_guard(
             f"{100 * drop:.2f} pt on the validation split"
         )
         return {**settings, "guard": guard}
+
+
+def _sensitivity(
+    q: _Quantizer, nodes: list[str], guard_set: Dataset, ref_logits: Tensor
+) -> dict[str, float]:
+    """How far quantizing each weight layer alone moves the logits from FP32 (mean squared
+    difference on the guard set)."""
+    probe = q.tmp / "probe.onnx"
+    sensitivity: dict[str, float] = {}
+    for node in nodes:
+        q.write(probe, [n for n in nodes if n != node])
+        logits, _ = ort_logits(ort_session(probe), guard_set)
+        sensitivity[node] = float(((logits - ref_logits) ** 2).mean())
+    return sensitivity
+
+
+def _fewest_in_fp32(
+    ranked: list[str],
+    drop_with: Callable[[list[str], Path], tuple[float, dict]],
+    tmp: Path,
+    max_drop: float,
+    first_drop: float,
+    out: Path,
+) -> tuple[int, float, dict]:
+    """The smallest k whose k most sensitive layers kept in FP32 meet `max_drop`, found by
+    bisection and written at `out`: (k, its drop, its settings). k = all is FP32 again."""
+    lo, hi, best = 1, len(ranked), None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        candidate = tmp / f"k{k}.onnx"
+        drop, settings = drop_with(ranked[:k], candidate)
+        if drop <= max_drop:
+            best, hi = (k, drop, candidate, settings), k - 1
+        else:
+            lo = k + 1
+    if best is None:  # only when max_drop < 0: k = all is the FP32 model
+        raise ExportError(
+            f"INT8 cannot meet --max-accuracy-drop {100 * max_drop:.2f} pt even with every "
+            f"layer in FP32 (all-INT8 drop {100 * first_drop:.2f} pt)",
+            "raise --max-accuracy-drop, or use more --calibration-samples",
+        )
+    k, drop, candidate, settings = best
+    candidate.replace(out)
+    return k, drop, settings

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdpipe.core import torchrun
 from kdpipe.core.errors import ConfigError, KdpipeError
 
 
@@ -46,7 +47,7 @@ class Dist:
 
 def setup(device: torch.device) -> Dist:
     """Join the process group torchrun describes in the environment (a no-op without one)."""
-    world = env_int("WORLD_SIZE", 1)
+    world = torchrun.world_size()
     if world <= 1:
         return Dist()
     missing = [v for v in LAUNCHER_VARS if v not in os.environ]
@@ -68,20 +69,9 @@ def setup(device: torch.device) -> Dist:
 LAUNCHER_VARS = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, str(default))
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(
-            f"environment variable {name}={text!r} is not a whole number",
-            f"unset {name}, or let torchrun set it",
-        ) from None
-
-
 def current() -> Dist:
     if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return Dist(dist.get_rank(), dist.get_world_size(), torchrun.local_rank())
     return Dist()
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
+from pathlib import Path
 
-from kdpipe.core import faults
+from kdpipe.core import faults, torchrun
 from kdpipe.core.errors import ConfigError
+from kdpipe.core.runs import check_until, forced_stages, refuse_foreign_dir
+from kdpipe.parallel.runlock import RunLock
 
 LAUNCHER_OPTIONS = ("--nproc", "--max-restarts")  # the launcher's; workers never see them
 
@@ -112,3 +116,27 @@ def die_with_launcher() -> None:
         return  # not fatal: the run just keeps the old behaviour
     if os.getppid() == 1:  # the launcher died before the request was made
         os._exit(1)
+
+
+def check_before_torch(out: Path, force: Iterable[str], until: str) -> None:
+    """What `kdpipe run` can refuse before importing torch (seconds): a bad --until or --force
+    and, outside torchrun, a foreign or busy --out. Under torchrun rank 0 checks --out later
+    while the others wait; each process here ties its life to its launcher's."""
+    check_until(until)
+    forced = bool(forced_stages(force))
+    if torchrun.active():
+        die_with_launcher()
+        return
+    refuse_foreign_dir(out, forced)
+    if out.is_dir():  # a directory another run holds: refused at once too
+        probe = RunLock(out)
+        probe.acquire(warn=False)
+        probe.release()
+
+
+def refuse_restarts_alone(max_restarts: int) -> None:
+    if max_restarts and not torchrun.active():
+        raise ConfigError(
+            "--max-restarts restarts the processes --nproc starts",
+            "add --nproc N (N >= 2), or give torchrun its own --max-restarts",
+        )

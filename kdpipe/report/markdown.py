@@ -58,9 +58,14 @@ def _cpu_detail(env: dict) -> str:
 
 
 def render_markdown(r: dict) -> str:
+    sections = (_headline, _models, _latency, _parity, _notes, _environment)
+    return "\n".join(line for section in sections for line in section(r))
+
+
+def _headline(r: dict) -> list[str]:
     s, t, st = r["summary"], r["teacher"], r["student"]
     basis = s["speedup_basis"]
-    lines = [
+    return [
         f"# kdpipe report: {_text(t['arch'])} -> {_text(st['arch'])} on {_text(r['data']['name'])}",
         "",
         f"Student keeps **{_pct(s['accuracy_retention'])}** of the teacher's accuracy and runs "
@@ -75,6 +80,11 @@ def render_markdown(r: dict) -> str:
         f"| parameters | {t['params']:,} | {st['params']:,} |",
         f"| FLOPs / image | {t['flops']:,} | {st['flops']:,} |",
         f"| weights file | {_mb(t['size_bytes'])} | {_mb(st['size_bytes'])} |",
+    ]
+
+
+def _models(r: dict) -> list[str]:
+    lines = [
         "",
         "## Models",
         "",
@@ -86,7 +96,11 @@ def render_markdown(r: dict) -> str:
             f"| {_text(m['model'])} | {m['backend']} | {m['precision']} | {_pct(m['accuracy'])} | "
             f"{_pct(m['agreement_with_teacher'])} | {_mb(m['size_bytes'])} | {memory_text(m)} |"
         )
-    lines += [
+    return lines
+
+
+def _latency(r: dict) -> list[str]:
+    lines = [
         "",
         "## Latency (ms per batch)",
         "",
@@ -99,7 +113,11 @@ def render_markdown(r: dict) -> str:
             f"{e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
             f"{e['mean_ms']:.3f} ± {e['std_ms']:.3f} | {e['throughput']:.1f} |"
         )
-    lines += [
+    return lines
+
+
+def _parity(r: dict) -> list[str]:
+    lines = [
         "",
         "## Export parity (ONNX vs PyTorch, real test images)",
         "",
@@ -121,6 +139,12 @@ def render_markdown(r: dict) -> str:
             f"validation split (limit {100 * guard['max_drop']:.2f} pt); layers kept in FP32: {kept}; "
             f"final drop {100 * guard['final_drop']:.2f} pt.",
         ]
+    return lines
+
+
+def _notes(r: dict) -> list[str]:
+    """Backends not measured here, and the TensorRT engines (or why there are none)."""
+    lines: list[str] = []
     if r.get("skipped_backends"):
         lines += ["", "Backends not measured on this machine:", ""]
         lines += [f"- {s['backend']}: {s['reason']}" for s in r["skipped_backends"]]
@@ -128,23 +152,28 @@ def render_markdown(r: dict) -> str:
     if "skipped" in trt:
         lines += ["", f"TensorRT: skipped ({trt['skipped']})."]
     elif trt:
-        lines += [
-            "",
-            "TensorRT engines: "
-            + ", ".join(
-                f"{p} ({m['plan']}, TensorRT {m['tensorrt_version']}, {m['gpu']}"
-                + (
-                    f"; top-1 agreement with PyTorch {_pct(m['parity']['top1_agreement'])}, "
-                    f"max abs Δlogit {m['parity']['max_abs_diff']:.2e})"
-                    if "parity" in m
-                    else ")"
-                )
-                for p, m in trt.items()
-            )
-            + ".",
-        ]
+        engines = ", ".join(_engine_text(p, m) for p, m in trt.items())
+        lines += ["", f"TensorRT engines: {engines}."]
+    return lines
+
+
+def _engine_text(precision: str, m: dict) -> str:
+    text = f"{precision} ({m['plan']}, TensorRT {m['tensorrt_version']}, {m['gpu']}"
+    if "parity" not in m:
+        return text + ")"
+    return (
+        f"{text}; top-1 agreement with PyTorch {_pct(m['parity']['top1_agreement'])}, "
+        f"max abs Δlogit {m['parity']['max_abs_diff']:.2e})"
+    )
+
+
+def _environment(r: dict) -> list[str]:
     env = r["environment"]
-    lines += [
+    times = ", ".join(
+        f"{k} {v['seconds']:.1f}s{' (reused)' if v['reused'] else ''}"
+        for k, v in r["stages"].items()
+    )
+    return [
         "",
         "## Environment",
         "",
@@ -152,11 +181,6 @@ def render_markdown(r: dict) -> str:
         f"GPU: {env['gpu'] or 'none'}; "
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, kdpipe {env['kdpipe']}.",
         "",
-        "Stage times: "
-        + ", ".join(
-            f"{k} {v['seconds']:.1f}s{' (reused)' if v['reused'] else ''}"
-            for k, v in r["stages"].items()
-        ),
+        f"Stage times: {times}",
         "",
     ]
-    return "\n".join(lines)

@@ -1,10 +1,7 @@
-"""One runner per backend: images (CPU float32) in, logits (CPU) out, end to end.
-
-Backends: `torch-cpu`, `torch-cuda` (eager, inference mode), `ort-cpu`, `ort-cuda`,
-`ort-tensorrt` (onnxruntime's CPU / CUDA / TensorRT execution providers) and `tensorrt`
-(engines built by the export stage). A GPU backend is used when its runtime and a device
-exist; otherwise it is listed as skipped with the reason. GPU runners synchronize before
-returning, so a timed call is the end-to-end time including the copies.
+"""Runners: images (CPU float32) in, logits (CPU) out, end to end, for torch eager,
+onnxruntime sessions and TensorRT engines. GPU runners synchronize before returning, so a
+timed call is the end-to-end time including the copies. Which backends exist and when they
+can run: registry.py.
 """
 
 from __future__ import annotations
@@ -23,12 +20,6 @@ from torch import Tensor, nn
 from kdpipe.runtimes import tensorrt
 from kdpipe.runtimes.ort import ort_session
 from kdpipe.runtimes.ort_input import read_input
-
-ORT_PROVIDERS = {
-    "ort-cpu": "CPUExecutionProvider",
-    "ort-cuda": "CUDAExecutionProvider",
-    "ort-tensorrt": "TensorrtExecutionProvider",
-}
 
 
 @dataclass(frozen=True)
@@ -154,88 +145,3 @@ def tensorrt_predict(
         return timed(x.cuda(non_blocking=True)).float().cpu()
 
     return run
-
-
-def build_runners(
-    teacher: nn.Module,
-    student: nn.Module,
-    files: dict[str, Path],
-    onnx_files: dict[str, Path],
-    plans: dict[str, Path],
-    threads: int,
-    archs: dict[str, str] | None = None,
-    num_classes: int = 0,
-    teacher_onnx: Path | None = None,
-) -> tuple[list[Runner], list[dict]]:
-    """Runners for every backend available here, and the skipped ones with their reasons.
-    `archs` (teacher/student architecture names) lets memory be measured for torch runners;
-    `teacher_onnx` puts the teacher on each onnxruntime backend too (FP32). The teacher in
-    torch-cpu comes first: agreement with the teacher is measured against it."""
-    nets = {"teacher": teacher, "student": student}
-
-    def torch_runner(who: str, device: str) -> Runner:
-        spec = (
-            {
-                "kind": "torch",
-                "arch": archs[who],
-                "num_classes": num_classes,
-                "weights": str(files[who]),
-                "device": device,
-                "threads": threads,
-            }
-            if archs
-            else {}
-        )
-        clock: list[float] | None = [] if device == "cuda" else None
-        return Runner(
-            Target(who, f"torch-{device}", "fp32"),
-            torch_predict(nets[who], device, clock),
-            files[who].stat().st_size,
-            spec,
-            clock,
-        )
-
-    runners = [torch_runner("teacher", "cpu"), torch_runner("student", "cpu")]
-    skipped: list[dict] = []
-    cuda = torch.cuda.is_available()
-    if cuda:
-        runners += [torch_runner("teacher", "cuda"), torch_runner("student", "cuda")]
-    else:
-        skipped.append({"backend": "torch-cuda", "reason": "no CUDA GPU is visible"})
-    available = ort.get_available_providers()
-    for backend, provider in ORT_PROVIDERS.items():
-        if provider not in available or (backend != "ort-cpu" and not cuda):
-            why = (
-                f"onnxruntime {ort.__version__} has no {provider}"
-                if provider not in available
-                else "no CUDA GPU is visible"
-            )
-            skipped.append(
-                {
-                    "backend": backend,
-                    "reason": f"{why} (pip install 'kdpipe[gpu]' on a GPU machine)",
-                }
-            )
-            continue
-        ort_files = [("student", precision, path) for precision, path in onnx_files.items()]
-        if teacher_onnx is not None:
-            ort_files.insert(0, ("teacher", "fp32", teacher_onnx))
-        for who, precision, path in ort_files:
-            runners.append(ort_runner(Target(who, backend, precision), path, threads, provider))
-    reason = tensorrt.unavailable_reason()
-    if reason:
-        skipped.append({"backend": "tensorrt", "reason": reason})
-    for precision, plan in plans.items():
-        if not reason and plan.is_file():
-            spec = {"kind": "tensorrt", "path": str(plan)}
-            clock: list[float] = []
-            runners.append(
-                Runner(
-                    Target("student", "tensorrt", precision),
-                    tensorrt_predict(plan, clock),
-                    plan.stat().st_size,
-                    spec,
-                    clock,
-                )
-            )
-    return runners, skipped

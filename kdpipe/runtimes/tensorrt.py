@@ -107,6 +107,7 @@ class TensorRTRunner:
     """Runs a `.plan` on torch CUDA tensors: `runner(x)` -> logits tensor on the GPU."""
 
     def __init__(self, plan_path: Path) -> None:
+        self.path = plan_path
         _require()
         import tensorrt as trt
         import torch

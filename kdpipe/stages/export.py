@@ -17,7 +17,7 @@ from kdpipe.data import DataSplits
 from kdpipe.export import teacher_cache
 from kdpipe.export.bundle import write_bundle
 from kdpipe.export.fp16 import convert_fp16
-from kdpipe.export.guard import quantize_with_guard
+from kdpipe.export.guard import Calibration, quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.quantize import Int8Target
 from kdpipe.export.verify import parity, parity_subset
@@ -150,11 +150,8 @@ def _int8(cfg: RunConfig, data: DataSplits, fp32: Path, out: Path, target: Int8T
     return quantize_with_guard(
         fp32,
         out,
-        data.train,
+        Calibration(data.train, e.calibration, e.calibration_samples, cfg.seed),
         data.val,
-        e.calibration,
-        e.calibration_samples,
-        cfg.seed,
         e.max_accuracy_drop / 100,
         target,
         e.int8_reduce_range,

@@ -24,7 +24,8 @@ from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
 from kdpipe.runtimes.accuracy import agreement, top1
-from kdpipe.runtimes.backends import Runner, Target, build_runners
+from kdpipe.runtimes.backends import Runner, Target
+from kdpipe.runtimes.registry import Model, runners_of
 from kdpipe.stages.base import Context, Stage
 from kdpipe.stages.export import FILES, TEACHER_ONNX
 
@@ -49,17 +50,22 @@ def run_profile_stage(
     torch.set_num_threads(threads)
     teacher.eval()
     student.eval()
-    archs = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
-    runners, skipped = build_runners(
-        teacher,
-        student,
-        files,
-        onnx_files,
-        plans,
+    k = data.info.num_classes
+    teacher_forms = {"fp32": teacher_onnx} if teacher_onnx is not None else {}
+    runners, skipped = runners_of(
+        [
+            Model("teacher", teacher, cfg.teacher.arch, k, files["teacher"], teacher_forms),
+            Model(
+                "student",
+                student,
+                cfg.student.arch,
+                k,
+                files["student"],
+                dict(onnx_files),
+                plans=dict(plans),
+            ),
+        ],
         threads,
-        archs,
-        data.info.num_classes,
-        teacher_onnx,
     )
     for s in skipped:
         ui.info(f"profile: {s['backend']} skipped: {s['reason']}")

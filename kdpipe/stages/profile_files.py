@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 import torch
 
 from kdpipe import models
@@ -26,15 +25,8 @@ from kdpipe.predict import load_bundle
 from kdpipe.profile import environment, memory
 from kdpipe.profile.environment import check_input_fits
 from kdpipe.runtimes import tensorrt
-from kdpipe.runtimes.backends import (
-    ORT_PROVIDERS,
-    OrtPredict,
-    Runner,
-    Target,
-    ort_runner,
-    tensorrt_predict,
-    torch_predict,
-)
+from kdpipe.runtimes.backends import OrtPredict, Runner
+from kdpipe.runtimes.registry import Model, runners_of
 from kdpipe.stages.export import TEACHER_ONNX
 from kdpipe.stages.profile import settings_record, time_runners
 
@@ -116,14 +108,9 @@ def _onnx_runners(
         first = first_line(e)
         raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
     graph = _graph(path)
-    precision, size = onnx_precision(graph), onnx_bytes(path, graph)
-    out = []
-    for backend, provider in ORT_PROVIDERS.items():
-        if provider in ort.get_available_providers() and (
-            backend == "ort-cpu" or torch.cuda.is_available()
-        ):
-            target = Target(name, backend, precision)
-            out.append(ort_runner(target, path, threads, provider, alone, size))
+    precision = onnx_precision(graph)
+    model = Model(name, onnx={precision: path}, onnx_bytes={precision: onnx_bytes(path, graph)})
+    out, _ = runners_of([model], threads, alone)
     ort_cpu = out[0].predict
     assert isinstance(ort_cpu, OrtPredict)  # CPUExecutionProvider is in every build
     batch = ort_cpu.input.batch
@@ -148,54 +135,16 @@ def runners_for(
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
         return _onnx_runners(path, name or path.stem.split(".")[0], threads, alone)
     if path.suffix == ".plan":
-        reason = tensorrt.unavailable_reason()
-        if reason:
-            ui.info(f"profile: {path} skipped: {reason}")
-            return [], None
-        engine = tensorrt.TensorRTRunner(path)
-        dims, batches = engine.input_dims()  # what the engine was built for
-        return [
-            Runner(
-                Target(name or path.stem, "tensorrt", "engine"),
-                tensorrt_predict(engine),
-                path.stat().st_size,
-                {"kind": "tensorrt", "path": str(path)},
-            )
-        ], Declared(dims, batches)
+        return _engine_runners(path, name or path.stem, threads)
     if file_model(target):
         raise ConfigError(f"cannot profile '{target}' without weights", f"pass {target}:WEIGHTS.pt")
     # ARCH:WEIGHTS, where ARCH may itself be path/to/file.py:Name
     arch, sep, weights = target.rpartition(":")
     if sep and arch and weights:
-        state = models.load_state_dict_file(Path(weights))
-        k = _num_classes(state)
+        k = _num_classes(models.load_state_dict_file(Path(weights)))
         net = models.create(arch, k, weights).eval()
-        spec = {
-            "kind": "torch",
-            "arch": arch,
-            "num_classes": k,
-            "weights": weights,
-            "threads": threads,
-        }
-        label = name or model_label(arch)
-        out = [
-            Runner(
-                Target(label, "torch-cpu", "fp32"),
-                torch_predict(net, "cpu"),
-                Path(weights).stat().st_size,
-                {**spec, "device": "cpu"},
-            )
-        ]
-        if torch.cuda.is_available():
-            out.append(
-                Runner(
-                    Target(label, "torch-cuda", "fp32"),
-                    torch_predict(net, "cuda"),
-                    Path(weights).stat().st_size,
-                    {**spec, "device": "cuda"},
-                )
-            )
-        return out, None
+        model = Model(name or model_label(arch), net, arch, k, Path(weights))
+        return runners_of([model], threads, alone)[0], None
     raise ConfigError(
         f"cannot profile '{target}'",
         "pass a run directory, a bundle folder, a .onnx or .plan file, or ARCH:WEIGHTS.pt "
@@ -355,3 +304,15 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
         "environment": environment.describe(threads),
         "samples": samples,
     }
+
+
+def _engine_runners(path: Path, name: str, threads: int) -> tuple[list[Runner], Declared | None]:
+    """A TensorRT plan's runner, and the input dims and batch range it was built for."""
+    reason = tensorrt.unavailable_reason()
+    if reason:
+        ui.info(f"profile: {path} skipped: {reason}")
+        return [], None
+    engine = tensorrt.TensorRTRunner(path)
+    dims, batches = engine.input_dims()  # what the engine was built for
+    runners, _ = runners_of([Model(name, plans={"engine": engine})], threads)
+    return runners, Declared(dims, batches)

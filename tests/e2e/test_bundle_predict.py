@@ -22,8 +22,6 @@ from kdpipe.data.splits import stratified_indices
 from kdpipe.models import create
 from tests.e2e.helpers import kdpipe, kdpipe_here
 
-pytestmark = pytest.mark.slow
-
 
 def test_bundle_describes_and_checksums_every_file(first_run) -> None:
     out, _, _ = first_run

@@ -327,7 +327,7 @@ def test_under_torchrun_a_batch_smaller_than_the_world_is_refused(
 
 
 def test_a_batch_that_does_not_split_evenly_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
-    from kdpipe.api import note_uneven_batches
+    from kdpipe.api.pipeline import note_uneven_batches
 
     cfg = RunConfig.model_validate({"distill": {"train": {"batch_size": 128}}})
     note_uneven_batches(cfg, 3)

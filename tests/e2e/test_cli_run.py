@@ -10,8 +10,6 @@ import pytest
 
 from tests.e2e.helpers import TINY, kdpipe_here
 
-pytestmark = pytest.mark.slow
-
 
 def test_run_writes_every_artifact_and_a_complete_report(first_run) -> None:
     out, _, _ = first_run

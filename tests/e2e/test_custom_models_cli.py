@@ -12,8 +12,6 @@ import pytest
 
 from tests.e2e.helpers import kdpipe_here
 
-pytestmark = pytest.mark.slow
-
 NETS = """
 import torch
 from torch import nn

@@ -10,8 +10,6 @@ import pytest
 from kdpipe.core.runs import file_sha256
 from tests.e2e.helpers import kdpipe_here
 
-pytestmark = pytest.mark.slow
-
 
 def test_export_from_weights_file(
     first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -11,7 +11,6 @@ import pytest
 
 from tests.e2e.helpers import kdpipe, kdpipe_here
 
-pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -10,7 +10,6 @@ import pytest
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS
 from tests.e2e.helpers import kdpipe_here
 
-pytestmark = pytest.mark.slow
 QUICK = ["--batch-sizes", "1,2", "--min-iters", "10", "--min-seconds", "0.05", "--quiet"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import kdpipe
-from tests.unit.ranks import free_port
+from tests.ranks import free_port
 
 SOURCE = Path(kdpipe.__file__).parent
 

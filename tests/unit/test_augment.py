@@ -156,6 +156,7 @@ def test_image_files_are_cut_at_their_own_resolution_while_loading(tmp_path: Pat
     assert torch.equal(out[1], aug(batch, torch.tensor([4, 5]), 3)[1])
 
 
+@pytest.mark.slow  # starts processes
 def test_training_on_image_files_cuts_every_crop_while_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,7 @@ from kdpipe.data.splits import DataInfo
 from kdpipe.export.onnx import export_onnx
 from kdpipe.models import create
 from kdpipe.runtimes import tensorrt
-from kdpipe.runtimes.backends import build_runners
+from kdpipe.runtimes.registry import Model, runners_of
 
 TRT_REASON = tensorrt.unavailable_reason()
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
@@ -43,8 +43,12 @@ def test_profiler_lists_every_backend_it_cannot_use(onnx_model, tmp_path: Path) 
     model, path = onnx_model
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
-    runners, skipped = build_runners(
-        model, model, {"teacher": weights, "student": weights}, {"fp32": path}, {}, threads=2
+    runners, skipped = runners_of(
+        [
+            Model("teacher", model, weights=weights),
+            Model("student", model, weights=weights, onnx={"fp32": path}),
+        ],
+        threads=2,
     )
     backends = {r.target.backend for r in runners} | {s["backend"] for s in skipped}
     assert backends == {
@@ -73,8 +77,12 @@ def test_profiler_lists_every_backend_it_cannot_use(onnx_model, tmp_path: Path) 
 def test_torch_and_ort_cuda_match_cpu(onnx_model) -> None:
     model, path = onnx_model
     x = torch.randn(4, 3, 32, 32)
-    runners, _ = build_runners(
-        model, model, {"teacher": path, "student": path}, {"fp32": path}, {}, 2
+    runners, _ = runners_of(
+        [
+            Model("teacher", model, weights=path),
+            Model("student", model, weights=path, onnx={"fp32": path}),
+        ],
+        threads=2,
     )
     gpu = [r for r in runners if r.target.backend in ("torch-cuda", "ort-cuda")]
     assert gpu

@@ -15,7 +15,7 @@ from kdpipe.core.config import DataConfig
 from kdpipe.data import load_data
 from kdpipe.data.splits import DataInfo
 from kdpipe.export.fp16 import convert_fp16
-from kdpipe.export.guard import quantize_with_guard
+from kdpipe.export.guard import Calibration, quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.runtimes.ort import ort_logits, ort_session
 from kdpipe.stages.profile_files import onnx_precision
@@ -82,7 +82,9 @@ def test_guard_keeps_sensitive_layers_in_fp32_until_within_limit(fp32, tmp_path:
     # Two calibration images give activation ranges too narrow: all-INT8 drops ~24 points.
     calib = TensorDataset(x[:2], torch.zeros(2, dtype=torch.long))
     out = tmp_path / "m.int8.onnx"
-    result = quantize_with_guard(path, out, calib, guard_set, "minmax", 2, 0, max_drop=0.02)
+    result = quantize_with_guard(
+        path, out, Calibration(calib, "minmax", 2, 0), guard_set, max_drop=0.02
+    )
     guard = result["guard"]
     assert guard["triggered"] and guard["drop_all_int8"] > 0
     kept = [k["node"] for k in guard["kept_fp32"]]
@@ -101,6 +103,6 @@ def test_guard_does_nothing_when_within_limit(fp32, tmp_path: Path) -> None:
     x = stacked(load_data(DataConfig(image_size=16), seed=0).val)[0]
     data = TensorDataset(x, model(x).argmax(1).detach())
     result = quantize_with_guard(
-        path, tmp_path / "q.onnx", data, data, "minmax", 64, 0, max_drop=1.0
+        path, tmp_path / "q.onnx", Calibration(data, "minmax", 64, 0), data, max_drop=1.0
     )
     assert not result["guard"]["triggered"] and result["guard"]["kept_fp32"] == []

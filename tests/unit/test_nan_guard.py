@@ -79,8 +79,9 @@ def _rank_worker(rank: int, world: int, port: int, root: str) -> None:
     (Path(root) / f"outcome{rank}.txt").write_text(outcome)
 
 
+@pytest.mark.slow  # starts processes
 def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path) -> None:
-    from tests.unit.ranks import two_ranks
+    from tests.ranks import two_ranks
 
     two_ranks(_rank_worker, str(tmp_path))
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in (0, 1)]

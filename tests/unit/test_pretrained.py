@@ -134,7 +134,7 @@ def test_imagenet_files_with_auxiliary_classifiers_load(
 def test_runs_on_image_files_are_told_the_crop_torchvisions_weights_saw(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdpipe.api import note_pretrained_evaluation
+    from kdpipe.api.pipeline import note_pretrained_evaluation
     from kdpipe.core import ui
     from kdpipe.core.config import RunConfig
 

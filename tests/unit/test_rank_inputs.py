@@ -13,11 +13,12 @@ import torch
 import torch.distributed as dist
 
 from kdpipe import api, models
+from kdpipe.api import pipeline
 from kdpipe.core.config import RunConfig
 from kdpipe.core.errors import ConfigError, KdpipeError
 from kdpipe.data import load_data
 from kdpipe.stages import inputs as rank_inputs
-from tests.unit.ranks import two_ranks
+from tests.ranks import two_ranks
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def _run_differently(rank: int, world: int, port: int, out: str, said: str, case
     elif case in _FAILS_HERE:
         cfg = _cfg(out=out)
         if rank == 1:
-            api.load_data = _raises(_FAILS_HERE[case])  # type: ignore[assignment]
+            pipeline.load_data = _raises(_FAILS_HERE[case])  # type: ignore[assignment]
     else:
         weights = Path(out).parent / f"teacher{rank}.pt"
         if rank == 0:
@@ -115,6 +116,7 @@ def _run_differently(rank: int, world: int, port: int, out: str, said: str, case
 
 
 @pytest.mark.parametrize("case", ["epochs", "missing file", "unreadable", "bug"])
+@pytest.mark.slow  # starts processes
 def test_run_stops_every_process_with_what_one_found(tmp_path: Path, case: str) -> None:
     out, said = tmp_path / "run", tmp_path / "said"
     said.mkdir()
@@ -175,6 +177,7 @@ def _compare(rank: int, world: int, port: int, case: str, said: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["same", "data", "long", "precision", "version", "schema"])
+@pytest.mark.slow  # starts processes
 def test_check_names_what_differs(tmp_path: Path, case: str) -> None:
     two_ranks(_compare, case, str(tmp_path))
     said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]

@@ -29,6 +29,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow  # starts processes
 def test_a_held_directory_is_refused_naming_the_holder_and_freed_by_its_death(
     tmp_path: Path,
 ) -> None:
@@ -62,6 +63,7 @@ def test_a_directory_holding_only_a_stale_lock_is_not_someone_elses(tmp_path: Pa
         refuse_foreign_dir(tmp_path, forced=False)
 
 
+@pytest.mark.slow  # starts processes
 def test_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
     """DataLoader workers are forked; one that outlives its run must not hold the directory."""
     lock = RunLock(tmp_path)

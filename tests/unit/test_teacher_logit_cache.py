@@ -26,7 +26,7 @@ from kdpipe.data.identity import describe_transform, image_identity
 from kdpipe.data.transfer import MixedImages, PartiallyLabeled
 from kdpipe.data.transforms import eval_transform
 from kdpipe.distill.cache import teacher_logits_table, teacher_outputs
-from tests.unit.ranks import gloo_rank, two_ranks
+from tests.ranks import gloo_rank, two_ranks
 
 
 def _teacher(seed: int = 0) -> nn.Module:
@@ -193,6 +193,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # starts processes
 def test_ranks_compute_shares_and_all_hold_the_whole_table(tmp_path: Path) -> None:
     two_ranks(_worker, str(tmp_path))
     expected = teacher_logits_table(_teacher(), _images(n=41))
@@ -211,6 +212,7 @@ def _machines_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({"logits": t.logits, "source": t.source}, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # starts processes
 def test_rank_0s_stored_table_is_sent_to_ranks_whose_cache_lacks_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

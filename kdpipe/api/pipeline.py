@@ -1,13 +1,4 @@
-"""The public Python API. `run(cfg)` is the whole pipeline; the CLI is a thin layer over it.
-
-    from kdpipe.api import run
-    from kdpipe.core.config import RunConfig
-    report = run(RunConfig())          # resnet50 -> resnet18 on digits
-
-Stages (teacher, distill, export, profile, report) talk only through return values and files
-in the run directory. A stage whose input fingerprint matches its last `stage.json` is
-skipped and its files are reused; `force` names stages to redo (and everything after them).
-"""
+"""`run`: the pipeline from options to report, on one process or every rank of a torchrun job."""
 
 from __future__ import annotations
 
@@ -19,7 +10,7 @@ import torch
 import yaml
 
 from kdpipe import models
-from kdpipe.core import ui
+from kdpipe.core import torchrun, ui
 from kdpipe.core.config import RunConfig
 from kdpipe.core.errors import ConfigError, KdpipeError, absent, reported
 from kdpipe.core.runs import (
@@ -48,7 +39,7 @@ from kdpipe.stages.teacher import (
 
 def world_size() -> int:
     """Processes training together: torchrun's WORLD_SIZE (1 without torchrun)."""
-    return distributed.env_int("WORLD_SIZE", 1)
+    return torchrun.world_size()
 
 
 def batch_splits(cfg: RunConfig) -> list[tuple[str, int]]:

@@ -20,8 +20,8 @@ from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
 from kdpipe.parallel import stopping
 from kdpipe.parallel.stopping import Stopped
-from tests.unit.ranks import free_port, two_ranks
-from tests.unit.test_distributed import _net
+from tests.e2e.test_distributed import _net
+from tests.ranks import free_port, two_ranks
 
 
 def _signal_self(sig: signal.Signals) -> None:

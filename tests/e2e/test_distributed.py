@@ -20,7 +20,7 @@ from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.stepper import Runtime
 from kdpipe.distill.trainer import fit
-from tests.unit.ranks import gloo_rank, two_ranks
+from tests.ranks import gloo_rank, two_ranks
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
 
@@ -252,7 +252,7 @@ def test_rank_0s_cached_teacher_is_every_ranks(
 
 def _claim(out: Path, rank: int, with_hint: bool = False) -> str:
     """What `_prepare_out_dir` made of `out` on this rank: "ok" or "refused: ..."."""
-    from kdpipe.api import _prepare_out_dir
+    from kdpipe.api.pipeline import _prepare_out_dir
     from kdpipe.core.config import RunConfig
     from kdpipe.core.errors import ConfigError
     from kdpipe.parallel.runlock import RunLock
