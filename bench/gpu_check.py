@@ -355,7 +355,8 @@ def kdpipe_stop(epochs: int = 3) -> None:
     out = WORK / "stopped"
     args = ["run", *QUICK, "--until", "distill", "--epochs", str(epochs), "--workers", "2"]
     args += ["--teacher-weights", str(teacher), "--out", str(out)]
-    env = {**ENV, "KDPIPE_FAULT": "load:300:TERM:group"}
+    faults = str(Path(__file__).resolve().parents[1] / "tests" / "faults")  # KDPIPE_FAULT's hooks
+    env = {**ENV, "KDPIPE_FAULT": "load:300:TERM:group", "PYTHONPATH": faults}
     start = time.monotonic()
     proc = subprocess.Popen(  # a group of its own: the signal must not reach this script
         [sys.executable, "-m", "kdpipe", *args],

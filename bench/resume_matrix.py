@@ -36,7 +36,12 @@ EXTRA = {
 }
 
 
+FAULTS = str(Path(__file__).resolve().parents[1] / "tests" / "faults")  # KDPIPE_FAULT's hooks
+
+
 def kdpipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    if "KDPIPE_FAULT" in env:
+        env = {**env, "PYTHONPATH": os.pathsep.join([FAULTS, env.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "kdpipe", *args], capture_output=True, text=True, env=env
     )

@@ -54,7 +54,7 @@ def check_batches(cfg: RunConfig, world: int) -> None:
     """Checked before any work starts; a teacher fine-tuned from weights for other classes
     (known once the data is) is checked as its training starts."""
     for role, batch in batch_splits(cfg):
-        distributed.check_batch(role, batch, world)
+        torchrun.check_batch(role, batch, world)
 
 
 def note_uneven_batches(cfg: RunConfig, world: int) -> None:
@@ -122,7 +122,7 @@ def check_names_and_files(cfg: RunConfig) -> None:
             "add --assistant ARCH (e.g. resnet34)",
         )
     check_transfer(d.transfer)
-    if d.peers and (d.terms or d.method != "dml"):
+    if d.peers and (d.terms or not method.uses_peers):
         raise ConfigError("--peers is for deep mutual learning", "add --method dml")
     if cfg.teacher.fine_tune and cfg.teacher.weights is None:
         raise ConfigError(
@@ -169,7 +169,7 @@ def _prepare_out_dir(cfg: RunConfig, forced: bool, main: bool, lock: RunLock) ->
             write_text(out / "config.yaml", config)
         except ConfigError as e:
             error = e
-    if not distributed.all_agree(error is None):
+    if not all(distributed.gather_objects(error is None)):
         raise error or ConfigError(
             f"rank 0 could not use the output directory {out}", "see rank 0's message"
         )

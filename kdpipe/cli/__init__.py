@@ -17,10 +17,9 @@ import sys
 import typer
 
 from kdpipe.cli import listing, measure, pipeline, ship
-from kdpipe.cli.errors import errors_reported, reader_gone, say_stopped
+from kdpipe.cli.errors import errors_reported, reader_gone
 from kdpipe.cli.shared import app, stdout
 from kdpipe.core import ui
-from kdpipe.parallel import stopping
 
 __all__ = ["app", "errors_reported", "main", "stdout"]
 
@@ -50,8 +49,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
         code = app(args=argv, standalone_mode=False)
-        if code == 130 and stopping.received():  # Ctrl-C as typer read the options: it returns
-            say_stopped(stopping.received())  # 130 and says nothing
         sys.stdout.flush()  # what is still buffered for a pipe, while a closed one can be told
     except typer.Exit as e:
         code = e.exit_code

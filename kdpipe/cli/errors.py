@@ -36,7 +36,6 @@ def _fail(message: str, hint: str, code: int) -> NoReturn:
 @contextmanager
 def errors_reported(debug: bool) -> Iterator[None]:
     """Turn kdpipe's errors into one line plus a hint; anything else is an internal error."""
-    stopping.note_interrupts()  # this command's: not a signal an earlier one got in-process
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -57,9 +56,6 @@ def errors_reported(debug: bool) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
-        signum = stopping.received()
-        if signum:  # the signal's interrupt, turned into another error where it landed
-            _stopped(signum)
         said = reported(e)
         _fail(said.message, said.hint, said.exit_code)
 
@@ -71,7 +67,6 @@ def _stopped(signum: int, e: Stopped | None = None) -> NoReturn:
 def say_stopped(signum: int, e: Stopped | None = None) -> int:
     """The line of a stop by `signum` (`e`'s own, which may say where it stopped) and its exit
     status; under torchrun rank 0 says it for all."""
-    stopping.reported()
     if torchrun.is_main():
         ui.error(*((e.message, e.hint) if e else (stopping.said(signum), stopping.KEPT)))
     return 128 + signum

@@ -331,15 +331,12 @@ def run(
 
 
 def _launch(cfg: RunConfig, nproc: int, max_restarts: int) -> int:
-    """Start `nproc` processes through torch's elastic launcher; its exit code. Until that
-    launcher takes signals its own way (passing them on to the processes it starts), a signal
-    stops this process with its line."""
-    with stopping.at_once():
-        from kdpipe import api  # torch: seconds
+    """Start `nproc` processes through torch's elastic launcher; its exit code."""
+    from kdpipe import api  # torch: seconds
 
-        api.validate(cfg, nproc)  # --until, --force and --out were checked above
-        launch.check_devices(nproc, cfg.runtime.device)
-        return launch.relaunch(nproc, sys.argv[1:], max_restarts)
+    api.validate(cfg, nproc)  # --until, --force and --out were checked above
+    launch.check_devices(nproc, cfg.runtime.device)
+    return launch.relaunch(nproc, sys.argv[1:], max_restarts)
 
 
 def _show(report: dict, where: Path, until: str) -> None:

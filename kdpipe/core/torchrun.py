@@ -53,3 +53,15 @@ def several_machines() -> bool:
 def first_on_another_machine() -> bool:
     """Whether this torchrun process is the first of a machine other than rank 0's."""
     return several_machines() and os.environ.get("LOCAL_RANK", "0") == "0" and not is_main()
+
+
+def check_batch(role: str, batch: int, world: int | None = None) -> None:
+    """Each process takes batch // world images of a global batch: fewer than one is no split."""
+    world = world_size() if world is None else world
+    if batch < world:
+        raise ConfigError(
+            f"the {role} batch size {batch} is smaller than the {world} processes "
+            "training together",
+            f"--batch-size is the global batch, split between the processes: give at least "
+            f"{world} (a multiple of {world} splits it exactly), or start fewer processes",
+        )

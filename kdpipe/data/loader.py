@@ -19,8 +19,8 @@ def stops_held() -> Iterator[None]:
     meanwhile waits, it is not lost). A process forked within inherits the hold, and a DataLoader worker lifts it
     in `loader_worker_init`, once its own handlers are in place: else a scheduler's SIGTERM
     landing between the fork and that call ended the worker (by default, then by torch's
-    worker handler) and training with it. The training process meanwhile takes its signals
-    as before: on another of its threads (kdpipe's watchdog), or as the block ends."""
+    worker handler) and training with it. The training process takes its signals as the
+    block ends."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no masks
         yield
         return
@@ -32,8 +32,7 @@ def stops_held() -> Iterator[None]:
 
 
 class WorkerLoader(DataLoader):
-    """A DataLoader whose workers start with kdpipe's signal handling (see `stops_held`), and
-    whose forking a stop waits for (see stopping.postponed)."""
+    """A DataLoader whose workers start with kdpipe's signal handling (see `stops_held`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("worker_init_fn", stopping.loader_worker_init)
@@ -42,5 +41,5 @@ class WorkerLoader(DataLoader):
     def __iter__(self) -> Any:
         if self.num_workers == 0:
             return super().__iter__()
-        with stopping.postponed(), stops_held():  # the workers fork here
+        with stops_held():  # the workers fork here
             return super().__iter__()

@@ -19,12 +19,13 @@ import abc
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe.core.config import DistillConfig
 from kdpipe.core.errors import ConfigError, did_you_mean
 from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import (
@@ -99,6 +100,19 @@ class Distiller(nn.Module, abc.ABC):
     composable: ClassVar[bool] = True
     # True for TAKD: the stage trains a chain through `--assistant` models first.
     uses_assistants: ClassVar[bool] = False
+    # True for DML: `--peers` are students trained beside the student.
+    uses_peers: ClassVar[bool] = False
+
+    @classmethod
+    def built_with(cls, d: DistillConfig, student_arch: str, num_classes: int) -> dict[str, Any]:
+        """Constructor arguments the method builds from the options besides the student and
+        the teacher (DML: its peers)."""
+        return {}
+
+    @classmethod
+    def takes_teacher(cls, params: Mapping[str, float]) -> bool:
+        """Whether the trained teacher is handed to the method (DML: only as a peer)."""
+        return cls.needs_teacher
 
     def __init__(
         self,

@@ -102,9 +102,9 @@ def teacher_outputs(
     # Rank 0's cache decides for every rank and its table is sent to the others: their
     # machines' caches may lack it (rank 0 alone stores what a job computes), or key the same
     # images otherwise (a file's identity holds its modification time, which copying changes).
-    if distributed.rank_0_says(stored is not None):
+    if distributed.from_rank_0(stored is not None):
         mine = stored if stored is not None else torch.empty(n, num_classes)
-        table = distributed.broadcast_from_0(mine)
+        table = distributed.tensor_from_rank_0(mine)
         return TeacherTable(table.to(device), "disk", time.perf_counter() - start, path)
     table = _compute(teacher, dataset, num_classes, dtype, workers)
     if path is not None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdpipe.core import faults, ui
+from kdpipe.core import ui
 from kdpipe.core.runs import DamagedFile, load_torch, torch_save_into
 
 
@@ -80,7 +80,6 @@ def save(ck: Checkpointing, state: dict[str, Any]) -> None:
     except OSError as e:  # a full disk: name the checkpoint (the last one stays whole)
         e.filename = str(ck.path)
         raise
-    faults.reached("checkpoint")
     kept = False
     if ck.path.is_file():
         keep.unlink(missing_ok=True)
@@ -136,24 +135,20 @@ class Writer:
         self._adopt = resumed_from
 
     def submit(self, ck: Checkpointing, state: dict[str, Any], reached: str | None = None) -> None:
-        """Write `state` as it is now (in place, or from a copy taken now); `reached`: the fault
-        point passed once the file is on disk."""
+        """Write `state` as it is now (in place, or from a copy taken now); `reached`: what
+        the checkpoint marks ("epoch": an epoch end), for whoever watches the writes."""
         self.wait()
         if self._adopt is not None and self._adopt != ck.path and self._adopt.is_file():
             os.replace(self._adopt, ck.path)
         self._adopt = None
         if not self.background:
             save(ck, state)
-            if reached:
-                faults.reached(reached)
             return
         snapshot = _host_copy(state)
 
         def write() -> None:
             try:
                 save(ck, snapshot)
-                if reached:
-                    faults.reached(reached)
             except BaseException as e:  # noqa: BLE001 - handed to the training thread
                 self._error = e
 

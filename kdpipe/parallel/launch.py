@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from kdpipe.core import faults, torchrun
+from kdpipe.core import torchrun
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.runs import check_until, forced_stages, refuse_foreign_dir
 from kdpipe.parallel.runlock import RunLock
@@ -88,7 +88,6 @@ def relaunch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
                 *("-m", "kdpipe", *without_launcher_options(argv)),
             ]
         )
-        faults.reached("launch")  # the tests' signal before the processes start
         try:
             run(args)
         except ChildFailedError as e:

@@ -77,20 +77,13 @@ def build_distiller(
             student, teacher, parts, d.terms, d.params, input_shape=shape, layers=layers
         )
     method = get_method(d.method)
-    extra: dict = {}
-    if method.name == "dml":
-        k = data.info.num_classes
-        extra = {
-            "peers": [models.create(a, k) for a in d.peers],
-            "peer_names": [cfg.student.arch, *d.peers],
-        }
     return method(
         student,
-        teacher if method.needs_teacher or d.params.get("teacher_peer") else None,
+        teacher if method.takes_teacher(d.params) else None,
         input_shape=shape,
         layers=layers,
         params=d.params,
-        **extra,
+        **method.built_with(d, cfg.student.arch, data.info.num_classes),
     )
 
 
@@ -156,14 +149,19 @@ def _train(
 
 
 def _assistant_chain(
-    cfg: RunConfig, data: DataSplits, teacher: nn.Module, train: Dataset, stage_dir: Path
+    cfg: RunConfig,
+    data: DataSplits,
+    teacher: nn.Module,
+    train: Dataset,
+    stage_dir: Path,
+    method: type[Distiller],
 ) -> tuple[nn.Module, list[dict]]:
-    """TAKD: teacher -> assistant_1 -> ... -> assistant_n; returns the last assistant."""
+    """teacher -> assistant_1 -> ... -> assistant_n, each link distilled by `method` (TAKD);
+    returns the last assistant."""
     k = data.info.num_classes
-    method = get_method("takd")
     links = []
     upstream = fingerprint(
-        "takd", cfg.teacher.model_dump(mode="json"), cfg.seed, *sources(cfg.teacher.arch)
+        method.name, cfg.teacher.model_dump(mode="json"), cfg.seed, *sources(cfg.teacher.arch)
     )
     for arch in cfg.distill.assistants:
         models.check_name(arch)
@@ -190,7 +188,7 @@ def _assistant_chain(
                 data,
                 train,
                 teacher,
-                f"assistant {arch} (takd)",
+                f"assistant {arch} ({method.name})",
                 path.with_suffix(".jsonl"),
                 Checkpointing(path.with_suffix(".ckpt"), upstream, cfg.runtime.checkpoint_every),
             )
@@ -216,7 +214,9 @@ def run_distill_stage(
     torch.manual_seed(cfg.seed)
     link_teacher = teacher
     if not d.terms and get_method(d.method).uses_assistants:
-        link_teacher, notes["assistants"] = _assistant_chain(cfg, data, teacher, train, stage_dir)
+        link_teacher, notes["assistants"] = _assistant_chain(
+            cfg, data, teacher, train, stage_dir, get_method(d.method)
+        )
     student = build_student(cfg, data.info.num_classes)
     distiller = build_distiller(cfg, student, link_teacher, data)
     result, table = _train(

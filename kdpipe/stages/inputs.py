@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,10 +31,7 @@ from kdpipe.parallel import distributed
 # Options that change no trained result and may fit one machine and not another: loader
 # workers; export and profile run on rank 0 alone, after training.
 PER_MACHINE = ("data.workers", "export.", "profile.")
-SHOWN = 40  # bytes of each value carried for the message (a digest tells longer ones apart)
-DIGEST = 8
-VERSION_BYTES = 32  # a version string's field; after it the digest of the names compared
-HEAD = VERSION_BYTES + DIGEST
+SHOWN = 40  # characters of a value shown in the message (a digest tells longer ones apart)
 SHOWN_DIFFERENCES = 3
 
 
@@ -47,7 +45,7 @@ def describe(cfg: RunConfig, data: DataSplits) -> dict[str, str]:
     info = data.info
     sizes = "/".join(str(info.sizes.get(s, 0)) for s in ("train", "val", "test"))
     parts["data"] = f"{info.num_classes} classes, train/val/test {sizes}"
-    # class names, normalization, input size: compared by digest, shown as one
+    # class names, normalization, input size: compared whole, shown cut
     parts["data details"] = json.dumps(info.to_dict(), sort_keys=True)
     parts["training precision"] = json.dumps(training_numerics(cfg.runtime, with_teacher=True))
     for role, section in (("teacher", cfg.teacher), ("student", cfg.student)):
@@ -65,62 +63,57 @@ def describe(cfg: RunConfig, data: DataSplits) -> dict[str, str]:
 
 def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     """Raise ConfigError on every process when any process's inputs differ from rank 0's
-    (a no-op on one process)."""
+    (a no-op on one process). The processes of one job trust each other: their descriptions
+    travel as Python objects."""
     if not distributed.current().active:
         return
-    parts = describe(cfg, data)
-    names = sorted(parts)
+    mine = {"version": __version__, "host": socket.gethostname(), "inputs": describe(cfg, data)}
+    everyone = distributed.gather_objects(mine)
+    ours = everyone[0]
     # First the kdpipe version and the names compared: another version may compare others.
-    schema = hashlib.sha256("\n".join(names).encode()).digest()[:DIGEST]
-    heads = distributed.gather_records(
-        distributed.text_field(__version__, VERSION_BYTES) + schema + distributed.host_field()
-    )
-    for rank, head in enumerate(heads[1:], start=1):
-        if head[:HEAD] != heads[0][:HEAD]:
-            theirs = distributed.text_of(head[:VERSION_BYTES])
-            ours = distributed.text_of(heads[0][:VERSION_BYTES])
-            same = theirs == ours
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        if (theirs["version"], sorted(theirs["inputs"])) != (
+            ours["version"],
+            sorted(ours["inputs"]),
+        ):
+            build = (
+                f"another build of kdpipe {ours['version']}"
+                if theirs["version"] == ours["version"]
+                else f"kdpipe {theirs['version']} and rank 0 kdpipe {ours['version']}"
+            )
             raise _found_by(
                 rank,
-                f"rank {rank} on {distributed.host_of(head[HEAD:])} runs "
-                + (
-                    f"another build of kdpipe {ours}"
-                    if same
-                    else f"kdpipe {theirs} and rank 0 kdpipe {ours}"
-                ),
+                f"rank {rank} on {theirs['host']} runs {build}",
                 "install the same kdpipe on every machine of the job",
             )
-    records = distributed.gather_records(b"".join(_field(parts[n]) for n in names))
-    width = DIGEST + SHOWN
-    split = [[rec[i * width : (i + 1) * width] for i in range(len(names))] for rec in records]
     differing = [
-        (rank, [n for n, a, b in zip(names, fields, split[0], strict=True) if a != b])
-        for rank, fields in enumerate(split)
+        (rank, [n for n in sorted(ours["inputs"]) if theirs["inputs"][n] != ours["inputs"][n]])
+        for rank, theirs in enumerate(everyone)
     ]
     differing = [(r, diff) for r, diff in differing if diff]
-    if not differing:
-        return
-    rank, diff = differing[0]
-    if "data" in diff and "data details" in diff:  # the sizes say it; a digest adds nothing
+    if differing:
+        raise _difference(everyone, *differing[0], others=len(differing) - 1)
+
+
+def _difference(everyone: list[dict], rank: int, diff: list[str], others: int) -> ConfigError:
+    if "data" in diff and "data details" in diff:  # the sizes say it; the details add nothing
         diff.remove("data details")
+    theirs, ours = everyone[rank]["inputs"], everyone[0]["inputs"]
     shown = "; ".join(
-        f"{n}: {_shown(split[rank][names.index(n)])} on rank {rank}, "
-        f"{_shown(split[0][names.index(n)])} on rank 0"
+        f"{n}: {_shown(theirs[n])} on rank {rank}, {_shown(ours[n])} on rank 0"
         for n in diff[:SHOWN_DIFFERENCES]
     )
     more = len(diff) - SHOWN_DIFFERENCES
-    others = len(differing) - 1
-    host = distributed.host_of(heads[rank][HEAD:])
     hint = (
         "start every process with the same command and give every machine the same files "
         "(dataset, weights and model files)"
     )
     if "training precision" in diff:
         hint += "; where their hardware differs, set --teacher-precision and --amp/--no-amp"
-    raise _found_by(
+    return _found_by(
         rank,
         f"the processes of this run were started with different inputs: rank {rank} on "
-        f"{host} differs from rank 0 in {shown}"
+        f"{everyone[rank]['host']} differs from rank 0 in {shown}"
         + (f" and {more} more" if more > 0 else "")
         + (f" ({others} other rank{'s' if others > 1 else ''} differ too)" if others else ""),
         hint,
@@ -149,11 +142,8 @@ def _options(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _field(value: str) -> bytes:
-    """A value's digest (tells any two apart) and its first SHOWN bytes (for the message)."""
-    return hashlib.sha256(value.encode()).digest()[:DIGEST] + distributed.text_field(value, SHOWN)
-
-
-def _shown(field: bytes) -> str:
-    text = distributed.text_of(field[DIGEST:])
-    return text if len(text.encode()) < SHOWN else f"{text[: SHOWN - 10]}... ({field[:4].hex()})"
+def _shown(value: str) -> str:
+    """A value as the message shows it: cut when long, with a digest that tells it apart."""
+    if len(value) < SHOWN:
+        return value
+    return f"{value[: SHOWN - 10]}... ({hashlib.sha256(value.encode()).hexdigest()[:8]})"

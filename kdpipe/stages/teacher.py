@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from kdpipe import models
-from kdpipe.core import ui
+from kdpipe.core import torchrun, ui
 from kdpipe.core.config import RunConfig, TeacherConfig, TrainConfig, model_label
 from kdpipe.core.errors import KdpipeError, ModelError, first_line
 from kdpipe.core.runs import (
@@ -105,7 +105,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
     if t.weights is not None and not tune:
         model = models.create(t.arch, k, t.weights)
         metrics: dict[str, Any] = {"source": "weights", "weights": str(t.weights)}
-    elif distributed.rank_0_says(  # rank 0's cache decides for all (see below)
+    elif distributed.from_rank_0(  # rank 0's cache decides for all (see below)
         (reused := _from_cache(t.arch, k, cached) if main else None) is not None
     ):
         # Other ranks take rank 0's weights: their machines' caches may lack the teacher
@@ -114,7 +114,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         ui.info(f"teacher: reusing {t.arch} trained earlier with the same settings ({cached})")
     else:
         if t.weights is not None:
-            distributed.check_batch("teacher", t.train.batch_size)
+            torchrun.check_batch("teacher", t.train.batch_size)
             model, fresh = models.create_pretrained(t.arch, k, t.weights)
             head = f" (its classifier replaced by a fresh {k}-class one)" if fresh else ""
             label = models.weights_label(t.arch, t.weights)

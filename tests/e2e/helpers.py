@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.faults import injection as faults
+
 TINY = [
     "--teacher",
     "resnet18",
@@ -40,6 +42,10 @@ TINY = [
 
 
 def kdpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`kdpipe ARGS` in a process of its own; with KDPIPE_FAULT in `env`, the faults it names
+    strike there (tests/faults)."""
+    if env and "KDPIPE_FAULT" in env:
+        env = faults.environment(env)
     return subprocess.run(
         [sys.executable, "-m", "kdpipe", *args],
         capture_output=True,

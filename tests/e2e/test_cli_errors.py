@@ -381,9 +381,9 @@ def test_out_of_memory_is_one_line_saying_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A batch too large for the GPU (or the machine) was "internal error ... report it".
-    from kdpipe import api
+    from kdpipe.stages import teacher
 
-    monkeypatch.setattr(api, "run_teacher_stage", fails)
+    monkeypatch.setattr(teacher, "run_teacher_stage", fails)
     out = files["dir"] / f"oom-{getattr(fails, '__name__', '')}"
     ran = kdpipe_here(capsys, "run", "--until", "teacher", "--out", str(out), "--quiet")
     assert ran.returncode == 1, ran.stderr

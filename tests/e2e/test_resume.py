@@ -1,6 +1,6 @@
 """Killed runs resume where they stopped and end bit-identical to an uninterrupted run.
 
-A CPU run is killed with SIGKILL (kdpipe/core/faults.py) mid-epoch, between epochs and half-way
+A CPU run is killed with SIGKILL (tests/faults) mid-epoch, between epochs and half-way
 through writing a checkpoint; rerunning the same command resumes from the last complete
 checkpoint. The student must equal the uninterrupted run's, tensor for tensor.
 
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from tests.e2e.helpers import kdpipe, kdpipe_here, module_dir
+from tests.faults import injection as faults
 
 ARGS = [
     *("run", "--teacher", "resnet18", "--student", "mobilenet_v3_small", "--image-size", "16"),
@@ -144,9 +145,9 @@ def test_a_sigterm_to_the_whole_job_with_loader_workers_still_stops_at_the_step(
     out = tmp_path / "run"
     # the first worker sends the signal as it loads its first image, while training waits
     # for the batch (a worker the signal ended never delivered it) and the second is still
-    # starting (before data.loader.stops_held it died of it there: 3 of 3 tries)
+    # starting (data.loader.stops_held keeps it alive there)
     args = [*ARGS, "--workers", "2", "--out", str(out)]
-    env = {**cache, "KDPIPE_FAULT": "load:1:TERM:group"}
+    env = faults.environment({**cache, "KDPIPE_FAULT": "load:1:TERM:group"})
     proc = subprocess.run(  # a process group of its own: the signal must not reach pytest
         [sys.executable, "-m", "kdpipe", *args],
         capture_output=True,

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from kdpipe.distill.trainer import fit
 from kdpipe.parallel import stopping
 from kdpipe.parallel.stopping import Stopped
 from tests.e2e.test_distributed import _net
-from tests.ranks import free_port, two_ranks
+from tests.faults import injection as faults
+from tests.ranks import two_ranks
 
 
 def _signal_self(sig: signal.Signals) -> None:
@@ -57,20 +57,6 @@ def test_a_signal_the_run_was_started_ignoring_stays_ignored() -> None:
             signal.signal(s, h)
 
 
-def test_a_postponed_signal_stops_at_the_end_of_the_block_and_not_within() -> None:
-    reached = []
-    with pytest.raises(Stopped) as e, stopping.handled():
-        with stopping.postponed():
-            _signal_self(signal.SIGTERM)
-            reached.append("end of the block")
-        reached.append("after it")
-    assert reached == ["end of the block"] and e.value.exit_code == 143
-    with stopping.handled(), stopping.deferred():  # a training loop's: left to the loop
-        with stopping.postponed():
-            _signal_self(signal.SIGTERM)
-        assert stopping.requested() == signal.SIGTERM
-
-
 def test_in_a_loop_the_first_signal_waits_and_a_second_ctrl_c_stops_at_once() -> None:
     with stopping.handled(), stopping.deferred():
         _signal_self(signal.SIGTERM)  # noted, the step goes on
@@ -96,6 +82,7 @@ def _worker(rank: int, world: int, port: int, root: str, run: str, fault: str) -
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
     if fault:
         os.environ.update(KDPIPE_FAULT=fault, KDPIPE_FAULT_RANK="1")
+        faults.install()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     student, teacher = _net(1), _net(2)
@@ -139,8 +126,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) 
 def test_a_checkpoint_of_another_world_resumes_only_where_its_steps_mean_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kdpipe.core import faults
-
+    faults.install()
     train, val = _data()
     ck = Checkpointing(tmp_path / "last.pt", key="k")
 
@@ -176,117 +162,6 @@ def test_ranks_agree_after_every_step_on_cpus_and_every_8_on_gpus() -> None:
     assert stopping.DDP_CHECK_STEPS == 8
     # One process asks at every step whatever the device (a flag read, no collective).
     assert all(stopping.due(s, gpu=g) for s in range(1, 20) for g in (False, True))
-
-
-# The watchdog's wait in the scripts below: 3 s instead of the 10 s a real run allows a handler,
-# which the tests only need to outlast (and wait for).
-STUCK_AFTER_S = 3.0
-
-STUCK_RANK = f"""
-import sys, time
-from datetime import timedelta
-import torch, torch.distributed as dist
-from kdpipe.parallel import stopping
-stopping.STUCK_AFTER_S = {STUCK_AFTER_S}
-dist.init_process_group("gloo", timeout=timedelta(seconds=300))
-if dist.get_rank() == 1:
-    time.sleep(300)  # a peer that hangs: it never joins the all-reduce
-with stopping.handled(), stopping.deferred():
-    print("waiting", flush=True)
-    dist.all_reduce(torch.ones(1))  # one C call that never returns to Python
-"""
-
-
-def test_a_process_stuck_in_a_collective_still_ends_on_sigterm(tmp_path: Path) -> None:
-    """Python runs signal handlers between bytecodes; a main thread stuck in one C call never
-    gets there. Without handlers SIGTERM ended such a process at once; the watchdog thread
-    keeps that true (after STUCK_AFTER_S)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, "-c", STUCK_RANK],
-            env={**env, "RANK": str(r), "WORLD_SIZE": "2"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    try:
-        assert ranks[0].stdout is not None
-        assert ranks[0].stdout.readline().strip() == "waiting"
-        time.sleep(0.5)
-        sent = time.monotonic()
-        ranks[0].send_signal(signal.SIGTERM)
-        _, err = ranks[0].communicate(timeout=STUCK_AFTER_S + 30)
-        took = time.monotonic() - sent
-    finally:
-        for p in ranks:
-            p.kill()
-            p.wait()
-    assert ranks[0].returncode == 143, err
-    assert "error: stopped by SIGTERM: the process was stuck" in err
-    assert STUCK_AFTER_S - 1 < took < STUCK_AFTER_S + 20
-
-
-def _child_handlers(queue: Any) -> None:
-    queue.put((signal.getsignal(signal.SIGTERM), signal.set_wakeup_fd(-1)))
-
-
-def test_forked_children_get_the_handlers_from_before() -> None:
-    # A DataLoader worker that kept kdpipe's handler would only note the SIGTERM its
-    # DataLoader ends it with; one that kept the wakeup fd would alarm the parent's watchdog.
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    before = signal.getsignal(signal.SIGTERM)
-    with stopping.handled():
-        child = ctx.Process(target=_child_handlers, args=(queue,))
-        child.start()
-        handler, wakeup_fd = queue.get(timeout=30)
-        child.join(timeout=30)
-    assert handler == before and wakeup_fd == -1
-
-
-TWO_SIGTERMS = f"""
-import time, torch
-from kdpipe.parallel import stopping
-stopping.STUCK_AFTER_S = {STUCK_AFTER_S}
-a = torch.randn(3000, 3000)
-with stopping.handled(), stopping.deferred():
-    print("busy", flush=True)
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:  # long C calls (~0.3 s): both signals land in one of them
-        a @ a
-    time.sleep(stopping.STUCK_AFTER_S + 2)  # then responsive (handlers run during sleep)
-    print("alive, stopping on", stopping.requested(), flush=True)
-"""
-
-
-def test_signals_that_arrive_together_do_not_look_stuck_to_the_watchdog() -> None:
-    """Slurm signals every process of a job and torchrun's launcher passes its own SIGTERM on:
-    two deliveries, two bytes on the wakeup fd, but Python runs the handler once for both."""
-    import subprocess
-    import sys
-
-    child = subprocess.Popen(
-        [sys.executable, "-c", TWO_SIGTERMS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None and child.stdout.readline().strip() == "busy"
-    time.sleep(0.5)
-    child.send_signal(signal.SIGTERM)
-    time.sleep(0.05)  # apart enough for two deliveries (the kernel merges a pending repeat)
-    child.send_signal(signal.SIGTERM)
-    out, err = child.communicate(timeout=60)
-    assert child.returncode == 0, err
-    assert out.strip() == f"alive, stopping on {int(signal.SIGTERM)}"
 
 
 LOADER_WORKER = """
@@ -377,48 +252,6 @@ def test_a_signal_while_a_loader_worker_starts_waits_for_its_handlers(loader: st
         assert proc.stdout.strip() == "served 400 held 0 here 0", proc.stdout
     else:  # a plain DataLoader: the worker dies of it, and the batches with it
         assert proc.stdout.startswith("lost: "), proc.stdout
-
-
-FORKING = """
-import os, signal, sys, threading, time, torch
-from torch.utils.data import TensorDataset
-from kdpipe.parallel import stopping
-from kdpipe.data.loader import WorkerLoader
-
-def slow_parent_side():  # the parent's at-fork callbacks (logging's), stretched
-    time.sleep(0.6)
-    sum(range(100_000))  # bytecodes: where Python runs a waiting handler
-
-stopping.WORKER_GRACE_S = 1.0  # the worker left alive at exit ends sooner
-os.register_at_fork(after_in_parent=slow_parent_side)
-threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
-try:
-    with stopping.handled():
-        if sys.argv[1] == "kdpipe":
-            batches = iter(WorkerLoader(TensorDataset(torch.arange(8.0)), num_workers=1))
-        else:  # a plain DataLoader: the fork without postponing the stop
-            batches = iter(torch.utils.data.DataLoader(TensorDataset(torch.arange(8.0)),
-                           num_workers=1, worker_init_fn=stopping.loader_worker_init))
-        print("trained on", flush=True)
-except stopping.Stopped as e:
-    print(e.message, flush=True)
-"""
-
-
-@pytest.mark.parametrize("loader", ["kdpipe", "torch"])
-def test_a_signal_while_forking_loader_workers_is_not_lost(loader: str) -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", FORKING, loader], capture_output=True, text=True, timeout=90
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    if loader == "kdpipe":
-        assert proc.stdout.strip() == "stopped by SIGTERM", proc.stdout + proc.stderr
-    else:  # raised in an at-fork callback: printed as ignored, and the run went on
-        assert proc.stdout.strip() == "trained on", proc.stdout
-        assert "Exception ignored" in proc.stderr and "Stopped" in proc.stderr
 
 
 HANGUP = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 
 import pytest
@@ -11,7 +10,6 @@ import typer
 from kdpipe.cli import errors_reported
 from kdpipe.core import ui
 from kdpipe.core.errors import ConfigError, DataError
-from kdpipe.parallel import stopping
 
 GLOO = (
     "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
@@ -93,63 +91,3 @@ def test_an_error_of_the_options_is_reported_once_per_machine_until_the_ranks_co
     assert (code, lines[0]) == (2, f"error: rank 2 on {host}: cannot decode x.png")
     _torchrun(monkeypatch, rank=0, local_rank=0, world=4, per_machine=2)
     assert _report(missing, capsys)[1][0] == "error: teacher weights file /w/t.pt not found"
-
-
-def _ctrl_c_then(error: Exception, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """Ctrl-C while the command's modules are imported (stopping.note_interrupts in effect),
-    landing where it leaves a module half-imported, so that `error` is what comes out."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(typer.Exit) as exit_, errors_reported(debug=False):
-            try:
-                signal.raise_signal(signal.SIGINT)
-            except KeyboardInterrupt:
-                raise error from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return exit_.value.exit_code, capsys.readouterr().err.strip().splitlines()
-
-
-def test_an_error_a_ctrl_c_caused_is_reported_as_the_interrupt(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(stopping, "_received", 0)  # forgotten after the test
-    monkeypatch.delenv("RANK", raising=False)
-    # Seen: Ctrl-C within a second of `kdpipe run`, inside numpy's import.
-    recursion = RecursionError("maximum recursion depth exceeded")
-    code, lines = _ctrl_c_then(recursion, capsys)
-    assert (code, lines[0]) == (130, "error: interrupted")
-    assert lines[1].startswith("hint: finished stages are kept")
-    monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 says it for every rank
-    assert _ctrl_c_then(recursion, capsys) == (130, [])
-    # The next command forgets it: the same error is a bug again.
-    code, lines = _report(RecursionError("maximum recursion depth exceeded"), capsys)
-    assert (code, lines[0]) == (
-        1,
-        "error: internal error: RecursionError: maximum recursion depth exceeded",
-    )
-
-
-def test_ctrl_c_while_the_options_are_read_says_so(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """typer turns a KeyboardInterrupt in its own parsing into a silent exit 130 (seen: Ctrl-C
-    0.12-0.15 s after `kdpipe run --nproc 2` started)."""
-    from kdpipe.cli import main
-
-    monkeypatch.setattr(stopping, "_received", 0)  # forgotten after the test
-    monkeypatch.delenv("RANK", raising=False)
-
-    def interrupted(*args: object, **kwargs: object) -> None:
-        signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(typer.core.TyperGroup, "make_context", interrupted)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        stopping.note_interrupts()  # as kdpipe/entry.py does first
-        with pytest.raises(SystemExit) as exit_:
-            main(["version"])
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert exit_.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines()[0] == "error: interrupted"

@@ -16,10 +16,14 @@ is exported (or the one given by `export_peer`, an index into that list).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdpipe import models
+from kdpipe.core.config import DistillConfig
 from kdpipe.core.errors import ConfigError
 from kdpipe.distill.base import Batch, Distiller, ce_loss
 from kdpipe.distill.methods import register
@@ -40,7 +44,19 @@ class DeepMutualLearning(Distiller):
     stages_doc = "peers train together (sequential or simultaneous)"
     defaults = {"sequential": 1.0, "teacher_peer": 0.0, "export_peer": -1.0}
     needs_teacher = False
+    uses_peers = True
     composable = False
+
+    @classmethod
+    def built_with(cls, d: DistillConfig, student_arch: str, num_classes: int) -> dict:
+        return {
+            "peers": [models.create(a, num_classes) for a in d.peers],
+            "peer_names": [student_arch, *d.peers],
+        }
+
+    @classmethod
+    def takes_teacher(cls, params: Mapping[str, float]) -> bool:
+        return bool(params.get("teacher_peer", cls.defaults["teacher_peer"]))
 
     def __init__(
         self,
