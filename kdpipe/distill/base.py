@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from kdpipe.core.config import DistillConfig
 from kdpipe.core.errors import ConfigError, did_you_mean
+from kdpipe.distill.data_parallel import gather_rows
 from kdpipe.distill.stepper import Stepper
 from kdpipe.distill.taps import (
     FeatureTaps,
@@ -35,7 +36,6 @@ from kdpipe.distill.taps import (
     default_layers,
     flat_embedding,
 )
-from kdpipe.parallel.distributed import gather_rows
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class Distiller(nn.Module, abc.ABC):
 
     def whole_batch(self, rows: Tensor) -> Tensor:
         """`rows` of every torchrun rank while training (rank order; gradients go back to the
-        rank that owns them: distributed.gather_rows), else `rows`. For losses that relate
+        rank that owns them: data_parallel.gather_rows), else `rows`. For losses that relate
         the samples of a batch to each other, which would otherwise see each rank's share of
         it: on N processes they compute what one process computes over the same global batch.
         Never gathered in evaluation, which one rank may do alone."""

@@ -27,6 +27,7 @@ from kdpipe import __version__
 from kdpipe.core import ui
 from kdpipe.core.runs import DamagedFile, cache_root, load_torch, save_torch
 from kdpipe.data.identity import hash_tensor, image_identity
+from kdpipe.distill import data_parallel
 from kdpipe.distill.stepper import autocast_to
 from kdpipe.parallel import distributed
 from kdpipe.runtimes.accuracy import in_order
@@ -149,10 +150,10 @@ def _compute(
     if not distributed.current().active:
         return teacher_logits_table(teacher, dataset, dtype=dtype, workers=workers)
     n = len(dataset)  # type: ignore[arg-type]
-    _, lo, hi = distributed.share_of(n)
+    _, lo, hi = data_parallel.share_of(n)
     device = next(teacher.parameters()).device
     mine = torch.zeros(0, k, device=device)
     if hi > lo:
         share_rows = Subset(dataset, range(lo, hi))
         mine = teacher_logits_table(teacher, share_rows, dtype=dtype, workers=workers)
-    return distributed.gather_shares(mine, n)
+    return data_parallel.gather_shares(mine, n)

@@ -19,6 +19,7 @@ from torch import Tensor
 from kdpipe.core import torchrun, ui
 from kdpipe.core.config import RuntimeConfig
 from kdpipe.core.errors import ConfigError, TrainingError
+from kdpipe.distill import data_parallel
 from kdpipe.parallel import distributed
 
 
@@ -234,6 +235,6 @@ class Stepper:
         self.check(terms)
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        distributed.average_gradients(p for group in opt.param_groups for p in group["params"])
+        data_parallel.average_gradients(p for group in opt.param_groups for p in group["params"])
         self.scaler.step(opt)
         self.scaler.update()

@@ -4,7 +4,7 @@ Under data parallelism each rank's BatchNorm normalizes with the statistics of i
 of the batch, so N processes train another model than one process with the same global batch.
 torch's SyncBatchNorm fixes that on GPUs only (its CUDA kernels refuse CPU tensors). Here each
 rank takes its share's mean and variance per channel, the ranks exchange them (one all_gather
-of 2C+1 numbers per layer, differentiable through `distributed.gather_rows`, whose backward
+of 2C+1 numbers per layer, differentiable through `data_parallel.gather_rows`, whose backward
 hands each rank the gradient every rank's loss sends its rows), and Chan's parallel formula
 combines them into the global batch's — as torch's SyncBatchNorm does on CUDA. On CUDA the
 layers become torch's SyncBatchNorm itself (fused kernels, NCCL). Outside training, or on one
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from kdpipe.distill import data_parallel
 from kdpipe.parallel import distributed
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -45,7 +46,7 @@ class GlobalBatchNorm(_BN):
         x = input.float()  # statistics in fp32, as cuDNN's BatchNorm under autocast
         var, mean = torch.var_mean(x, dim=dims, unbiased=False)
         count = torch.full((1,), x.numel() / x.shape[1], device=x.device)
-        rows, _ = distributed.gather_rows(torch.cat([mean, var, count]).unsqueeze(0))
+        rows, _ = data_parallel.gather_rows(torch.cat([mean, var, count]).unsqueeze(0))
         c = mean.numel()
         means, variances, counts = rows[:, :c], rows[:, c : 2 * c], rows[:, 2 * c :]
         total = counts.sum()

@@ -34,7 +34,7 @@ from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
 from kdpipe.data.loader import WorkerLoader
 from kdpipe.data.splits import DataSplits
 from kdpipe.distill import checkpoint as ckpt
-from kdpipe.distill import precise_bn, sync_bn
+from kdpipe.distill import data_parallel, precise_bn, sync_bn
 from kdpipe.distill.base import Distiller
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.losslog import LossLog
@@ -166,7 +166,7 @@ def _predict_share(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Te
     """predict_logits over this rank's contiguous share of `dataset` (all of it on one
     process); empty (0 x 0) logits for an empty share."""
     n = len(dataset)  # type: ignore[arg-type]
-    _, lo, hi = distributed.share_of(n)
+    _, lo, hi = data_parallel.share_of(n)
     if hi <= lo:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     part = dataset if (lo, hi) == (0, n) else Subset(dataset, range(lo, hi))
@@ -194,7 +194,7 @@ def predict_shared(model: nn.Module, dataset: Dataset, workers: int) -> tuple[Te
     k = int(distributed.max_over_ranks(torch.tensor([logits.shape[1]]))[0])
     logits = logits if logits.shape[1] == k else torch.zeros(0, k)
     n = len(dataset)  # type: ignore[arg-type]
-    return distributed.gather_shares(logits, n), distributed.gather_shares(labels, n)
+    return data_parallel.gather_shares(logits, n), data_parallel.gather_shares(labels, n)
 
 
 def predict_test(model: nn.Module, data: DataSplits, asked: int | None) -> tuple[Tensor, Tensor]:
@@ -303,7 +303,7 @@ class _Fit:
             self.result.resumed_from = f"stage {p.stage} epoch {p.epoch} batch {p.batch}"
             ui.info(f"{self.desc}: resuming from {self.source} ({self.result.resumed_from})")
         self.saved = saved
-        distributed.broadcast_state(ckpt.trainable_state(self.distiller))
+        data_parallel.broadcast_state(ckpt.trainable_state(self.distiller))
 
     def start_log(self, log_path: Path | None) -> None:
         """log.jsonl holds the history so far (a resumed run's epochs before this call)."""
@@ -456,7 +456,7 @@ class _Fit:
             self.rt.device,
             self.seed,
         )
-        distributed.broadcast_buffers(self.distiller)
+        data_parallel.broadcast_buffers(self.distiller)
         val_acc = val_accuracy(self.distiller.student(), self.val, self.rt.workers)
         means = distributed.mean_over_ranks({k: v / max(batches, 1) for k, v in self.sums.items()})
         return {

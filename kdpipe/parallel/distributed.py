@@ -1,11 +1,7 @@
-"""Data parallelism through torch.distributed, launched by torchrun (or `kdpipe run --nproc N`).
-
-Every rank holds the whole distiller and trains on its share of each global batch. Gradients
-are averaged in one flat all-reduce per step rather than by wrapping the distiller in
-DistributedDataParallel, so that methods running their own updates (DML's peers in turn, the
-adversarial discriminator) synchronize the same way; buffers are broadcast from rank 0 at
-every epoch end. gloo on CPU, NCCL on CUDA with gloo beside it for small CPU values. The
-processes of one job trust each other: small Python values travel as objects.
+"""The processes of a torchrun job (or `kdpipe run --nproc N`): joining the process group
+(gloo on CPU; NCCL on CUDA with gloo beside it for small CPU values), agreeing on small
+values, which travel as Python objects since the processes of one job trust each other, and
+checking that every rank sees the run directory. Training collectives: distill/data_parallel.py.
 """
 
 from __future__ import annotations
@@ -13,14 +9,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from kdpipe.core import torchrun
 from kdpipe.core.errors import ConfigError, KdpipeError
@@ -68,96 +62,6 @@ def current() -> Dist:
     return Dist()
 
 
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Average .grad over ranks in one all-reduce. Which parameters have a gradient is decided
-    by the graph, the same on every rank, so None stays None."""
-    d = current()
-    grads = [p.grad for p in params if p.grad is not None]
-    if d.active and grads:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        _unflatten_into(flat / d.world, grads)
-
-
-def broadcast_state(state: Mapping[str, Any]) -> None:
-    """Rank 0's values of a state_dict's tensors to every rank, in place, as DDP does when it
-    wraps a model: one seed builds the same weights only where every machine's kernels draw
-    the same numbers, and averaged gradients would keep a difference all run."""
-    if not current().active:
-        return
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in state.values():  # a state_dict's tensors share the module's storage
-        if isinstance(t, torch.Tensor) and t.numel():
-            groups.setdefault((t.device, t.dtype), []).append(t)
-    for (_, dtype), tensors in groups.items():
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        wire = flat.to(torch.uint8) if dtype == torch.bool else flat  # gloo has no bool
-        dist.broadcast(wire, 0)
-        _unflatten_into(wire.to(dtype), tensors)
-
-
-def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
-def broadcast_buffers(module: nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm running statistics) to every rank."""
-    if current().active:
-        for b in module.buffers():
-            dist.broadcast(b, 0)
-
-
-class _GatherRows(torch.autograd.Function):
-    """All ranks' rows in rank order; backward sums every rank's gradient of the whole (one
-    all_reduce, which gloo has where it lacks all-to-all) and keeps this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        d = current()
-        rows = rows.contiguous()  # feature maps may be channels-last; gathered dense
-        parts = [torch.empty_like(rows) for _ in range(d.world)]
-        dist.all_gather(parts, rows)
-        ctx.rows, ctx.rank = rows.shape[0], d.rank
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
-def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Every rank's `rows` (as many on each) in rank order, differentiable, and where this
-    rank's own start: for losses over the whole global batch (CRD's negatives; RKD, SP, CC
-    and PKT through `Distiller.whole_batch`), as one process computes them."""
-    d = current()
-    return (_GatherRows.apply(rows), d.rank * rows.shape[0]) if d.active else (rows, 0)
-
-
-def share_of(n: int) -> tuple[int, int, int]:
-    """This rank's contiguous share of n rows: (rows per rank, first, end)."""
-    d = current()
-    share = -(-n // d.world)
-    return share, min(d.rank * share, n), min((d.rank + 1) * share, n)
-
-
-def gather_shares(rows: torch.Tensor, n: int) -> torch.Tensor:
-    """All n rows on every rank, from each rank's `share_of` them (padded to equal length)."""
-    d = current()
-    if not d.active:
-        return rows
-    share, lo, hi = share_of(n)
-    padded = rows.new_zeros((share, *rows.shape[1:]))
-    padded[: hi - lo] = rows
-    parts = [torch.empty_like(padded) for _ in range(d.world)]
-    dist.all_gather(parts, padded)
-    return torch.cat(parts)[:n].contiguous()
-
-
 def max_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """Elementwise max of a small CPU tensor over ranks: the per-step checks (a stop, a NaN)."""
     if current().active:
@@ -197,10 +101,8 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
-    """The ranks (and hosts) that do not see a file rank 0 has just created in `out`: on
-    several machines `out` must be one shared directory, else ranks would resume from
-    different checkpoints and hang in the next collective. The file's name is fresh, so a
-    stale one on another disk cannot answer for it."""
+    """The ranks (and hosts) that do not see a freshly named file rank 0 creates in `out`: on
+    several machines `out` must be one shared directory, or ranks resume from other places."""
     if not current().active:
         return []
     name = ""
@@ -222,9 +124,8 @@ def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
 
 
 def raise_first_failure(error: KdpipeError | None) -> None:
-    """All ranks raise the first failing rank's error (its message naming that rank and host,
-    its hint and exit code), or none: a rank whose machine lacks a file would otherwise end
-    alone and leave the others waiting in their next collective. One process: `error`."""
+    """All ranks raise the first failing rank's error (named by rank and host), or none: a
+    rank failing alone would leave the others waiting in their next collective."""
     if not current().active:
         if error is not None:
             raise error

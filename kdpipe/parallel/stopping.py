@@ -1,15 +1,9 @@
-"""Stop requests: SIGTERM (a scheduler preempting the job, `kill`, torchrun passing its own
-on), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh session closed) end a run at the next
-safe point instead of wherever they land.
-
-Within a training loop a first signal only sets a flag: the loop finishes its step,
-checkpoints exactly that position and exits 128 + signal; the rerun resumes there
-(bit-identical on the CPU). Under torchrun the ranks take the max of their flags (after every
-step on CPUs, every DDP_CHECK_STEPS steps on GPUs, and at epoch ends), so all stop at the same
-step. Elsewhere, and at a second Ctrl-C, `Stopped` is raised where the program is: every file
-is written to a temporary name and renamed, so nothing is left half-written. A signal the run
-was started ignoring (`nohup`) stays ignored. `Stopped` derives from KeyboardInterrupt so that
-no `except Exception` on the way swallows it.
+"""SIGTERM (a scheduler's preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) stop a
+run at the next safe point. In a training loop a first signal sets a flag: the loop finishes
+its step, checkpoints that position and exits 128 + signal (the rerun resumes there); under
+torchrun the ranks take the max of their flags, so all stop at the same step. Elsewhere, and at
+a second Ctrl-C, `Stopped` (a KeyboardInterrupt, which no `except Exception` swallows) is
+raised at once: files are written atomically. Signals ignored at start (`nohup`) stay so.
 """
 
 from __future__ import annotations
@@ -46,8 +40,7 @@ class Stopped(KeyboardInterrupt):
 
 
 def said(signum: int) -> str:
-    """What a stop by `signum` outside a training loop says: Ctrl-C before the run's own
-    handling (a plain KeyboardInterrupt) is "interrupted"."""
+    """A stop's line outside a training loop: a plain Ctrl-C is "interrupted"."""
     return "interrupted" if signum == signal.SIGINT else Stopped(signum).message
 
 
@@ -58,17 +51,13 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _pending = signum  # no printing here: the progress bar may be mid-draw
         return
     if _in_loop and signum != signal.SIGINT:
-        # Already stopping. A scheduler may send SIGTERM to every process of the job (Slurm
-        # does), so a torchrun worker gets one from it and one from its launcher: only a
-        # second Ctrl-C, a person insisting, stops at once.
-        return
+        return  # Slurm's and torchrun's copies of one SIGTERM; a second Ctrl-C insists
     raise Stopped(signum)
 
 
 def _leave_dead_terminals() -> None:
-    """A terminal that hung up fails every later write with EIO: a progress bar's next draw,
-    or the stop's own line, would end the run before its checkpoint. What went to it goes
-    nowhere from now on; a live terminal, a file or a pipe is kept."""
+    """Writes to a terminal that hung up fail (EIO) and would end the run before its
+    checkpoint: what went to it goes nowhere from now on."""
     for fd in [fd for fd in _terminals if not os.isatty(fd)]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)
@@ -78,9 +67,8 @@ def _leave_dead_terminals() -> None:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """SIGTERM, SIGINT and SIGHUP become stop requests for the block (from the main thread
-    only, where Python runs signal handlers), unless the process was started ignoring them;
-    the previous handlers come back after it."""
+    """SIGTERM, SIGINT and SIGHUP are stop requests within the block (main thread only,
+    where Python runs handlers), unless ignored at start; the previous handlers come back."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -111,14 +99,11 @@ def deferred() -> Iterator[None]:
 
 
 def loader_worker_init(_worker_id: int) -> None:
-    """DataLoader workers (`worker_init_fn`) leave the stop to the training process. A
-    scheduler's SIGTERM, Ctrl-C or a hangup reaches every process of the job (`scancel`, a
-    terminal's process group); a worker it ended made torch raise "DataLoader worker ...
-    exited unexpectedly" in the training process instead of letting the step finish and its
-    position be checkpointed. So a worker ignores SIGINT and outlives a SIGTERM or SIGHUP by
-    WORKER_GRACE_S (Slurm's default KillWait); not for good, since Python's multiprocessing
-    ends leftover workers at exit with SIGTERM and waits for them. A signal that came while
-    the worker started was held back (data.loader.stops_held) and arrives here."""
+    """DataLoader workers (`worker_init_fn`) leave a stop to the training process: `scancel`
+    or a terminal's Ctrl-C reaches every process of the job, and a worker it ended would fail
+    the step before its position is checkpointed. A worker ignores SIGINT and outlives SIGTERM
+    or SIGHUP by WORKER_GRACE_S (Slurm's KillWait), not for good: multiprocessing ends leftover
+    workers with SIGTERM. A signal held back while it started (loader.stops_held) lands here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for s in (signal.SIGTERM, *HANGUP):
         if signal.getsignal(s) is not signal.SIG_IGN:  # else ignored on purpose (nohup)
@@ -134,18 +119,15 @@ def _end_later(signum: int, frame: FrameType | None) -> None:
 
 
 def due(step: int, gpu: bool) -> bool:
-    """Whether a training loop asks at this step, the same on every rank: every step in one
-    process (a flag read) and on CPUs (one all-reduce of one number, ~0.1 ms beside steps of
-    50 ms and more, whose length on a slow CPU could outlast a scheduler's grace period);
-    every DDP_CHECK_STEPS steps on GPUs under torchrun, whose steps are short."""
+    """Whether a training loop asks at this step, alike on every rank: every step on CPUs (an
+    all-reduce of one number beside steps of 50 ms and more), every DDP_CHECK_STEPS on GPUs."""
     from kdpipe.parallel import distributed  # torch: not for the command's first instant
 
     return not gpu or not distributed.current().active or step % DDP_CHECK_STEPS == 0
 
 
 def requested() -> int:
-    """The signal to stop on (0: none), the same on every rank: the highest any rank got.
-    Every rank must call it at the same point."""
+    """The signal to stop on (0: none): the highest any rank got. Every rank calls it."""
     from kdpipe.parallel import distributed
 
     if not distributed.current().active:

@@ -1,13 +1,8 @@
-"""Every process of a torchrun job must start from the same inputs.
-
-torchrun starts one `kdpipe run` per process, on every machine, each with its own command
-line, files and installed kdpipe; nothing in torch checks that they agree. Processes that do
-not (a node started with other options, a dataset copy missing files, another weights file
-at the same path, another kdpipe version, a CPU that infers in bf16 beside one that cannot)
-would average gradients of different models, disagree on which stages to reuse and which
-checkpoint to resume, or wait forever in a collective the others never reach. So before
-anything is written, each process describes its inputs, and any difference from rank 0's is
-one error on every process, naming the first rank that differs and what differs.
+"""Every process of a torchrun job must start from the same inputs: torchrun starts one
+`kdpipe run` per process, each with its own command line, files and kdpipe, and processes that
+differ would average gradients of different models or wait forever in a collective. Before
+anything is written each describes its inputs, and any difference from rank 0's is one error
+on every process, naming the first rank that differs and what differs.
 """
 
 from __future__ import annotations
@@ -62,9 +57,7 @@ def describe(cfg: RunConfig, data: DataSplits) -> dict[str, str]:
 
 
 def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
-    """Raise ConfigError on every process when any process's inputs differ from rank 0's
-    (a no-op on one process). The processes of one job trust each other: their descriptions
-    travel as Python objects."""
+    """Raise ConfigError on every process when any process's inputs differ from rank 0's."""
     if not distributed.current().active:
         return
     mine = {"version": __version__, "host": socket.gethostname(), "inputs": describe(cfg, data)}
@@ -121,16 +114,15 @@ def _difference(everyone: list[dict], rank: int, diff: list[str], others: int) -
 
 
 def _found_by(rank: int, message: str, hint: str) -> ConfigError:
-    """The job's verdict on rank `rank`'s inputs, the same on every rank (cli/errors.py: rank 0
-    reports it, and rank `rank` too when it runs on another machine)."""
+    """The verdict on rank `rank`'s inputs (cli/errors.py: rank 0 says it, and rank `rank`
+    too on another machine)."""
     error = ConfigError(message, hint)
     error.agreed_from = rank
     return error
 
 
 def _options(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted name, JSON value) of every option of the config's sections: the names come
-    from the schema (a --set or --terms dict is one value), the same on every process."""
+    """(dotted name, JSON value) of every option, names from the schema (a dict is one value)."""
     dumped = section.model_dump(mode="json")
     out: list[tuple[str, Any]] = []
     for name in type(section).model_fields:

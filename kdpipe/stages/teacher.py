@@ -28,6 +28,7 @@ from kdpipe.core.runs import (
     write_json,
 )
 from kdpipe.data import DataSplits, augment
+from kdpipe.distill import data_parallel
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get as get_method
 from kdpipe.distill.stepper import Runtime, training_numerics
@@ -154,7 +155,7 @@ def run_teacher_stage(cfg: RunConfig, data: DataSplits, stage_dir: Path, fp: str
         }
         if main:  # the others' writes would be dropped (leaving an empty folder in their cache)
             _keep_in_cache(model, metrics, cached)
-    distributed.broadcast_state(model.state_dict())  # one teacher for every rank: rank 0's
+    data_parallel.broadcast_state(model.state_dict())  # one teacher for every rank: rank 0's
     logits, labels = predict_test(model, data, cfg.data.workers)
     metrics.update(arch=t.arch, test_accuracy=top1(logits, labels))
     if main:

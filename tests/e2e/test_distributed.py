@@ -170,7 +170,7 @@ def _same_as_one_process(out: Path, method: str) -> None:
 def _other_start_worker(rank: int, world: int, port: int, out: str) -> None:
     """Each rank builds its student from another seed (as where machines' initializers draw
     other numbers), and a state_dict of other values (bool and int64 too)."""
-    from kdpipe.parallel.distributed import broadcast_state
+    from kdpipe.distill.data_parallel import broadcast_state
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

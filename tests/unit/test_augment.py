@@ -15,11 +15,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdpipe.core import faults
 from kdpipe.core.config import DataConfig, TrainConfig
 from kdpipe.data import load_data
 from kdpipe.data.augment import BatchAugment, SampleDraw, resized_crop_boxes
 from kdpipe.data.image_files import load_rgb
+from kdpipe.distill import trainer
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.stepper import Runtime
@@ -261,14 +261,15 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(
     plain = _train(tmp_path / "plain", "none")  # the trainer did augment
     assert not all(torch.equal(plain[k], v) for k, v in whole.items())
     steps = {"n": 0}
+    step = trainer._Fit.step
 
-    def crash(point: str) -> None:
-        if point == "step":
-            steps["n"] += 1
-            if steps["n"] == 5:  # epoch 2, step 2: the checkpoint after step 1 is resumed
-                raise _Stop
+    def crash(self: trainer._Fit, *args: object) -> None:
+        step(self, *args)  # type: ignore[arg-type]
+        steps["n"] += 1
+        if steps["n"] == 5:  # epoch 2, step 2: the checkpoint after step 1 is resumed
+            raise _Stop
 
-    monkeypatch.setattr(faults, "reached", crash)
+    monkeypatch.setattr(trainer._Fit, "step", crash)
     with pytest.raises(_Stop):
         _train(tmp_path / "cut", kind)
     monkeypatch.undo()

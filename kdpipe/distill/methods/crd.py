@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdpipe.distill.base import Batch, Distiller, ce_loss
+from kdpipe.distill.data_parallel import gather_rows
 from kdpipe.distill.methods import register
 from kdpipe.distill.methods.kd import kd_loss
-from kdpipe.parallel.distributed import gather_rows
 
 
 def info_nce(
