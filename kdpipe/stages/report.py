@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.core.runs import read_json
+from kdpipe.report.build import build_report
 from kdpipe.report.gate import load_report
-from kdpipe.report.metrics import flatten_metrics
-from kdpipe.report.schema import build_report
 from kdpipe.report.write import write_reports
 from kdpipe.stages.base import Context, Stage
 
@@ -26,6 +25,7 @@ class ReportStage(Stage):
 
     def run(self, ctx: Context, folder: Path) -> dict:
         r, exported = ctx.results, ctx.folder("export")
+        teacher_onnx = read_json(exported / "teacher.json") if ctx.cfg.export.teacher else None
         report = build_report(
             ctx.cfg,
             ctx.data.info,
@@ -34,11 +34,8 @@ class ReportStage(Stage):
             r["export"],
             r["profile"],
             ctx.times,
-        )
-        if ctx.cfg.export.teacher:
-            report["teacher"]["onnx"] = read_json(exported / "teacher.json")
-        report["tensorrt"] = read_json(exported / "tensorrt.json")
-        report["metrics"] = flatten_metrics(report)
+            {"teacher_onnx": teacher_onnx, "tensorrt": read_json(exported / "tensorrt.json")},
+        ).as_json()
         write_reports(ctx.run_dir.root, report)
         return report
 

@@ -1,14 +1,26 @@
-"""report.json: the versioned, machine-readable result of a run (documented in docs/report-schema.md)."""
+"""The run's Report (report/model.py) from the results of its stages: headline ratios, and
+the teacher's and student's facts from the profile."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kdpipe import __version__
 from kdpipe.core.config import RunConfig
 from kdpipe.data import DataInfo
-
-SCHEMA_VERSION = "1.0"
+from kdpipe.report.metrics import flatten_metrics
+from kdpipe.report.model import (
+    SCHEMA_VERSION,
+    LatencyRow,
+    ModelRow,
+    Report,
+    RunInfo,
+    StageTime,
+    StudentSummary,
+    Summary,
+    TeacherSummary,
+)
 
 
 def _model_row(profile: dict, model: str, backend: str, precision: str) -> dict:
@@ -86,49 +98,54 @@ def build_report(
     export: dict,
     profile: dict,
     stages: dict,
-) -> dict:
+    extra: dict[str, Any],
+) -> Report:
+    """`extra`: the fields that exist only for some runs (teacher_onnx, tensorrt)."""
     t_row = _model_row(profile, "teacher", "torch-cpu", "fp32")
     s_row = _model_row(profile, "student", "torch-cpu", "fp32")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kdpipe_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run": {
-            "name": cfg.run_name(),
-            "out": str(cfg.out_dir()),
-            "config": cfg.model_dump(mode="json"),
-        },
-        "data": info.to_dict(),
-        "teacher": {
-            "arch": cfg.teacher.arch,
-            "accuracy": t_row["accuracy"],
-            "params": t_row["params"],
-            "flops": t_row["flops"],
-            "size_bytes": t_row["size_bytes"],
-            "source": teacher_metrics.get("source"),
-            "train_seconds": teacher_metrics.get("train_seconds"),
-        },
-        "student": {
-            "arch": cfg.student.arch,
-            "method": distill_metrics["method"],
-            "method_params": distill_metrics["params"],
-            "accuracy": s_row["accuracy"],
-            "agreement_with_teacher": s_row["agreement_with_teacher"],
-            "params": s_row["params"],
-            "flops": s_row["flops"],
-            "size_bytes": s_row["size_bytes"],
-            "train_seconds": distill_metrics["train_seconds"],
-            "teacher_cache": distill_metrics["teacher_cache"],
-            "teacher_cache_source": distill_metrics.get("teacher_cache_source"),
-            "teacher_precision": distill_metrics.get("teacher_precision", "fp32"),
-            "history": distill_metrics["history"],
-        },
-        "export": export,
-        "models": profile["models"],
-        "latency": profile["latency"],
-        "summary": summarize(profile),
-        "skipped_backends": profile.get("skipped_backends", []),
-        "profile_settings": profile["settings"],
-        "environment": profile["environment"],
-        "stages": stages,
-    }
+    onnx = {"onnx": extra["teacher_onnx"]} if extra.get("teacher_onnx") is not None else {}
+    report = Report(
+        kdpipe_version=__version__,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        run=RunInfo(
+            name=cfg.run_name(), out=str(cfg.out_dir()), config=cfg.model_dump(mode="json")
+        ),
+        data=info.to_dict(),
+        teacher=TeacherSummary(
+            arch=cfg.teacher.arch,
+            accuracy=t_row["accuracy"],
+            params=t_row["params"],
+            flops=t_row["flops"],
+            size_bytes=t_row["size_bytes"],
+            source=teacher_metrics.get("source"),
+            train_seconds=teacher_metrics.get("train_seconds"),
+            **onnx,
+        ),
+        student=StudentSummary(
+            arch=cfg.student.arch,
+            method=distill_metrics["method"],
+            method_params=distill_metrics["params"],
+            accuracy=s_row["accuracy"],
+            agreement_with_teacher=s_row["agreement_with_teacher"],
+            params=s_row["params"],
+            flops=s_row["flops"],
+            size_bytes=s_row["size_bytes"],
+            train_seconds=distill_metrics["train_seconds"],
+            teacher_cache=distill_metrics["teacher_cache"],
+            teacher_cache_source=distill_metrics.get("teacher_cache_source"),
+            teacher_precision=distill_metrics.get("teacher_precision", "fp32"),
+            history=distill_metrics["history"],
+        ),
+        export=export,
+        models=[ModelRow(**row) for row in profile["models"]],
+        latency=[LatencyRow(**e) for e in profile["latency"]],
+        summary=Summary(**summarize(profile)),
+        skipped_backends=profile.get("skipped_backends", []),
+        profile_settings=profile["settings"],
+        environment=profile["environment"],
+        stages={k: StageTime(**v) for k, v in stages.items()},
+        tensorrt=extra.get("tensorrt", {}),
+    )
+    report.schema_version = SCHEMA_VERSION  # set, so that report.json lists it
+    report.metrics = flatten_metrics(report.as_json())
+    return report

@@ -1,0 +1,150 @@
+"""report.json as a typed model: what `build_report` fills in, and the JSON schema checked in
+as docs/report-schema.json (`python -m kdpipe.report.model > docs/report-schema.json`; a test
+fails when the two differ). Sub-objects whose fields vary with the run (a method's loss
+terms, the export precisions, the machine) are open mappings; docs/report-schema.md says what
+each holds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+Json = dict[str, Any]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunInfo(_Closed):
+    name: str
+    out: str
+    config: Json = Field(description="the resolved configuration, as config.yaml")
+
+
+class TeacherSummary(_Closed):
+    arch: str
+    accuracy: float = Field(description="test top-1, torch FP32")
+    params: int
+    flops: int = Field(description="FLOPs for one image (multiply-add = 2)")
+    size_bytes: int
+    source: str | None = Field(description="trained | fine-tuned | cache | weights")
+    train_seconds: float | None
+    onnx: Json | None = Field(None, description="export/teacher.onnx and its parity")
+
+
+class StudentSummary(_Closed):
+    arch: str
+    method: str
+    method_params: dict[str, float]
+    accuracy: float
+    agreement_with_teacher: float
+    params: int
+    flops: int
+    size_bytes: int
+    train_seconds: float
+    teacher_cache: bool
+    teacher_cache_source: str | None = Field(description="computed | disk | null")
+    teacher_precision: str = Field(description="fp32 | bf16 | fp16")
+    history: list[Json] = Field(description="one object per epoch: losses, val_accuracy, ...")
+
+
+class ModelRow(_Closed):
+    model: str
+    backend: str
+    precision: str
+    accuracy: float
+    agreement_with_teacher: float
+    params: int
+    flops: int
+    size_bytes: int
+    memory: Json | None = None
+
+
+class LatencyRow(BaseModel):
+    """One model x backend x precision x batch size; GPU rows add `device` times."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    backend: str
+    precision: str
+    batch_size: int
+    iters: int
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    cv: float
+    throughput: float
+
+
+class Form(_Closed):
+    backend: str
+    precision: str
+    p50_ms: float
+
+
+class SpeedupBasis(_Closed):
+    batch_size: int
+    teacher: Form
+    student: Form
+    measured: str
+
+
+class Summary(_Closed):
+    accuracy_retention: float
+    accuracy_drop: float
+    speedup_vs_teacher: float | None
+    speedup_basis: SpeedupBasis
+    torch_speedup_vs_teacher: float | None
+    ort_speedup_vs_teacher: float | None
+    param_compression: float
+    flops_compression: float | None
+    size_compression: float
+
+
+class StageTime(_Closed):
+    seconds: float
+    reused: bool
+
+
+class Report(_Closed):
+    """Everything a run measured, in the order report.json lists it."""
+
+    schema_version: str = SCHEMA_VERSION
+    kdpipe_version: str
+    created_at: str
+    run: RunInfo
+    data: Json
+    teacher: TeacherSummary
+    student: StudentSummary
+    export: dict[str, Json] = Field(description="per exported precision: file, parity, ...")
+    models: list[ModelRow]
+    latency: list[LatencyRow]
+    summary: Summary
+    skipped_backends: list[dict[str, str]]
+    profile_settings: Json
+    environment: Json
+    stages: dict[str, StageTime]
+    tensorrt: Json = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="what budgets name")
+
+    def as_json(self) -> Json:
+        """The report as written: fields left out where they do not apply (teacher.onnx)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def schema_text() -> str:
+    return json.dumps(Report.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_text(), end="")
