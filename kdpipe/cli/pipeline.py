@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kdpipe.cli.errors import errors_reported
-from kdpipe.cli.options import overrides_of
+from kdpipe.cli.options import opt, overrides_of
 from kdpipe.cli.shared import (
     BackendOpt,
     BatchRangeOpt,
@@ -22,7 +22,6 @@ from kdpipe.cli.shared import (
     MemoryOpt,
     MinItersOpt,
     MinSecondsOpt,
-    Opt,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
@@ -34,143 +33,31 @@ from kdpipe.parallel import launch, stopping
 if TYPE_CHECKING:
     from kdpipe.core.config import RunConfig
 
-MODELS, DISTILL, TRAIN, DATA = "Models", "Distillation", "Training", "Data"
-RUN, PROCS = "Run directory", "Processes"
-
 
 def run(
-    teacher: Annotated[
-        str | None,
-        Opt(
-            help="Teacher architecture: any torchvision classifier, or your own "
-            "path/to/file.py:Name (an nn.Module class or a function returning one).",
-            rich_help_panel=MODELS,
-        ),
-    ] = None,
-    student: Annotated[
-        str | None, Opt(help="Student architecture (as --teacher).", rich_help_panel=MODELS)
-    ] = None,
-    data: Annotated[
-        str | None,
-        Opt(
-            help="digits | imagefolder:PATH | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | mnist:ROOT | fashion-mnist:ROOT",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    teacher_weights: Annotated[
-        Path | None,
-        Opt(
-            help="Teacher state_dict file, or torchvision[:TAG] for torchvision's ImageNet "
-            "weights from its local cache (fine-tuned, with a fresh classifier, on data of "
-            "other classes). Without it the teacher is trained (and cached).",
-            rich_help_panel=MODELS,
-        ),
-    ] = None,
-    fine_tune_teacher: Annotated[
-        bool | None,
-        Opt(
-            "--fine-tune-teacher",
-            help="Train the teacher from --teacher-weights (the teacher recipe) instead of "
-            "using them as given; weights for other classes get a fresh classifier.",
-            rich_help_panel=MODELS,
-        ),
-    ] = None,
-    fine_tune_lr: Annotated[
-        float | None,
-        Opt(
-            help="Learning rate of a teacher trained from weights (default 1e-3).",
-            rich_help_panel=MODELS,
-        ),
-    ] = None,
-    student_weights: Annotated[
-        Path | None,
-        Opt(
-            help="Student state_dict file to start from, or torchvision[:TAG] (as "
-            "--teacher-weights; weights for other classes start all but the classifier).",
-            rich_help_panel=MODELS,
-        ),
-    ] = None,
-    method: Annotated[
-        str | None, Opt(help="Distillation method (see `kdpipe methods`).", rich_help_panel=DISTILL)
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        Opt(
-            "--set",
-            help="Method hyperparameter NAME=NUMBER, or any config key: dotted.key=VALUE "
-            "(repeatable; e.g. --set T=4 --set distill.train.weight_decay=0.01).",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    terms: Annotated[
-        str | None,
-        Opt(
-            help="Compose methods: METHOD=WEIGHT,... e.g. kd=0.9,ce=0.1,at=1000.",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    teacher_layers: Annotated[
-        str | None,
-        Opt(
-            help="Teacher layers to tap, e.g. layer2,layer3 (default: stages).",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    student_layers: Annotated[
-        str | None,
-        Opt(help="Student layers to tap, as many as --teacher-layers.", rich_help_panel=DISTILL),
-    ] = None,
-    assistant: Annotated[
-        list[str] | None,
-        Opt(
-            help="TAKD teacher assistant architecture (repeatable, in order).",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    peers: Annotated[
-        str | None,
-        Opt(
-            help="DML peers besides the student, e.g. resnet18,mobilenet_v3_small.",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    transfer: Annotated[
-        str | None,
-        Opt(
-            help="Teacher-labelled transfer set: mix | imagefolder:PATH (unlabeled images).",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    label_fraction: Annotated[
-        float | None,
-        Opt(
-            help="Fraction of training labels the student sees (default 1).",
-            rich_help_panel=DISTILL,
-        ),
-    ] = None,
-    epochs: Annotated[int | None, Opt(help="Distillation epochs.", rich_help_panel=TRAIN)] = None,
-    teacher_epochs: Annotated[
-        int | None, Opt(help="Epochs when training the teacher.", rich_help_panel=TRAIN)
-    ] = None,
-    teacher_lr: Annotated[
-        float | None,
-        Opt(
-            help="Peak learning rate when training the teacher (default 3e-3).",
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, Opt(help="Training batch size (teacher and student).", rich_help_panel=TRAIN)
-    ] = None,
-    lr: Annotated[
-        float | None, Opt(help="Peak learning rate of the student.", rich_help_panel=TRAIN)
-    ] = None,
-    image_size: Annotated[
-        int | None, Opt(help="Input height/width (digits default 32).", rich_help_panel=DATA)
-    ] = None,
-    seed: Annotated[
-        int | None, Opt(help="Seed for splits, initialization and order.", rich_help_panel=TRAIN)
-    ] = None,
+    teacher: Annotated[str | None, opt("teacher")] = None,
+    student: Annotated[str | None, opt("student")] = None,
+    data: Annotated[str | None, opt("data")] = None,
+    teacher_weights: Annotated[Path | None, opt("teacher_weights")] = None,
+    fine_tune_teacher: Annotated[bool | None, opt("fine_tune_teacher")] = None,
+    fine_tune_lr: Annotated[float | None, opt("fine_tune_lr")] = None,
+    student_weights: Annotated[Path | None, opt("student_weights")] = None,
+    method: Annotated[str | None, opt("method")] = None,
+    set_: Annotated[list[str] | None, opt("set_")] = None,
+    terms: Annotated[str | None, opt("terms")] = None,
+    teacher_layers: Annotated[str | None, opt("teacher_layers")] = None,
+    student_layers: Annotated[str | None, opt("student_layers")] = None,
+    assistant: Annotated[list[str] | None, opt("assistant")] = None,
+    peers: Annotated[str | None, opt("peers")] = None,
+    transfer: Annotated[str | None, opt("transfer")] = None,
+    label_fraction: Annotated[float | None, opt("label_fraction")] = None,
+    epochs: Annotated[int | None, opt("epochs")] = None,
+    teacher_epochs: Annotated[int | None, opt("teacher_epochs")] = None,
+    teacher_lr: Annotated[float | None, opt("teacher_lr")] = None,
+    batch_size: Annotated[int | None, opt("batch_size")] = None,
+    lr: Annotated[float | None, opt("lr")] = None,
+    image_size: Annotated[int | None, opt("image_size")] = None,
+    seed: Annotated[int | None, opt("seed")] = None,
     precision: PrecisionOpt = None,
     backend: BackendOpt = None,
     calibration: CalibrationOpt = None,
@@ -182,129 +69,25 @@ def run(
     min_iters: MinItersOpt = None,
     min_seconds: MinSecondsOpt = None,
     memory: MemoryOpt = None,
-    out: Annotated[
-        Path | None, Opt(help="Run directory (default runs/<name>).", rich_help_panel=RUN)
-    ] = None,
-    name: Annotated[
-        str | None, Opt(help="Run name (default TEACHER-to-STUDENT-DATA).", rich_help_panel=RUN)
-    ] = None,
-    config: Annotated[
-        Path | None, Opt(help="YAML or TOML config file; options override it.", rich_help_panel=RUN)
-    ] = None,
-    force: Annotated[
-        list[str] | None,
-        Opt(
-            help="Redo a stage and those after it: teacher, distill, export, profile, all.",
-            rich_help_panel=RUN,
-        ),
-    ] = None,
-    until: Annotated[
-        str,
-        Opt(
-            help="Stop after this stage: teacher, distill, export, profile, report.",
-            rich_help_panel=RUN,
-        ),
-    ] = "report",
-    device: Annotated[
-        str | None, Opt(help="Training device: auto | cpu | cuda.", rich_help_panel=TRAIN)
-    ] = None,
-    amp: Annotated[
-        bool | None,
-        Opt(
-            "--amp/--no-amp", help="CUDA: mixed precision (bf16, else fp16).", rich_help_panel=TRAIN
-        ),
-    ] = None,
-    compile_: Annotated[
-        bool | None,
-        Opt("--compile", help="CUDA: torch.compile the student.", rich_help_panel=TRAIN),
-    ] = None,
-    teacher_precision: Annotated[
-        str | None,
-        Opt(
-            help="Teacher inference: auto (half on CUDA, bf16 on CPUs that have it) | fp32 | bf16 | fp16.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        Opt(help="Also checkpoint every N steps (always at epoch ends).", rich_help_panel=TRAIN),
-    ] = None,
-    detect_anomaly: Annotated[
-        bool | None,
-        Opt(
-            "--detect-anomaly",
-            help="Autograd anomaly mode (slow; finds NaN sources).",
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    augment: Annotated[
-        str | None,
-        Opt(
-            help="Random training augmentation: none | crop | flip | crop-flip | resized-crop "
-            "| resized-crop-flip (a shifted crop in a padded border, CIFAR's; a crop of random "
-            "area and aspect resized back, ImageNet's; a horizontal flip). The teacher then "
-            "runs every batch.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    crop_scale: Annotated[
-        float | None,
-        Opt(
-            help="resized-crop's smallest crop, a fraction of the image area (default 0.08).",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    center_crop: Annotated[
-        float | None,
-        Opt(
-            help="Image files: resize the shorter side to image-size / F and cut the central "
-            "square, as ImageNet is evaluated (0.875: 256 -> 224). Default: the whole image "
-            "resized to a square.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    sync_bn: Annotated[
-        bool | None,
-        Opt(
-            "--sync-bn",
-            help="Under --nproc/torchrun: BatchNorm over the global batch, as one process.",
-            rich_help_panel=PROCS,
-        ),
-    ] = None,
-    strict_data: Annotated[
-        bool | None,
-        Opt(
-            "--strict-data",
-            help="Fail on an undecodable image instead of skipping it.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        Opt(
-            min=0,
-            help="DataLoader worker processes per training process (default: none on the "
-            "CPU; on a GPU, for image files, the cores less one, at most 8).",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    nproc: Annotated[
-        int | None,
-        Opt(
-            min=1,
-            help="Train on N processes here (starts torchrun's elastic launcher).",
-            rich_help_panel=PROCS,
-        ),
-    ] = None,
-    max_restarts: Annotated[
-        int,
-        Opt(
-            min=0,
-            help="With --nproc: after a process fails, start them all again up to N times; "
-            "each restart resumes from the last checkpoint.",
-            rich_help_panel=PROCS,
-        ),
-    ] = 0,
+    out: Annotated[Path | None, opt("out")] = None,
+    name: Annotated[str | None, opt("name")] = None,
+    config: Annotated[Path | None, opt("config")] = None,
+    force: Annotated[list[str] | None, opt("force")] = None,
+    until: Annotated[str, opt("until")] = "report",
+    device: Annotated[str | None, opt("device")] = None,
+    amp: Annotated[bool | None, opt("amp")] = None,
+    compile_: Annotated[bool | None, opt("compile_")] = None,
+    teacher_precision: Annotated[str | None, opt("teacher_precision")] = None,
+    checkpoint_every: Annotated[int | None, opt("checkpoint_every")] = None,
+    detect_anomaly: Annotated[bool | None, opt("detect_anomaly")] = None,
+    augment: Annotated[str | None, opt("augment")] = None,
+    crop_scale: Annotated[float | None, opt("crop_scale")] = None,
+    center_crop: Annotated[float | None, opt("center_crop")] = None,
+    sync_bn: Annotated[bool | None, opt("sync_bn")] = None,
+    strict_data: Annotated[bool | None, opt("strict_data")] = None,
+    workers: Annotated[int | None, opt("workers")] = None,
+    nproc: Annotated[int | None, opt("nproc")] = None,
+    max_restarts: Annotated[int, opt("max_restarts")] = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kdpipe.cli.options import opt
+
 app = typer.Typer(
     help="Distill a big image model into a small one, export it, profile both, report.",
     no_args_is_help=True,
@@ -27,46 +29,16 @@ stdout = Console(
 Opt = typer.Option
 
 # Options shared by several commands, declared once.
-EXPORT, PROFILE = "Export", "Profile"
-PrecisionOpt = Annotated[
-    str | None,
-    Opt(help="Export precisions, comma-separated: fp32,fp16,int8.", rich_help_panel=EXPORT),
-]
-BackendOpt = Annotated[
-    str | None,
-    Opt(help="Export backends: onnx,tensorrt (TensorRT needs a GPU).", rich_help_panel=EXPORT),
-]
-CalibrationOpt = Annotated[
-    str | None,
-    Opt(help="INT8 calibration: minmax | entropy | percentile.", rich_help_panel=EXPORT),
-]
-CalibrationSamplesOpt = Annotated[
-    int | None, Opt(help="Training images used for INT8 calibration.", rich_help_panel=EXPORT)
-]
-MaxDropOpt = Annotated[
-    float | None,
-    Opt(help="Largest INT8 top-1 drop vs FP32, in points (default 1).", rich_help_panel=EXPORT),
-]
-BatchRangeOpt = Annotated[
-    str | None, Opt(help="TensorRT profile batch sizes MIN,OPT,MAX.", rich_help_panel=EXPORT)
-]
-BatchSizesOpt = Annotated[
-    str | None,
-    Opt(help="Profile batch sizes, comma-separated (default 1,32).", rich_help_panel=PROFILE),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    Opt(help="CPU threads for profiling (default: all cores); recorded.", rich_help_panel=PROFILE),
-]
-MinItersOpt = Annotated[
-    int | None, Opt(help="Profile: timed calls per model, at least.", rich_help_panel=PROFILE)
-]
-MinSecondsOpt = Annotated[
-    float | None, Opt(help="Profile: timed seconds per model, at least.", rich_help_panel=PROFILE)
-]
-MemoryOpt = Annotated[
-    bool | None,
-    Opt("--memory/--no-memory", help="Measure memory per backend.", rich_help_panel=PROFILE),
-]
+PrecisionOpt = Annotated[str | None, opt("precision")]
+BackendOpt = Annotated[str | None, opt("backend")]
+CalibrationOpt = Annotated[str | None, opt("calibration")]
+CalibrationSamplesOpt = Annotated[int | None, opt("calibration_samples")]
+MaxDropOpt = Annotated[float | None, opt("max_accuracy_drop")]
+BatchRangeOpt = Annotated[str | None, opt("batch_range")]
+BatchSizesOpt = Annotated[str | None, opt("batch_sizes")]
+ThreadsOpt = Annotated[int | None, opt("threads")]
+MinItersOpt = Annotated[int | None, opt("min_iters")]
+MinSecondsOpt = Annotated[float | None, opt("min_seconds")]
+MemoryOpt = Annotated[bool | None, opt("memory")]
 QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, Opt(help="Show tracebacks.")]
