@@ -226,7 +226,8 @@ def fit(
     AB, FT and FSP first run an initialization stage); return the per-epoch history. With
     `checkpoint`, resume from a matching checkpoint and write new ones as training goes;
     with `augment`, each training batch is augmented on the device (data/augment.py)."""
-    run = _Fit(distiller, train, val, cfg, seed, desc, runtime or Runtime(), checkpoint, augment)
+    run = _Fit(distiller, cfg, seed, desc, runtime or Runtime(), checkpoint)
+    run.take_data(train, val, augment)
     if teacher_cache is not None:
         run.teacher_cache = teacher_cache.to(run.rt.device)
     run.resume()
@@ -252,24 +253,16 @@ class _Fit:
     def __init__(
         self,
         distiller: Distiller,
-        train: Dataset,
-        val: Dataset,
         cfg: TrainConfig,
         seed: int,
         desc: str,
         rt: Runtime,
         checkpoint: Checkpointing | None,
-        augment: BatchAugment | None,
     ) -> None:
-        self.distiller, self.train_set, self.val, self.cfg = distiller, train, val, cfg
-        self.seed, self.desc, self.rt = seed, desc, rt
-        self.checkpoint, self.augment = checkpoint, augment
+        self.distiller, self.cfg, self.seed, self.desc, self.rt = distiller, cfg, seed, desc, rt
+        self.checkpoint = checkpoint
         self.d = distributed.current()
         torch.manual_seed(seed)
-        self.dataset = IndexedDataset(train, augment.crops_while_loading if augment else None)
-        self.n = len(self.dataset)
-        self.per_epoch = len(epoch_batches(self.n, cfg.batch_size, seed, 0))
-        place_for_training(distiller, rt.device)
         self.teacher_cache: Tensor | None = None
         self.plan = [
             (s.name, stage_epochs(s.epochs_fraction, cfg.epochs)) for s in distiller.stages
@@ -283,6 +276,13 @@ class _Fit:
         self.sums: dict[str, float] = {}  # an epoch's loss sums so far
         self.seen, self.elapsed = 0, 0.0
         self.log_path: Path | None = None
+
+    def take_data(self, train: Dataset, val: Dataset, augment: BatchAugment | None) -> None:
+        self.train_set, self.val, self.augment = train, val, augment
+        self.dataset = IndexedDataset(train, augment.crops_while_loading if augment else None)
+        self.n = len(self.dataset)
+        self.per_epoch = len(epoch_batches(self.n, self.cfg.batch_size, self.seed, 0))
+        place_for_training(self.distiller, self.rt.device)
 
     def resume(self) -> None:
         """Take the position and state a matching checkpoint recorded, if there is one; then

@@ -113,10 +113,7 @@ def build_report(
         data=info.to_dict(),
         teacher=TeacherSummary(
             arch=cfg.teacher.arch,
-            accuracy=t_row["accuracy"],
-            params=t_row["params"],
-            flops=t_row["flops"],
-            size_bytes=t_row["size_bytes"],
+            **{k: t_row[k] for k in ("accuracy", "params", "flops", "size_bytes")},
             source=teacher_metrics.get("source"),
             train_seconds=teacher_metrics.get("train_seconds"),
             **onnx,
@@ -125,11 +122,10 @@ def build_report(
             arch=cfg.student.arch,
             method=distill_metrics["method"],
             method_params=distill_metrics["params"],
-            accuracy=s_row["accuracy"],
-            agreement_with_teacher=s_row["agreement_with_teacher"],
-            params=s_row["params"],
-            flops=s_row["flops"],
-            size_bytes=s_row["size_bytes"],
+            **{
+                k: s_row[k]
+                for k in ("accuracy", "agreement_with_teacher", "params", "flops", "size_bytes")
+            },
             train_seconds=distill_metrics["train_seconds"],
             teacher_cache=distill_metrics["teacher_cache"],
             teacher_cache_source=distill_metrics.get("teacher_cache_source"),

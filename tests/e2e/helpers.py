@@ -34,7 +34,7 @@ TINY = [
     "--precision",
     "fp32,fp16,int8",
     # The INT8 accuracy guard ranks every layer when it triggers (~50 s here); it has its
-    # own tests (tests/unit/test_int8_guard.py), so the tiny runs let any drop through.
+    # own tests (tests/unit/test_guard.py), so the tiny runs let any drop through.
     "--max-accuracy-drop",
     "100",
     "--quiet",

@@ -290,7 +290,7 @@ def test_torchvision_imagenet_weights_fine_tune_the_teacher_and_start_the_studen
     teacher's is --fine-tune-lr: --teacher-lr is the recipe from scratch)."""
     import torch
 
-    from tests.unit.test_pretrained import cache_imagenet_weights
+    from tests.unit.test_weights import cache_imagenet_weights
 
     home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
