@@ -15,6 +15,7 @@ from typing import Any
 import typer
 import yaml
 
+from kdpipe.core.config import RunConfig
 from kdpipe.core.errors import ConfigError
 
 MODELS, DISTILL, TRAIN, DATA = "Models", "Distillation", "Training", "Data"
@@ -347,11 +348,13 @@ def overrides_of(options: Mapping[str, Any], sections: tuple[str, ...] = ()) -> 
 
 
 def set_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """`--set NAME=VALUE`: a dotted NAME is a config key (the value read as YAML: 3, 1e-3,
-    true, [1, 8]); a plain one a method hyperparameter, a number."""
+    """`--set NAME=VALUE`: a NAME under a config section (distill.train.lr) is that config key,
+    its value read as YAML (3, 1e-3, true, [1, 8]); any other a method hyperparameter, a number
+    (T, or METHOD.NAME in a composition: at.p)."""
     if not pairs:
         return {}
-    dotted = [p for p in pairs if "." in p.partition("=")[0]]
+    sections = tuple(f"{s}." for s in RunConfig.model_fields)
+    dotted = [p for p in pairs if p.partition("=")[0].strip().startswith(sections)]
     params = number_params([p for p in pairs if p not in dotted])
     out: dict[str, Any] = {"distill.params": params} if params else {}
     for pair in dotted:
