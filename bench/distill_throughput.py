@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from kdpipe import api, models
 from kdpipe.core import ui
+from kdpipe.core.cache import root as cache_root
 from kdpipe.core.config import RunConfig
-from kdpipe.core.runs import cache_root
 from kdpipe.data import load_data
 from kdpipe.distill.methods.kd import kd_loss
 from kdpipe.runtimes.accuracy import predict_logits, top1

@@ -38,11 +38,6 @@ def set_writer(writes: bool) -> None:
     _writer = writes
 
 
-def cache_root() -> Path:
-    """kdpipe's cache of work reused across runs (trained teachers, teacher-logit tables)."""
-    return Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache" / "kdpipe"))
-
-
 def _umask() -> int:
     mask = os.umask(0o022)  # reading it means setting it; put it back at once
     os.umask(mask)

@@ -13,9 +13,10 @@ import PIL
 from PIL import Image
 
 from kdpipe import __version__
+from kdpipe.core import cache
 from kdpipe.core.errors import DataError
 from kdpipe.core.pixels import EXTENSIONS, READ_ERRORS, eight_bit, is_image_file, open_image
-from kdpipe.core.runs import cache_root, read_json, write_json
+from kdpipe.core.runs import read_json, write_json
 
 __all__ = ["EXTENSIONS", "is_image_file", "load_rgb", "unreadable", "unreadable_files"]
 
@@ -64,7 +65,7 @@ def unreadable_files(files: Sequence[str]) -> dict[str, str]:
     changed, added or removed is another key: the folder is checked again."""
 
     key = _listing_key(files)
-    path = cache_root() / "image-checks" / f"{key}.json" if key else None
+    path = cache.entry("image-checks", f"{key}.json") if key else None
     if path is not None and path.is_file():
         try:
             known = read_json(path)

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from kdpipe import __version__
-from kdpipe.core import ui
-from kdpipe.core.runs import DamagedFile, cache_root, load_torch, save_torch
+from kdpipe.core import cache
+from kdpipe.core.runs import load_torch, save_torch
 from kdpipe.data.identity import hash_tensor, image_identity
 from kdpipe.distill import data_parallel
 from kdpipe.distill.stepper import autocast_to
@@ -96,7 +96,7 @@ def teacher_outputs(
     images = image_identity(dataset) if main else None
     path = None
     if images:
-        path = cache_root() / "teacher-logits" / f"{table_key(teacher, images, dtype)}.pt"
+        path = cache.entry("teacher-logits", f"{table_key(teacher, images, dtype)}.pt")
     n = len(dataset)  # type: ignore[arg-type]
     device = next(teacher.parameters()).device
     stored = _read(path, n, num_classes) if path is not None else None
@@ -108,11 +108,12 @@ def teacher_outputs(
         table = distributed.tensor_from_rank_0(mine)
         return TeacherTable(table.to(device), "disk", time.perf_counter() - start, path)
     table = _compute(teacher, dataset, num_classes, dtype, workers)
-    if path is not None:
-        try:
-            save_torch({"logits": table.cpu()}, path)  # rank 0 writes
-        except OSError as e:  # a full or read-only cache costs the reuse, not the run
-            ui.warn(f"teacher-logit table not stored in {path.parent}: {e.strerror or e}")
+    if path is not None:  # rank 0 writes
+        cache.keep(
+            "distill: teacher-logit table",
+            "compute it again",
+            lambda: save_torch({"logits": table.cpu()}, path),
+        )
     return TeacherTable(table, "computed", time.perf_counter() - start, path)
 
 
@@ -120,27 +121,20 @@ def _read(path: Path, n: int, k: int) -> Tensor | None:
     """The stored table if it is whole and fits (n rows of k finite float32 values), else None."""
     if not path.is_file():
         return None
-    try:
-        saved = load_torch(path)
-        t = saved["logits"]
-        ok = (
+
+    def read() -> Tensor:
+        t = load_torch(path)["logits"]
+        if not (
             isinstance(t, Tensor)
             and t.dtype == torch.float32
             and tuple(t.shape) == (n, k)
             and bool(torch.isfinite(t).all())
-        )
-    except DamagedFile as e:
-        ui.warn(
-            f"ignoring teacher-logit table {path}: its record {e.record} fails its CRC-32 check"
-        )
-        return None
-    except Exception as e:  # noqa: BLE001 - an unreadable cache file is recomputed, never trusted
-        ui.warn(f"ignoring unreadable teacher-logit table {path}: {type(e).__name__}")
-        return None
-    if not ok:
-        ui.warn(f"ignoring teacher-logit table {path}: it does not fit this data")
-        return None
-    return t
+        ):
+            raise ValueError("it does not fit this data")
+        return t
+
+    where = f"the teacher-logit table {path}"
+    return cache.read_back("distill", where, "computing it again", read)
 
 
 def _compute(

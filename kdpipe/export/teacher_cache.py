@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from kdpipe.core import ui
-from kdpipe.core.errors import first_line
-from kdpipe.core.runs import atomic_path, cache_root, fingerprint, read_json, write_json
+from kdpipe.core import cache
+from kdpipe.core.runs import atomic_path, fingerprint, read_json, write_json
 from kdpipe.data import DataInfo
 
 # A kept file must agree on top-1 as a fresh export must (stage.FP32_MIN_AGREEMENT) and give
@@ -48,24 +47,22 @@ def reuse(cached: Path, path: Path) -> dict | None:
     facts = cached.with_suffix(".json")
     if not (cached.is_file() and facts.is_file()):
         return None
-    try:
+
+    def read() -> dict | None:
         how = read_json(facts)
         with atomic_path(path) as tmp:
             shutil.copyfile(cached, tmp)
-    except (OSError, ValueError) as e:
-        ui.warn(f"export: ignoring the kept teacher ONNX {cached} ({first_line(e)})")
-        return None
-    return how if isinstance(how, dict) else None
+        return how if isinstance(how, dict) else None
+
+    return cache.read_back("export", f"the kept teacher ONNX {cached}", "exporting it again", read)
 
 
 def keep(path: Path, how: dict, cached: Path) -> None:
     """Keep a checked teacher.onnx for later runs, if the cache can take it."""
-    try:
+
+    def write() -> None:
         with atomic_path(cached) as tmp:
             shutil.copyfile(path, tmp)
         write_json(cached.with_suffix(".json"), how)
-    except OSError as e:
-        ui.warn(
-            f"export: teacher ONNX not kept in the cache {cache_root()} ({e.strerror or e}), "
-            "so later runs export it again; point KDPIPE_CACHE at a writable folder"
-        )
+
+    cache.keep("export: teacher ONNX", "export it again", write)

@@ -16,11 +16,10 @@ from typing import Any
 from torch import nn
 
 from kdpipe import models
-from kdpipe.core import torchrun, ui
+from kdpipe.core import cache, torchrun, ui
 from kdpipe.core.config import RunConfig, TeacherConfig, TrainConfig, model_label
-from kdpipe.core.errors import KdpipeError, ModelError, first_line
+from kdpipe.core.errors import ModelError
 from kdpipe.core.runs import (
-    cache_root,
     file_sha256,
     fingerprint,
     read_json,
@@ -89,7 +88,7 @@ def needs_fine_tuning(cfg: RunConfig, num_classes: int) -> bool:
 
 def cached_teacher_dir(cfg: RunConfig, fp: str) -> Path:
     """Where a teacher trained with fingerprint `fp` is kept for later runs."""
-    return cache_root() / "teachers" / f"{model_label(cfg.teacher.arch)}-{fp}"
+    return cache.entry("teachers", f"{model_label(cfg.teacher.arch)}-{fp}")
 
 
 def save_state(model: nn.Module, path: Path) -> None:
@@ -171,14 +170,12 @@ def _keep_in_cache(model: nn.Module, metrics: dict[str, Any], cached: Path) -> N
     writable (a read-only home, KDPIPE_CACHE naming a file, a full disk) costs the reuse, not
     the run (ending it here would make every rerun train the teacher again, only to fail at
     the same place)."""
-    try:
+
+    def write() -> None:
         save_state(model, cached / "model.pt")
         write_json(cached / "metrics.json", metrics)
-    except OSError as e:
-        ui.warn(
-            f"teacher: not kept in the cache {cache_root()} ({e.strerror or e}), so later "
-            "runs train it again; point KDPIPE_CACHE at a writable folder"
-        )
+
+    cache.keep("teacher:", "train it again", write)
 
 
 def _from_cache(arch: str, k: int, cached: Path) -> tuple[nn.Module, dict[str, Any]] | None:
@@ -186,19 +183,14 @@ def _from_cache(arch: str, k: int, cached: Path) -> tuple[nn.Module, dict[str, A
     (a cache on a disk that filled up), which is said, and the teacher is trained again."""
     if not ((cached / "model.pt").is_file() and (cached / "metrics.json").is_file()):
         return None
-    try:
+
+    def read() -> tuple[nn.Module, dict[str, Any]]:
         model = models.create(arch, k, cached / "model.pt")
-        metrics = {
-            **read_json(cached / "metrics.json"),
-            "source": "cache",
-            "cache_path": str(cached),
-        }
-    except (KdpipeError, OSError, ValueError) as e:
-        ui.warn(
-            f"teacher: ignoring the cached {arch} in {cached} ({first_line(e)}); training it again"
-        )
-        return None
-    return model, metrics
+        metrics = read_json(cached / "metrics.json")
+        return model, {**metrics, "source": "cache", "cache_path": str(cached)}
+
+    where = f"the cached {arch} in {cached}"
+    return cache.read_back("teacher", where, "training it again", read)
 
 
 def load_teacher(cfg: RunConfig, num_classes: int, stage_dir: Path) -> TeacherResult:
