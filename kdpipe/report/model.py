@@ -86,6 +86,19 @@ class LatencyRow(BaseModel):
     throughput: float
 
 
+class ProfileResult(_Closed):
+    """profile/results.json: what the profile stage measured, read back whole or not at all."""
+
+    models: list[ModelRow]
+    latency: list[LatencyRow]
+    skipped_backends: list[dict[str, str]]
+    settings: Json
+    environment: Json
+
+    def as_json(self) -> Json:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 class Form(_Closed):
     backend: str
     precision: str

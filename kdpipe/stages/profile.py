@@ -23,6 +23,7 @@ from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
+from kdpipe.report.model import ProfileResult
 from kdpipe.runtimes.accuracy import agreement, top1
 from kdpipe.runtimes.backends import Runner, Target
 from kdpipe.runtimes.registry import Model, runners_of
@@ -215,7 +216,7 @@ class ProfileStage(Stage):
     def outputs(self, ctx: Context) -> list[str]:
         return ["results.json", "samples.json"]
 
-    def run(self, ctx: Context, folder: Path) -> dict:
+    def run(self, ctx: Context, folder: Path) -> ProfileResult:
         cfg, exported = ctx.cfg, ctx.folder("export")
         files = {
             "teacher": ctx.folder("teacher") / "model.pt",
@@ -230,12 +231,16 @@ class ProfileStage(Stage):
             if isinstance(m, dict) and "plan" in m
         }
         teacher, student = ctx.results["teacher"].model, ctx.results["distill"].student
-        return run_profile_stage(
+        results = run_profile_stage(
             cfg, ctx.data, teacher, student, files, onnx_files, plans, folder, teacher_onnx
         )
+        return ProfileResult.model_validate(results)
 
-    def load(self, ctx: Context, folder: Path) -> dict:
-        return read_json(folder / "results.json")
+    def load(self, ctx: Context, folder: Path) -> ProfileResult:
+        return ProfileResult.model_validate(read_json(folder / "results.json"))
+
+    def summary(self, result: ProfileResult) -> dict:
+        return result.as_json()
 
 
 STAGE = ProfileStage()

@@ -32,7 +32,7 @@ class ReportStage(Stage):
             r["teacher"].metrics,
             r["distill"].metrics,
             r["export"],
-            r["profile"],
+            r["profile"].as_json(),
             ctx.times,
             {"teacher_onnx": teacher_onnx, "tensorrt": read_json(exported / "tensorrt.json")},
         ).as_json()
