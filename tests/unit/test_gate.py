@@ -10,7 +10,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 
-from tests.e2e.helpers import kdpipe
+from tests.e2e.helpers import run_here as kdpipe
 
 STUDENT = "student.ort-cpu.int8.bs1"
 TEACHER = "teacher.torch-cpu.fp32.bs1"
