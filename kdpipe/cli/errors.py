@@ -75,7 +75,7 @@ def say_stopped(signum: int, e: Stopped | None = None) -> int:
 def left_to_rank_0(e: KdpipeError) -> bool:
     """Whether this process of a torchrun job keeps quiet about `e` because rank 0 reports it:
     an error every rank raises alike. One decided from the options and files is alike on one
-    machine, and on several once the ranks found their inputs the same (rank_inputs.py).
+    machine, and on several once the ranks found their inputs the same (stages/inputs.py).
     Until then, the first process of each other machine reports its own too: that machine's
     files may differ (a weights file or dataset missing there), and rank 0 would only wait
     for it."""

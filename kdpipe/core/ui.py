@@ -20,7 +20,7 @@ from kdpipe.core import torchrun
 console = Console(stderr=True, highlight=False)
 _quiet = False
 _warnings = True  # False on torchrun ranks other than 0 (see silence_rank)
-_compared = False  # the ranks of a torchrun job found their inputs alike (rank_inputs.py)
+_compared = False  # the ranks of a torchrun job found their inputs alike (stages/inputs.py)
 
 
 def set_quiet(quiet: bool) -> None:
