@@ -3,6 +3,7 @@ modules are still being imported ends in `error: interrupted` and exit 130 too."
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from kdpipe.core import torchrun
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
         command(argv)
     except KeyboardInterrupt as e:  # before the command's own handling began (or after it ended)
-        signum = e.signum if isinstance(e, stopping.Stopped) else 2
+        signum = e.signum if isinstance(e, stopping.Stopped) else signal.SIGINT
         if torchrun.is_main():  # under torchrun rank 0 says it for every rank
             sys.stderr.write(f"error: {stopping.said(signum)}\nhint: {stopping.KEPT}\n")
         sys.exit(128 + signum)

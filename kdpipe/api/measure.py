@@ -36,11 +36,6 @@ def profile_files(
     timed interleaved (stages/profile_files.py)."""
     from kdpipe.stages.profile_files import profile_targets  # onnx, tensorrt: only here
 
-    if chw is not None and (not chw or any(v < 1 for v in chw)):
-        raise ConfigError(
-            f"--input-size takes positive sizes, got '{','.join(map(str, chw))}'",
-            "e.g. --input-size 3,32,32",
-        )
     results = profile_targets(targets, build_config({}, overrides, "profile").profile, chw)
     if out:
         write_json(out, results)

@@ -37,11 +37,6 @@ from kdpipe.stages.teacher import (
 )
 
 
-def world_size() -> int:
-    """Processes training together: torchrun's WORLD_SIZE (1 without torchrun)."""
-    return torchrun.world_size()
-
-
 def batch_splits(cfg: RunConfig) -> list[tuple[str, int]]:
     """(role, global batch) of each training this run may do."""
     roles = [("student", cfg.distill.train.batch_size)]
@@ -100,7 +95,7 @@ def note_pretrained_evaluation(cfg: RunConfig) -> None:
 def validate(cfg: RunConfig, world: int | None = None) -> None:
     """Check names and files before any work starts, so bad input fails in a second (the
     launcher of `--nproc` runs it once, before any worker starts, with `world` = N)."""
-    check_batches(cfg, world or world_size())
+    check_batches(cfg, world or torchrun.world_size())
     check_names_and_files(cfg)
 
 
@@ -190,7 +185,7 @@ def run(cfg: RunConfig, force: Iterable[str] = (), until: str = "report") -> dic
     report.json / report.md), or that stage's results when `until` names an earlier stage."""
     check_until(until)
     redo = forced_stages(force)
-    check_batches(cfg, world_size())  # from the options alone: every rank, before it joins
+    check_batches(cfg, torchrun.world_size())  # from the options alone: every rank, before it joins
     # Under torchrun every rank runs this function; they train together, rank 0 writes.
     cuda = torch.cuda.is_available() and cfg.runtime.device != "cpu"
     rank = distributed.setup(torch.device("cuda" if cuda else "cpu"))

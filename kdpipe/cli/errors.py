@@ -61,15 +61,11 @@ def errors_reported(debug: bool) -> Iterator[None]:
 
 
 def _stopped(signum: int, e: Stopped | None = None) -> NoReturn:
-    raise typer.Exit(say_stopped(signum, e)) from None
-
-
-def say_stopped(signum: int, e: Stopped | None = None) -> int:
-    """The line of a stop by `signum` (`e`'s own, which may say where it stopped) and its exit
-    status; under torchrun rank 0 says it for all."""
+    """The line of a stop by `signum` (`e`'s own, which may say where it stopped), and exit
+    128 + signum; under torchrun rank 0 says it for all."""
     if torchrun.is_main():
         ui.error(*((e.message, e.hint) if e else (stopping.said(signum), stopping.KEPT)))
-    return 128 + signum
+    raise typer.Exit(128 + signum) from None
 
 
 def left_to_rank_0(e: KdpipeError) -> bool:

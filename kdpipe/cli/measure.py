@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from kdpipe.cli.errors import errors_reported
-from kdpipe.cli.options import csv_list, overrides_of
+from kdpipe.cli.options import overrides_of, positive_sizes
 from kdpipe.cli.shared import (
     BatchSizesOpt,
     DebugOpt,
@@ -70,7 +70,7 @@ def profile(
             return
         from kdpipe.report.tables import profile_table
 
-        chw = csv_list(input_size, int, "--input-size")
+        chw = positive_sizes(input_size, "--input-size")
         stdout.print(profile_table(measure.profile_files(targets, overrides, chw, out)))
         if out:
             stdout.print(f"results: {out}")

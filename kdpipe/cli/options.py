@@ -1,6 +1,5 @@
 """Command-line options, declared once for every command: `OPTIONS` holds each option's config
-key(s), --help panel and text; `PARSERS` turns
-the option's text into the value where the text is a list or pairs. `--set NAME=VALUE` sets a
+key(s), --help panel and text, and how its text becomes the value. `--set NAME=VALUE` sets a
 method hyperparameter (`--set T=4`) or, with a dotted name, any config key that has no option
 of its own (`--set distill.train.weight_decay=0.01`).
 """
@@ -22,16 +21,56 @@ MODELS, DISTILL, TRAIN, DATA = "Models", "Distillation", "Training", "Data"
 EXPORT, PROFILE, RUN, PROCS = "Export", "Profile", "Run directory", "Processes"
 
 
+def csv_list(value: str | None, cast: type = str, option: str = "") -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32"
+        ) from None
+
+
+def number_params(
+    pairs: list[str] | None, option: str = "--set", example: str = "T=4 --set alpha=0.9"
+) -> dict[str, float] | None:
+    if not pairs:
+        return None
+    out: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"{option} takes NAME=NUMBER, got '{pair}'", f"e.g. {option} {example}"
+            ) from None
+    return out
+
+
+def positive_sizes(value: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of sizes, each at least 1."""
+    sizes = csv_list(value, int, option)
+    if sizes is not None and (not sizes or any(v < 1 for v in sizes)):
+        raise ConfigError(f"{option} takes positive sizes, got '{value}'", f"e.g. {option} 3,32,32")
+    return sizes
+
+
 @dataclass(frozen=True)
 class Option:
     """A command-line option: the config keys it sets, its --help panel and text, its flags
-    where typer's default (--NAME / --no-NAME) is not wanted, and its least value."""
+    where typer's default (--NAME / --no-NAME) is not wanted, its least value, and how its text
+    becomes the value where the text is a list or pairs."""
 
     keys: tuple[str, ...]
     panel: str
     help: str
     flags: tuple[str, ...] = ()
     minimum: int | None = None
+    parse: Callable[[Any], Any] | None = None  # the option's text -> the value (lists, pairs)
 
 
 OPTIONS: dict[str, Option] = {
@@ -79,16 +118,19 @@ OPTIONS: dict[str, Option] = {
         ("distill.terms",),
         DISTILL,
         "Compose methods: METHOD=WEIGHT,... e.g. kd=0.9,ce=0.1,at=1000.",
+        parse=lambda v: number_params(csv_list(v), "--terms", "kd=0.9,ce=0.1,at=1000"),
     ),
     "teacher_layers": Option(
         ("distill.teacher_layers",),
         DISTILL,
         "Teacher layers to tap, e.g. layer2,layer3 (default: stages).",
+        parse=csv_list,
     ),
     "student_layers": Option(
         ("distill.student_layers",),
         DISTILL,
         "Student layers to tap, as many as --teacher-layers.",
+        parse=csv_list,
     ),
     "assistant": Option(
         ("distill.assistants",),
@@ -99,6 +141,7 @@ OPTIONS: dict[str, Option] = {
         ("distill.peers",),
         DISTILL,
         "DML peers besides the student, e.g. resnet18,mobilenet_v3_small.",
+        parse=csv_list,
     ),
     "transfer": Option(
         ("distill.transfer",),
@@ -197,11 +240,13 @@ OPTIONS: dict[str, Option] = {
         ("export.precisions",),
         EXPORT,
         "Export precisions, comma-separated: fp32,fp16,int8.",
+        parse=partial(csv_list, cast=str, option="--precision"),
     ),
     "backend": Option(
         ("export.backends",),
         EXPORT,
         "Export backends: onnx,tensorrt (TensorRT needs a GPU).",
+        parse=partial(csv_list, cast=str, option="--backend"),
     ),
     "calibration": Option(
         ("export.calibration",),
@@ -222,11 +267,13 @@ OPTIONS: dict[str, Option] = {
         ("export.batch_range",),
         EXPORT,
         "TensorRT profile batch sizes MIN,OPT,MAX.",
+        parse=partial(csv_list, cast=int, option="--batch-range"),
     ),
     "batch_sizes": Option(
         ("profile.batch_sizes",),
         PROFILE,
         "Profile batch sizes, comma-separated (default 1,32).",
+        parse=partial(csv_list, cast=int, option="--batch-sizes"),
     ),
     "threads": Option(
         ("profile.threads",),
@@ -288,48 +335,6 @@ def opt(name: str) -> Any:
     return typer.Option(*o.flags, help=o.help, rich_help_panel=o.panel, min=o.minimum)
 
 
-def csv_list(value: str | None, cast: type = str, option: str = "") -> list | None:
-    if value is None:
-        return None
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"{option} takes a comma-separated list, got '{value}'", f"e.g. {option} 1,32"
-        ) from None
-
-
-def number_params(
-    pairs: list[str] | None, option: str = "--set", example: str = "T=4 --set alpha=0.9"
-) -> dict[str, float] | None:
-    if not pairs:
-        return None
-    out: dict[str, float] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        try:
-            if not sep or not key.strip():
-                raise ValueError
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(
-                f"{option} takes NAME=NUMBER, got '{pair}'", f"e.g. {option} {example}"
-            ) from None
-    return out
-
-
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "terms": lambda v: number_params(csv_list(v), "--terms", "kd=0.9,ce=0.1,at=1000"),
-    "teacher_layers": csv_list,
-    "student_layers": csv_list,
-    "peers": csv_list,
-    "precision": partial(csv_list, cast=str, option="--precision"),
-    "backend": partial(csv_list, cast=str, option="--backend"),
-    "batch_range": partial(csv_list, cast=int, option="--batch-range"),
-    "batch_sizes": partial(csv_list, cast=int, option="--batch-sizes"),
-}
-
-
 def overrides_of(options: Mapping[str, Any], sections: tuple[str, ...] = ()) -> dict[str, Any]:
     """Dotted config keys -> values for the options a command was given (None: not given),
     only those of `sections` when named (`kdpipe export --out` is where to export, not the
@@ -340,8 +345,9 @@ def overrides_of(options: Mapping[str, Any], sections: tuple[str, ...] = ()) -> 
         if param not in options or not keys:
             continue
         value = options[param]
-        if value is not None and param in PARSERS:
-            value = PARSERS[param](value)
+        parse = OPTIONS[param].parse
+        if value is not None and parse is not None:
+            value = parse(value)
         out.update(dict.fromkeys(keys, value))
     out.update(set_overrides(options.get("set_")))
     return out

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdpipe.core import ui
+from kdpipe.core import cache, ui
 from kdpipe.core.config import RunConfig
-from kdpipe.core.errors import first_line
 from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
 from kdpipe.export import teacher_cache
@@ -108,14 +107,17 @@ def export_teacher(
     path = stage_dir / TEACHER_ONNX
     reference, labels = predict_logits(teacher.eval(), check_set)
     if cached is not None and (how := teacher_cache.reuse(cached, path)) is not None:
-        try:
-            checked = _checked(path, check_set, reference, labels)
-        except Exception as e:  # onnxruntime refuses a damaged file with many error types
-            ui.warn(f"export: ignoring the kept teacher ONNX {cached} ({first_line(e)})")
-        else:
-            if teacher_cache.reusable(checked["parity"], FP32_MIN_AGREEMENT):
-                ui.info(f"export: teacher ONNX FP32 reused from {cached} -> {path}")
-                return {**checked, **how, "reused": True}
+        # onnxruntime refuses a damaged file with many error types: read back like any entry
+        where = f"the kept teacher ONNX {cached}"
+        checked = cache.read_back(
+            "export",
+            where,
+            "exporting it again",
+            lambda: _checked(path, check_set, reference, labels),
+        )
+        if checked is not None and teacher_cache.reusable(checked["parity"], FP32_MIN_AGREEMENT):
+            ui.info(f"export: teacher ONNX FP32 reused from {cached} -> {path}")
+            return {**checked, **how, "reused": True}
     ui.info(f"export: teacher ONNX FP32 (to time it on onnxruntime too) -> {path}")
     how = export_onnx(teacher, data.info, path, opset)
     checked = _checked(path, check_set, reference, labels)

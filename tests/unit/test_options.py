@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdpipe.cli.options import OPTIONS, overrides_of, set_overrides
+from kdpipe.cli.options import OPTIONS, overrides_of, positive_sizes, set_overrides
 from kdpipe.core.config import RunConfig, build_config
 from kdpipe.core.errors import ConfigError
 
@@ -50,3 +50,10 @@ def test_a_mistyped_dotted_key_names_the_nearest() -> None:
     with pytest.raises(ConfigError, match="unknown config key 'distill.train.weight_decy'") as e:
         build_config({}, set_overrides(["distill.train.weight_decy=0.1"]))
     assert "weight_decay" in e.value.hint
+
+
+@pytest.mark.parametrize("text", ["3,0,32", ",", "3,x"])
+def test_sizes_must_be_positive_numbers(text: str) -> None:
+    with pytest.raises(ConfigError, match="--input-size takes"):
+        positive_sizes(text, "--input-size")
+    assert positive_sizes("3,32,32", "--input-size") == [3, 32, 32]
