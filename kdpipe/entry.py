@@ -6,8 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from kdpipe.core import torchrun
-from kdpipe.parallel import stopping  # the standard library only: a few milliseconds
+from kdpipe.core import errors, torchrun  # errors: the standard library only, milliseconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
 
         command(argv)
     except KeyboardInterrupt as e:  # before the command's own handling began (or after it ended)
-        signum = e.signum if isinstance(e, stopping.Stopped) else signal.SIGINT
+        signum = e.signum if isinstance(e, errors.Stopped) else signal.SIGINT
         if torchrun.is_main():  # under torchrun rank 0 says it for every rank
-            sys.stderr.write(f"error: {stopping.said(signum)}\nhint: {stopping.KEPT}\n")
+            sys.stderr.write(f"error: {errors.stop_line(signum)}\nhint: {errors.KEPT}\n")
         sys.exit(128 + signum)

@@ -246,4 +246,5 @@ def export_weights(arch: str, weights: Path, cfg: RunConfig, out: Path) -> dict:
     student = models.create(arch, data.info.num_classes, weights).eval()
     from kdpipe.stages.export import run_export_stage  # onnx: only when exporting
 
-    return run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
+    exported = run_export_stage(cfg.model_copy(update={"out": out.parent}), data, student, out)
+    return exported.as_json()

@@ -15,9 +15,7 @@ from typing import NoReturn
 import typer
 
 from kdpipe.core import torchrun, ui
-from kdpipe.core.errors import KdpipeError, reported
-from kdpipe.parallel import stopping
-from kdpipe.parallel.stopping import Stopped
+from kdpipe.core.errors import KEPT, KdpipeError, Stopped, reported, stop_line
 
 
 def reader_gone() -> int:
@@ -64,7 +62,7 @@ def _stopped(signum: int, e: Stopped | None = None) -> NoReturn:
     """The line of a stop by `signum` (`e`'s own, which may say where it stopped), and exit
     128 + signum; under torchrun rank 0 says it for all."""
     if torchrun.is_main():
-        ui.error(*((e.message, e.hint) if e else (stopping.said(signum), stopping.KEPT)))
+        ui.error(*((e.message, e.hint) if e else (stop_line(signum), KEPT)))
     raise typer.Exit(128 + signum) from None
 
 

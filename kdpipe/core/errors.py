@@ -9,9 +9,12 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+KEPT = "finished stages are kept; run the same command again to resume"  # a stop's hint
 
 
 class KdpipeError(Exception):
@@ -28,6 +31,24 @@ class KdpipeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+class Stopped(KeyboardInterrupt):
+    """The run stopped on a signal; `message`, `hint` and `exit_code` as KdpipeError's."""
+
+    def __init__(self, signum: int, where: str = "", saved: bool = False) -> None:
+        name = signal.Signals(signum).name
+        self.message = f"stopped by {name}" + (f" {where}" if where else "")
+        if saved:
+            self.message += ", its checkpoint written"
+        self.hint = "run the same command again to resume from there" if saved else KEPT
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(self.message)
+
+
+def stop_line(signum: int) -> str:
+    """A stop's line outside a training loop: a plain Ctrl-C is "interrupted"."""
+    return "interrupted" if signum == signal.SIGINT else Stopped(signum).message
 
 
 class ConfigError(KdpipeError):

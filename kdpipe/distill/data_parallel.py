@@ -1,9 +1,7 @@
 """Data-parallel training: every rank holds the whole distiller and trains on its share of each
-global batch. Gradients are averaged in one flat all-reduce per step rather than by wrapping the
-distiller in DistributedDataParallel, so that methods running their own updates (DML's peers in
-turn, the adversarial discriminator) synchronize the same way; buffers are broadcast from rank
-0 at every epoch end. Losses over the whole global batch gather rows differentiably, and
-evaluation is split into contiguous shares. Without a process group every call is a no-op.
+global batch. Gradients are averaged in one flat all-reduce per step, not by a DDP wrapper, so
+methods with updates of their own (DML's peers, the adversarial discriminator) sync the same
+way. Without a process group every call is a no-op.
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
 
 
 def broadcast_state(state: Mapping[str, Any]) -> None:
-    """Rank 0's values of a state_dict's tensors to every rank, in place, as DDP does when it
-    wraps a model: one seed builds the same weights only where every machine's kernels draw
-    the same numbers, and averaged gradients would keep a difference all run."""
+    """Rank 0's values of a state_dict's tensors to every rank, in place, as DDP does: one seed
+    builds the same weights only where every machine's kernels draw the same numbers."""
     if not current().active:
         return
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -51,13 +48,6 @@ def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
-
-
-def broadcast_buffers(module: nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm running statistics) to every rank."""
-    if current().active:
-        for b in module.buffers():
-            dist.broadcast(b, 0)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -81,9 +71,8 @@ class _GatherRows(torch.autograd.Function):
 
 
 def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Every rank's `rows` (as many on each) in rank order, differentiable, and where this
-    rank's own start: for losses over the whole global batch (CRD's negatives; RKD, SP, CC
-    and PKT through `Distiller.whole_batch`), as one process computes them."""
+    """Every rank's `rows` in rank order, differentiable, and where this rank's own start: for
+    losses over the whole global batch (CRD's negatives, `Distiller.whole_batch`)."""
     d = current()
     return (_GatherRows.apply(rows), d.rank * rows.shape[0]) if d.active else (rows, 0)
 

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from kdpipe.core import ui
 from kdpipe.core.config import TrainConfig
+from kdpipe.core.errors import Stopped
 from kdpipe.data.augment import BatchAugment, SampleDraw, cropping
 from kdpipe.data.loader import WorkerLoader
 from kdpipe.data.splits import DataSplits
@@ -423,7 +424,7 @@ class _Fit:
         if stop:
             self.writer.wait()
             where = f"in {self.desc} after {self.label}epoch {at.epoch} step {at.batch}"
-            raise stopping.Stopped(stop, where, saved=self.checkpoint is not None)
+            raise Stopped(stop, where, saved=self.checkpoint is not None)
 
     def end_epoch(self, index: int, epoch: int, batches: int, log: LossLog) -> None:
         """Statistics, validation, the history line and the epoch's checkpoint; a stop asked
@@ -444,7 +445,7 @@ class _Fit:
         if stop and not last:
             self.writer.wait()
             where = f"in {self.desc} after {self.label}epoch {epoch}"
-            raise stopping.Stopped(stop, where, saved=self.checkpoint is not None)
+            raise Stopped(stop, where, saved=self.checkpoint is not None)
 
     def history_entry(self, name: str, epoch: int, batches: int) -> dict:
         # BatchNorm that tracks slowly (MobileNetV3) or after depthwise convolutions
@@ -456,9 +457,12 @@ class _Fit:
             self.rt.device,
             self.seed,
         )
-        data_parallel.broadcast_buffers(self.distiller)
+        data_parallel.broadcast_state(dict(self.distiller.named_buffers()))
         val_acc = val_accuracy(self.distiller.student(), self.val, self.rt.workers)
-        means = distributed.mean_over_ranks({k: v / max(batches, 1) for k, v in self.sums.items()})
+        everyone = distributed.gather_objects(self.sums)
+        means = {
+            k: sum(s[k] / max(batches, 1) for s in everyone) / len(everyone) for k in self.sums
+        }
         return {
             "stage": name,
             "epoch": epoch,

@@ -1,7 +1,5 @@
-"""The processes of a torchrun job (or `kdpipe run --nproc N`): joining the process group
-(gloo on CPU; NCCL on CUDA with gloo beside it for small CPU values), agreeing on small
-values, which travel as Python objects since the processes of one job trust each other, and
-checking that every rank sees the run directory. Training collectives: distill/data_parallel.py.
+"""The processes of a torchrun job: joining the process group (gloo; NCCL beside it on CUDA)
+and agreeing on small values, as Python objects: the processes of one job trust each other.
 """
 
 from __future__ import annotations
@@ -95,14 +93,9 @@ def tensor_from_rank_0(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    everyone = gather_objects(values)
-    return {k: sum(v[k] for v in everyone) / len(everyone) for k in values}
-
-
 def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
-    """The ranks (and hosts) that do not see a freshly named file rank 0 creates in `out`: on
-    several machines `out` must be one shared directory, or ranks resume from other places."""
+    """The (rank, host) that do not see a file rank 0 creates in `out`: on several machines
+    `out` must be one shared directory, or ranks resume from other places."""
     if not current().active:
         return []
     name = ""
@@ -124,8 +117,8 @@ def ranks_not_seeing(out: Path) -> list[tuple[int, str]]:
 
 
 def raise_first_failure(error: KdpipeError | None) -> None:
-    """All ranks raise the first failing rank's error (named by rank and host), or none: a
-    rank failing alone would leave the others waiting in their next collective."""
+    """All ranks raise the first failing rank's error, or none: a rank failing alone would
+    leave the others waiting in their next collective."""
     if not current().active:
         if error is not None:
             raise error

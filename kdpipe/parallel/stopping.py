@@ -1,9 +1,7 @@
-"""SIGTERM (a scheduler's preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) stop a
-run at the next safe point. In a training loop a first signal sets a flag: the loop finishes
-its step, checkpoints that position and exits 128 + signal (the rerun resumes there); under
-torchrun the ranks take the max of their flags, so all stop at the same step. Elsewhere, and at
-a second Ctrl-C, `Stopped` (a KeyboardInterrupt, which no `except Exception` swallows) is
-raised at once: files are written atomically. Signals ignored at start (`nohup`) stay so.
+"""SIGTERM (preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) stop a run at the next
+safe point. In a training loop a first signal sets a flag: the loop finishes its step,
+checkpoints and exits 128 + signal; ranks take the max of their flags. Elsewhere, and at a
+second Ctrl-C, `Stopped` (a KeyboardInterrupt) is raised at once: files are written atomically.
 """
 
 from __future__ import annotations
@@ -15,33 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from kdpipe.core.errors import Stopped
+
 HANGUP: tuple[signal.Signals, ...] = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 SIGNALS = (signal.SIGTERM, signal.SIGINT, *HANGUP)
 DDP_CHECK_STEPS = 8  # GPUs under torchrun: ranks agree every this many steps (see `due`)
 WORKER_GRACE_S = 30.0  # a DataLoader worker's life after a SIGTERM (see loader_worker_init)
 
-KEPT = "finished stages are kept; run the same command again to resume"  # a stop's hint
 _pending = 0  # the signal received in a training loop, not yet acted upon (0: none)
 _in_loop = 0  # training loops running (nested: DML's peers train within one)
 _terminals: list[int] = []  # stdout / stderr when they were a terminal as `handled()` began
-
-
-class Stopped(KeyboardInterrupt):
-    """The run stopped on a signal; `message`, `hint` and `exit_code` as KdpipeError's."""
-
-    def __init__(self, signum: int, where: str = "", saved: bool = False) -> None:
-        name = signal.Signals(signum).name
-        self.message = f"stopped by {name}" + (f" {where}" if where else "")
-        if saved:
-            self.message += ", its checkpoint written"
-        self.hint = "run the same command again to resume from there" if saved else KEPT
-        self.signum, self.exit_code = signum, 128 + signum
-        super().__init__(self.message)
-
-
-def said(signum: int) -> str:
-    """A stop's line outside a training loop: a plain Ctrl-C is "interrupted"."""
-    return "interrupted" if signum == signal.SIGINT else Stopped(signum).message
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
@@ -56,8 +37,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 
 def _leave_dead_terminals() -> None:
-    """Writes to a terminal that hung up fail (EIO) and would end the run before its
-    checkpoint: what went to it goes nowhere from now on."""
+    """Writes to a terminal that hung up fail (EIO) before the checkpoint: send them nowhere."""
     for fd in [fd for fd in _terminals if not os.isatty(fd)]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)
@@ -67,8 +47,8 @@ def _leave_dead_terminals() -> None:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """SIGTERM, SIGINT and SIGHUP are stop requests within the block (main thread only,
-    where Python runs handlers), unless ignored at start; the previous handlers come back."""
+    """SIGTERM, SIGINT and SIGHUP are stop requests within the block (main thread only),
+    unless ignored at start (`nohup`); the previous handlers come back."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -99,11 +79,9 @@ def deferred() -> Iterator[None]:
 
 
 def loader_worker_init(_worker_id: int) -> None:
-    """DataLoader workers (`worker_init_fn`) leave a stop to the training process: `scancel`
-    or a terminal's Ctrl-C reaches every process of the job, and a worker it ended would fail
-    the step before its position is checkpointed. A worker ignores SIGINT and outlives SIGTERM
-    or SIGHUP by WORKER_GRACE_S (Slurm's KillWait), not for good: multiprocessing ends leftover
-    workers with SIGTERM. A signal held back while it started (loader.stops_held) lands here."""
+    """DataLoader workers leave a stop to the training process, whose step they would fail
+    before its checkpoint: they ignore SIGINT and outlive SIGTERM or SIGHUP by WORKER_GRACE_S
+    (Slurm's KillWait). A signal held back while they started (loader.stops_held) lands here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for s in (signal.SIGTERM, *HANGUP):
         if signal.getsignal(s) is not signal.SIG_IGN:  # else ignored on purpose (nohup)
@@ -119,8 +97,8 @@ def _end_later(signum: int, frame: FrameType | None) -> None:
 
 
 def due(step: int, gpu: bool) -> bool:
-    """Whether a training loop asks at this step, alike on every rank: every step on CPUs (an
-    all-reduce of one number beside steps of 50 ms and more), every DDP_CHECK_STEPS on GPUs."""
+    """Whether a training loop asks at this step, alike on every rank: every step on CPUs,
+    every DDP_CHECK_STEPS on GPUs (where one all-reduce is not small beside a step)."""
     from kdpipe.parallel import distributed  # torch: not for the command's first instant
 
     return not gpu or not distributed.current().active or step % DDP_CHECK_STEPS == 0

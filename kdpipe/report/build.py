@@ -12,6 +12,7 @@ from kdpipe.data import DataInfo
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.model import (
     SCHEMA_VERSION,
+    ExportResult,
     LatencyRow,
     ModelRow,
     Report,
@@ -95,7 +96,7 @@ def build_report(
     info: DataInfo,
     teacher_metrics: dict,
     distill_metrics: dict,
-    export: dict,
+    export: ExportResult,
     profile: dict,
     stages: dict,
     extra: dict[str, Any],
@@ -132,7 +133,7 @@ def build_report(
             teacher_precision=distill_metrics.get("teacher_precision", "fp32"),
             history=distill_metrics["history"],
         ),
-        export=export,
+        export=export.root,
         models=[ModelRow(**row) for row in profile["models"]],
         latency=[LatencyRow(**e) for e in profile["latency"]],
         summary=Summary(**summarize(profile)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 SCHEMA_VERSION = "1.0"
 
@@ -26,6 +26,35 @@ class RunInfo(_Closed):
     config: Json = Field(description="the resolved configuration, as config.yaml")
 
 
+class Parity(_Closed):
+    """An exported model's logits against PyTorch's on the same test images (export/verify)."""
+
+    samples: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float
+    accuracy: float
+    reference_accuracy: float
+
+
+class ExportedFile(BaseModel):
+    """One exported ONNX file and its parity; how it was made (exporter, opset, the FP16
+    conversion or INT8 quantization and its guard) varies with the precision."""
+
+    model_config = ConfigDict(extra="allow")
+    file: str
+    size_bytes: int
+    parity: Parity
+    accuracy_drop_vs_fp32: float | None = None
+
+
+class ExportResult(RootModel[dict[str, ExportedFile]]):
+    """export/export.json: the student's exported files by precision (fp32, fp16, int8)."""
+
+    def as_json(self) -> dict[str, Json]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 class TeacherSummary(_Closed):
     arch: str
     accuracy: float = Field(description="test top-1, torch FP32")
@@ -34,7 +63,7 @@ class TeacherSummary(_Closed):
     size_bytes: int
     source: str | None = Field(description="trained | fine-tuned | cache | weights")
     train_seconds: float | None
-    onnx: Json | None = Field(None, description="export/teacher.onnx and its parity")
+    onnx: ExportedFile | None = Field(None, description="export/teacher.onnx and its parity")
 
 
 class StudentSummary(_Closed):
@@ -139,7 +168,7 @@ class Report(_Closed):
     data: Json
     teacher: TeacherSummary
     student: StudentSummary
-    export: dict[str, Json] = Field(description="per exported precision: file, parity, ...")
+    export: dict[str, ExportedFile] = Field(description="the student's ONNX files by precision")
     models: list[ModelRow]
     latency: list[LatencyRow]
     summary: Summary

@@ -18,7 +18,7 @@ from typing import Any
 
 from kdpipe.core import ui
 from kdpipe.core.config import RunConfig
-from kdpipe.core.errors import KdpipeError, first_line
+from kdpipe.core.errors import KdpipeError, Stopped, first_line
 from kdpipe.core.runs import STAGES, RunDir
 from kdpipe.data import DataSplits
 from kdpipe.parallel import distributed, stopping
@@ -107,7 +107,7 @@ def run_or_reuse(stage: Stage, ctx: Context) -> Any:
     distributed.barrier()  # every rank decides reuse from the same files
     stop = stopping.requested()  # a signal as the last stage's training ended
     if stop:
-        raise stopping.Stopped(stop, f"before the {stage.name} stage")
+        raise Stopped(stop, f"before the {stage.name} stage")
     start = time.perf_counter()
     fp = stage.fingerprint(ctx)
     if fp is not None:

@@ -20,6 +20,7 @@ from kdpipe.export.guard import Calibration, quantize_with_guard
 from kdpipe.export.onnx import export_onnx
 from kdpipe.export.quantize import Int8Target
 from kdpipe.export.verify import parity, parity_subset
+from kdpipe.report.model import ExportResult
 from kdpipe.runtimes import tensorrt
 from kdpipe.runtimes.accuracy import predict_logits
 from kdpipe.runtimes.ort import ort_logits, ort_session
@@ -42,7 +43,7 @@ def run_export_stage(
     stage_dir: Path,
     teacher: nn.Module | None = None,
     teacher_dir: Path | None = None,
-) -> dict:
+) -> ExportResult:
     """Write the ONNX files, bundle.json and export.json (parity and accuracy of each), and
     with a `teacher` (and `export.teacher`) teacher.onnx with its parity in teacher.json;
     `teacher_dir`, the cached teacher's folder, keeps teacher.onnx for later runs."""
@@ -88,9 +89,10 @@ def run_export_stage(
     )
     write_json(stage_dir / "tensorrt.json", engines)
     bundle = write_bundle(stage_dir, data.info, results, cfg.out_dir())
-    write_json(stage_dir / "export.json", results)
+    exported = ExportResult.model_validate(results)
+    write_json(stage_dir / "export.json", exported.as_json())
     ui.info(f"export: bundle {stage_dir / 'bundle.json'} ({len(bundle['models'])} models)")
-    return results
+    return exported
 
 
 def export_teacher(
@@ -215,14 +217,17 @@ class ExportStage(Stage):
             names += [TEACHER_ONNX, "teacher.json"]
         return [*names, "export.json", "bundle.json", "labels.txt", "tensorrt.json"]
 
-    def run(self, ctx: Context, folder: Path) -> dict:
+    def run(self, ctx: Context, folder: Path) -> ExportResult:
         teacher = ctx.results["teacher"].model
         cached = cached_teacher_dir(ctx.cfg, ctx.fingerprints["teacher"])
         student = ctx.results["distill"].student
         return run_export_stage(ctx.cfg, ctx.data, student, folder, teacher, cached)
 
-    def load(self, ctx: Context, folder: Path) -> dict:
-        return read_json(folder / "export.json")
+    def load(self, ctx: Context, folder: Path) -> ExportResult:
+        return ExportResult.model_validate(read_json(folder / "export.json"))
+
+    def summary(self, result: ExportResult) -> dict:
+        return result.as_json()
 
 
 STAGE = ExportStage()

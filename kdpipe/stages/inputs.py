@@ -1,8 +1,7 @@
-"""Every process of a torchrun job must start from the same inputs: torchrun starts one
-`kdpipe run` per process, each with its own command line, files and kdpipe, and processes that
-differ would average gradients of different models or wait forever in a collective. Before
-anything is written each describes its inputs, and any difference from rank 0's is one error
-on every process, naming the first rank that differs and what differs.
+"""Every process of a torchrun job must start from the same inputs (command line, files,
+kdpipe), or it averages gradients of other models or waits forever in a collective. Before
+anything is written each describes its inputs; a difference from rank 0's is one error on every
+process, naming the first rank that differs and what differs.
 """
 
 from __future__ import annotations
@@ -63,12 +62,9 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
     mine = {"version": __version__, "host": socket.gethostname(), "inputs": describe(cfg, data)}
     everyone = distributed.gather_objects(mine)
     ours = everyone[0]
-    # First the kdpipe version and the names compared: another version may compare others.
-    for rank, theirs in enumerate(everyone[1:], start=1):
-        if (theirs["version"], sorted(theirs["inputs"])) != (
-            ours["version"],
-            sorted(ours["inputs"]),
-        ):
+    # The version and the names compared come first: another version may compare others.
+    for rank, theirs in enumerate(everyone):
+        if (theirs["version"], theirs["inputs"].keys()) != (ours["version"], ours["inputs"].keys()):
             build = (
                 f"another build of kdpipe {ours['version']}"
                 if theirs["version"] == ours["version"]
@@ -80,10 +76,10 @@ def check_same_inputs(cfg: RunConfig, data: DataSplits) -> None:
                 "install the same kdpipe on every machine of the job",
             )
     differing = [
-        (rank, [n for n in sorted(ours["inputs"]) if theirs["inputs"][n] != ours["inputs"][n]])
+        (rank, diff)
         for rank, theirs in enumerate(everyone)
+        if (diff := [n for n in sorted(ours["inputs"]) if theirs["inputs"][n] != ours["inputs"][n]])
     ]
-    differing = [(r, diff) for r, diff in differing if diff]
     if differing:
         raise _difference(everyone, *differing[0], others=len(differing) - 1)
 
@@ -114,15 +110,14 @@ def _difference(everyone: list[dict], rank: int, diff: list[str], others: int) -
 
 
 def _found_by(rank: int, message: str, hint: str) -> ConfigError:
-    """The verdict on rank `rank`'s inputs (cli/errors.py: rank 0 says it, and rank `rank`
-    too on another machine)."""
+    """The verdict on rank `rank`'s inputs (said by rank 0, and by `rank` on its machine)."""
     error = ConfigError(message, hint)
     error.agreed_from = rank
     return error
 
 
 def _options(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted name, JSON value) of every option, names from the schema (a dict is one value)."""
+    """(dotted name, JSON value) of every option (a dict is one value)."""
     dumped = section.model_dump(mode="json")
     out: list[tuple[str, Any]] = []
     for name in type(section).model_fields:

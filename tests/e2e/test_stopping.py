@@ -14,11 +14,11 @@ import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
 from kdpipe.core.config import TrainConfig
+from kdpipe.core.errors import Stopped
 from kdpipe.distill.checkpoint import Checkpointing
 from kdpipe.distill.methods import get
 from kdpipe.distill.trainer import fit
 from kdpipe.parallel import stopping
-from kdpipe.parallel.stopping import Stopped
 from tests.e2e.test_distributed import _net
 from tests.faults import injection as faults
 from tests.ranks import two_ranks
