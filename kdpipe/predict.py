@@ -1,11 +1,13 @@
 """`kdpipe predict BUNDLE IMAGE...`: classify image files with an exported bundle.
 
-Uses only onnxruntime, numpy and Pillow — never torch — so it runs where the bundle ships.
-The bundle's checksums are verified before a model is loaded.
+Uses only onnxruntime or OpenVINO, numpy and Pillow — never torch — so it runs where the
+bundle ships. By default the form the run measured fastest (bundle.json's `shipped`: its file
+on its runtime), else the FP32 file on onnxruntime. Checksums are verified before loading.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -99,7 +101,20 @@ class _Bundle(Open):
     models: dict[str, _ModelFile]
 
 
-def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSession:
+RUNTIMES = ("onnxruntime", "openvino")
+Model = Callable[[np.ndarray], np.ndarray]  # images in, logits out
+
+
+def default_form(bundle: dict) -> tuple[str, str]:
+    """(file precision, runtime) the bundle ships: its measured choice, else FP32 on onnxruntime."""
+    shipped = bundle.get("shipped") or {}
+    return shipped.get("model", "fp32"), shipped.get("runtime", "onnxruntime")
+
+
+def open_model(folder: Path, bundle: dict, precision: str, runtime: str = "onnxruntime") -> Model:
+    """The bundle's `precision` file, checked against its sha256, loaded on `runtime`."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime '{runtime}'", f"choose {' or '.join(RUNTIMES)}")
     models = bundle["models"]
     if precision not in models:
         raise ConfigError(
@@ -114,15 +129,34 @@ def open_model(folder: Path, bundle: dict, precision: str) -> ort.InferenceSessi
             f"{path} does not match its sha256 in bundle.json (corrupt or modified)",
             "copy the file again from the run's export folder",
         )
+    try:
+        return _openvino(path) if runtime == "openvino" else _onnxruntime(path, bundle)
+    except ConfigError:
+        raise
+    except Exception as e:  # both runtimes raise their own exception types
+        raise ExportError(
+            f"{runtime} cannot load {path}: {first_line(e)}", "re-export the model"
+        ) from None
+
+
+def _onnxruntime(path: Path, bundle: dict) -> Model:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = bundle["input"]["name"]
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _openvino(path: Path) -> Model:
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        first = first_line(e)
-        raise ExportError(
-            f"onnxruntime cannot load {path}: {first}", "re-export the model"
+        import openvino as ov
+    except ImportError:
+        raise ConfigError(
+            "this bundle ships for OpenVINO, which is not installed",
+            "pip install openvino, or pass --runtime onnxruntime",
         ) from None
+    compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    return lambda x: compiled(x)[0]
 
 
 def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -195,18 +229,23 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def predict(
-    bundle_path: Path, images: list[Path], precision: str = "fp32", batch: int = 64
+    bundle_path: Path,
+    images: list[Path],
+    precision: str | None = None,
+    batch: int = 64,
+    runtime: str | None = None,
 ) -> list[Prediction]:
+    """Classify `images`; `precision` and `runtime` default to the bundle's shipped form."""
     folder, bundle = load_bundle(bundle_path)
     images = image_files(images)
-    session = open_model(folder, bundle, precision)
-    name = bundle["input"]["name"]
+    shipped_file, shipped_runtime = default_form(bundle)
+    model = open_model(folder, bundle, precision or shipped_file, runtime or shipped_runtime)
     classes = bundle["class_names"]
     out: list[Prediction] = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         x = np.stack([preprocess(p, bundle["preprocessing"]) for p in chunk])
-        logits = session.run(None, {name: x})[0].astype(np.float64)
+        logits = np.asarray(model(x)).astype(np.float64)
         if logits.shape[1] != len(classes):
             raise ConfigError(
                 f"bundle.json names {len(classes)} classes but the model gives "

@@ -232,7 +232,7 @@ def _checked_inputs(cfg: RunConfig, until: str, world: int) -> tuple[DataSplits,
     times = {"data": {"seconds": time.perf_counter() - start, "reused": False}}
     check_models_take(cfg, data.info.num_classes, data.info.input_size)
     if until in ("profile", "report"):
-        check_input_fits(max(cfg.profile.batch_sizes), list(data.info.input_size))
+        check_input_fits(max(cfg.profile.run_batch_sizes()), list(data.info.input_size))
     return data, times
 
 

@@ -18,6 +18,7 @@ from kdpipe.cli.shared import (
     MinSecondsOpt,
     Opt,
     QuietOpt,
+    ShipBatchOpt,
     ThreadsOpt,
     stdout,
 )
@@ -30,6 +31,7 @@ def profile(
         list[str], typer.Argument(help="Run dir, bundle dir, .onnx, .plan or ARCH:WEIGHTS.pt")
     ],
     batch_sizes: BatchSizesOpt = None,
+    ship_batch: ShipBatchOpt = None,
     threads: ThreadsOpt = None,
     input_size: Annotated[
         str | None,

@@ -275,6 +275,13 @@ OPTIONS: dict[str, Option] = {
         "Profile batch sizes, comma-separated (default 1,32).",
         parse=partial(csv_list, cast=int, option="--batch-sizes"),
     ),
+    "ship_batch": Option(
+        ("profile.ship_batch",),
+        PROFILE,
+        "Batch size to ship at: the bundle's default is the form measured fastest there "
+        "within --max-accuracy-drop (default 1; profiled too).",
+        minimum=1,
+    ),
     "threads": Option(
         ("profile.threads",),
         PROFILE,

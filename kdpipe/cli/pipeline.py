@@ -24,6 +24,7 @@ from kdpipe.cli.shared import (
     MinSecondsOpt,
     PrecisionOpt,
     QuietOpt,
+    ShipBatchOpt,
     ThreadsOpt,
     stdout,
 )
@@ -65,6 +66,7 @@ def run(
     max_accuracy_drop: MaxDropOpt = None,
     batch_range: BatchRangeOpt = None,
     batch_sizes: BatchSizesOpt = None,
+    ship_batch: ShipBatchOpt = None,
     threads: ThreadsOpt = None,
     min_iters: MinItersOpt = None,
     min_seconds: MinSecondsOpt = None,

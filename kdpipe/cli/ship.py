@@ -91,17 +91,24 @@ def predict(
     images: Annotated[
         list[Path], typer.Argument(help="Image files to classify, or folders of them.")
     ],
-    precision: Annotated[str, Opt(help="Which model of the bundle: fp32, fp16 or int8.")] = "fp32",
+    precision: Annotated[
+        str | None,
+        Opt(help="Which model of the bundle: fp32, fp16 or int8 (default: the one it ships)."),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        Opt(help="onnxruntime or openvino (default: the one the bundle ships for)."),
+    ] = None,
     as_json: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Classify images with a bundle, using only onnxruntime, numpy and Pillow (no torch)."""
+    """Classify images with a bundle, using only onnxruntime or OpenVINO, numpy and Pillow."""
     with errors_reported(debug):
         import json
 
         from kdpipe.predict import predict as run_predict
 
-        for p in run_predict(bundle, images, precision):
+        for p in run_predict(bundle, images, precision, runtime=runtime):
             if as_json:
                 record = {
                     "image": p.path,

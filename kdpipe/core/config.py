@@ -10,7 +10,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from kdpipe.core.errors import ConfigError, did_you_mean
 from kdpipe.core.structured import read_settings
@@ -201,6 +208,8 @@ class ProfileConfig(_Section):
     min_seconds: float = Field(2.0, ge=0, le=3600)
     # Peak memory of each backend, measured in a fresh subprocess (a few seconds each).
     memory: bool = True
+    # The batch size the bundle's default form is chosen for; always among those profiled.
+    ship_batch: int = Field(1, ge=1, le=65536)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -208,6 +217,10 @@ class ProfileConfig(_Section):
         if not v or any(b < 1 for b in v):
             raise ValueError("batch sizes must be positive integers")
         return sorted(set(v))
+
+    def run_batch_sizes(self) -> list[int]:
+        """What a run's profile times: the batch sizes asked and the one to ship at."""
+        return sorted({*self.batch_sizes, self.ship_batch})
 
 
 class RuntimeConfig(_Section):

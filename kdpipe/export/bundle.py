@@ -21,8 +21,20 @@ from kdpipe.data.transforms import shorter_side
 BUNDLE_VERSION = "2"
 
 
-def write_bundle(export_dir: Path, info: DataInfo, files: dict[str, dict], run_dir: Path) -> dict:
-    """Write labels.txt and bundle.json beside the ONNX files; return the bundle description."""
+# The bundle's file for each form the profile measures: OpenVINO's bf16 runs the FP32 file.
+FILE_OF_FORM = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp16", "int8": "int8"}
+
+
+def write_bundle(
+    export_dir: Path,
+    info: DataInfo,
+    files: dict[str, dict],
+    run_dir: Path,
+    shipped: dict | None = None,
+) -> dict:
+    """Write labels.txt and bundle.json beside the ONNX files; return the bundle description.
+    `shipped`: the form measured fastest (report/shipping.py), which `kdpipe predict` runs by
+    default; without it, the FP32 file on onnxruntime."""
     labels = export_dir / "labels.txt"
     write_text(labels, "\n".join(info.class_names) + "\n")
     c, h, w = info.input_size
@@ -76,5 +88,7 @@ def write_bundle(export_dir: Path, info: DataInfo, files: dict[str, dict], run_d
             for precision, r in files.items()
         },
     }
+    if shipped is not None:
+        bundle["shipped"] = {"model": FILE_OF_FORM[shipped["precision"]], **shipped}
     write_json(export_dir / "bundle.json", bundle)
     return bundle

@@ -123,7 +123,15 @@ def describe(threads: int) -> dict:
         # read from its installed metadata: importing onnx costs every process half a second
         "onnx": importlib.metadata.version("onnx"),
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _version_of("openvino"),
     }
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def check_input_fits(batch: int, chw: list[int]) -> None:

@@ -38,7 +38,10 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     shape = tuple(spec["shape"])
     result: dict[str, Any] = {}
-    if spec["kind"] == "ort":
+    if spec["kind"] == "ov":
+        baseline = _peak_rss_bytes()
+        _ov_calls(spec, shape)
+    elif spec["kind"] == "ort":
         import onnxruntime as ort
 
         from kdpipe.runtimes.ort_input import read_input
@@ -79,6 +82,17 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
                 result["device_bytes"] = int(torch.cuda.max_memory_allocated())
     result["peak_rss_over_baseline_bytes"] = max(_peak_rss_bytes() - baseline, 0)
     return result
+
+
+def _ov_calls(spec: dict[str, Any], shape: tuple[int, ...]) -> None:
+    import numpy as np
+
+    from kdpipe.runtimes.openvino import compile_file
+
+    images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    request = compile_file(Path(spec["path"]), spec.get("threads", 1)).create_infer_request()
+    for _ in range(5):
+        request.infer({0: images})
 
 
 def measure(spec: dict[str, Any], timeout: float = 300) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from kdpipe import __version__
 from kdpipe.core.config import RunConfig
 from kdpipe.data import DataInfo
+from kdpipe.report import shipping
 from kdpipe.report.metrics import flatten_metrics
 from kdpipe.report.model import (
     SCHEMA_VERSION,
@@ -43,15 +44,6 @@ def _p50(profile: dict, model: str, backend: str, precision: str, bs: int) -> fl
     return None
 
 
-def _fastest(profile: dict, model: str, bs: int) -> tuple[float, str, str]:
-    """(p50, backend, precision) of `model`'s fastest measured form at batch `bs`."""
-    return min(
-        (e["p50_ms"], e["backend"], e["precision"])
-        for e in profile["latency"]
-        if e["model"] == model and e["batch_size"] == bs
-    )
-
-
 def _same_backend(profile: dict, backend: str, bs: int) -> float | None:
     """Teacher p50 / student p50 with both in `backend` FP32: the architecture's gain alone."""
     t = _p50(profile, "teacher", backend, "fp32", bs)
@@ -59,17 +51,18 @@ def _same_backend(profile: dict, backend: str, bs: int) -> float | None:
     return t / s if t and s else None
 
 
-def summarize(profile: dict) -> dict:
-    """Headline ratios: accuracy retention, speedup at the smallest batch, size/FLOPs compression.
-    The speedup sets the student's fastest form against the teacher's fastest form (each on
-    whichever backend and precision measured quickest), so a runtime change alone (torch
-    eager -> onnxruntime) is not counted as the student's gain when the teacher was timed on
-    that runtime too."""
+def summarize(profile: dict, max_drop: float, ship_batch: int) -> dict:
+    """Headline ratios: accuracy retention, speedup at the smallest batch, size/FLOPs compression,
+    and the form to ship (shipping.py). The speedup sets the student's fastest form against the
+    teacher's fastest form (each on whichever backend and precision measured quickest within
+    the allowed accuracy drop), so a runtime change alone (torch eager -> onnxruntime) is not
+    counted as the student's gain when the teacher was timed on that runtime too."""
     teacher = _model_row(profile, "teacher", "torch-cpu", "fp32")
     student = _model_row(profile, "student", "torch-cpu", "fp32")
     bs = min(e["batch_size"] for e in profile["latency"])
-    t_p50, t_backend, t_precision = _fastest(profile, "teacher", bs)
-    best_ms, best_backend, best_precision = _fastest(profile, "student", bs)
+    forms = {m: shipping.fastest_forms(profile, m, max_drop) for m in ("teacher", "student")}
+    t, s = (next(f for f in forms[m] if f["batch_size"] == bs) for m in ("teacher", "student"))
+    t_p50, best_ms = t["p50_ms"], s["p50_ms"]
     smallest = min(r["size_bytes"] for r in profile["models"] if r["model"] == "student")
     return {
         "accuracy_retention": student["accuracy"] / teacher["accuracy"]
@@ -79,8 +72,8 @@ def summarize(profile: dict) -> dict:
         "speedup_vs_teacher": (t_p50 / best_ms) if t_p50 and best_ms else None,
         "speedup_basis": {
             "batch_size": bs,
-            "teacher": {"backend": t_backend, "precision": t_precision, "p50_ms": t_p50},
-            "student": {"backend": best_backend, "precision": best_precision, "p50_ms": best_ms},
+            "teacher": {k: t[k] for k in ("backend", "precision", "p50_ms")},
+            "student": {k: s[k] for k in ("backend", "precision", "p50_ms")},
             "measured": "interleaved in one run",
         },
         "torch_speedup_vs_teacher": _same_backend(profile, "torch-cpu", bs),
@@ -88,6 +81,9 @@ def summarize(profile: dict) -> dict:
         "param_compression": teacher["params"] / student["params"],
         "flops_compression": teacher["flops"] / student["flops"] if student["flops"] else None,
         "size_compression": teacher["size_bytes"] / smallest,
+        "fastest_forms": forms["student"],
+        "shipped": shipping.shipped_form(profile, max_drop, ship_batch),
+        "upsets": shipping.upsets(profile, ship_batch),
     }
 
 
@@ -136,7 +132,9 @@ def build_report(
         export=export.root,
         models=[ModelRow(**row) for row in profile["models"]],
         latency=[LatencyRow(**e) for e in profile["latency"]],
-        summary=Summary(**summarize(profile)),
+        summary=Summary(
+            **summarize(profile, cfg.export.max_accuracy_drop / 100, cfg.profile.ship_batch)
+        ),
         skipped_backends=profile.get("skipped_backends", []),
         profile_settings=profile["settings"],
         environment=profile["environment"],

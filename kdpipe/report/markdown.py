@@ -58,7 +58,7 @@ def _cpu_detail(env: dict) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    sections = (_headline, _models, _latency, _parity, _notes, _environment)
+    sections = (_headline, _shipping, _models, _latency, _parity, _openvino, _notes, _environment)
     return "\n".join(line for section in sections for line in section(r))
 
 
@@ -81,6 +81,30 @@ def _headline(r: dict) -> list[str]:
         f"| FLOPs / image | {t['flops']:,} | {st['flops']:,} |",
         f"| weights file | {_mb(t['size_bytes'])} | {_mb(st['size_bytes'])} |",
     ]
+
+
+def _shipping(r: dict) -> list[str]:
+    """The form the bundle ships and the fastest allowed form at each batch size."""
+    s = r["summary"]
+    forms = s.get("fastest_forms") or []
+    if not forms:
+        return []
+    lines = ["", "## Form to ship", ""]
+    shipped = s.get("shipped")
+    if shipped:
+        lines += [
+            f"bundle.json ships **{shipped['precision']} on {shipped['backend']}**: "
+            f"{shipped['p50_ms']:.3f} ms p50 at batch {shipped['batch_size']}, top-1 "
+            f"{_pct(shipped['accuracy'])}, the fastest CPU form within the allowed accuracy drop.",
+            "",
+        ]
+    lines += ["| batch | fastest allowed form | p50 ms | top-1 |", "|---|---|---|---|"]
+    for f in forms:
+        lines.append(
+            f"| {f['batch_size']} | {f['backend']} {f['precision']} | {f['p50_ms']:.3f} | "
+            f"{_pct(f['accuracy'])} |"
+        )
+    return lines + [""] + [f"- {u}" for u in s.get("upsets") or []]
 
 
 def _models(r: dict) -> list[str]:
@@ -139,6 +163,27 @@ def _parity(r: dict) -> list[str]:
             f"validation split (limit {100 * guard['max_drop']:.2f} pt); layers kept in FP32: {kept}; "
             f"final drop {100 * guard['final_drop']:.2f} pt.",
         ]
+    return lines
+
+
+def _openvino(r: dict) -> list[str]:
+    """Parity of each file as OpenVINO runs it, with the precision it computed in."""
+    rows = [(p, x["openvino"]) for p, x in r["export"].items() if x.get("openvino")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "OpenVINO runs the same files (float layers in the precision it picks for this CPU):",
+        "",
+        "| file | computed in | max abs Δlogit | top-1 agreement | top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for precision, ov in rows:
+        p = ov["parity"]
+        lines.append(
+            f"| {precision} | {ov['inference_precision']} | {p['max_abs_diff']:.2e} | "
+            f"{_pct(p['top1_agreement'])} | {_pct(p['accuracy'])} |"
+        )
     return lines
 
 

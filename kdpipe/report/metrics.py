@@ -6,6 +6,8 @@ Keys (docs/report-schema.md):
     <model>.<backend>.<precision>.bs<N>.<stat>       p50_ms, p95_ms, p99_ms, mean_ms, throughput, cv, ...
     <model>.<backend>.<precision>.<fact>             accuracy, agreement_with_teacher, size_bytes
     export.<precision>.<fact>                        top1_agreement, max_abs_diff, accuracy, accuracy_drop_vs_fp32
+    export.<precision>.openvino.<fact>               top1_agreement, max_abs_diff, accuracy
+    shipped.<fact>                                   p50_ms, accuracy, batch_size: the bundle's form
 """
 
 from __future__ import annotations
@@ -61,10 +63,24 @@ def flatten_metrics(report: dict) -> dict[str, float]:
             m[f"{latency_key(e)}.{k}"] = float(e[k])
         for k, v in e.get("device", {}).items():  # GPU backends: CUDA-event device time
             m[f"{latency_key(e)}.device.{k}"] = float(v)
-    for precision, x in report.get("export", {}).items():
-        p = x["parity"]
-        for k in ("top1_agreement", "max_abs_diff", "accuracy"):
-            m[f"export.{precision}.{k}"] = float(p[k])
+    m.update(_export_metrics(report.get("export", {})))
+    shipped = report["summary"].get("shipped")
+    for k in ("p50_ms", "accuracy", "batch_size"):
+        if shipped:
+            m[f"shipped.{k}"] = float(shipped[k])
+    return m
+
+
+def _export_metrics(export: dict) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for precision, x in export.items():
+        for where, parity in (
+            ("", x["parity"]),
+            (".openvino", (x.get("openvino") or {}).get("parity")),
+        ):
+            for k in ("top1_agreement", "max_abs_diff", "accuracy"):
+                if parity:
+                    m[f"export.{precision}{where}.{k}"] = float(parity[k])
         m[f"export.{precision}.accuracy_drop_vs_fp32"] = float(x["accuracy_drop_vs_fp32"])
         m[f"export.{precision}.size_bytes"] = float(x["size_bytes"])
     return m

@@ -37,6 +37,11 @@ class Parity(_Closed):
     reference_accuracy: float
 
 
+class OpenVinoParity(_Closed):
+    inference_precision: str = Field(description="what OpenVINO computed float layers in")
+    parity: Parity
+
+
 class ExportedFile(BaseModel):
     """One exported ONNX file and its parity; how it was made (exporter, opset, the FP16
     conversion or INT8 quantization and its guard) varies with the precision."""
@@ -44,7 +49,8 @@ class ExportedFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file: str
     size_bytes: int
-    parity: Parity
+    parity: Parity = Field(description="on onnxruntime")
+    openvino: OpenVinoParity | None = None
     accuracy_drop_vs_fp32: float | None = None
 
 
@@ -134,6 +140,14 @@ class Form(_Closed):
     p50_ms: float
 
 
+class FastestForm(_Closed):
+    batch_size: int
+    backend: str
+    precision: str
+    p50_ms: float
+    accuracy: float
+
+
 class SpeedupBasis(_Closed):
     batch_size: int
     teacher: Form
@@ -151,6 +165,16 @@ class Summary(_Closed):
     param_compression: float
     flops_compression: float | None
     size_compression: float
+    fastest_forms: list[FastestForm] = Field(
+        default_factory=list,
+        description="per batch size, the student's fastest form within the allowed accuracy drop",
+    )
+    shipped: FastestForm | None = Field(
+        None, description="the bundle's default: the fastest CPU form at profile.ship_batch"
+    )
+    upsets: list[str] = Field(
+        default_factory=list, description="where INT8 lost to FP32 or a runtime to another"
+    )
 
 
 class StageTime(_Closed):

@@ -56,3 +56,13 @@ def print_summary(r: dict, console: Console) -> None:
             " smaller",
         )
     )
+    shipped = s.get("shipped")
+    if shipped:
+        console.print(
+            Text.assemble(
+                "ship ",
+                (f"{shipped['precision']} on {shipped['backend']}", "bold"),
+                f": {shipped['p50_ms']:.3f} ms p50 at batch {shipped['batch_size']}",
+                *(f"; {u}" for u in s.get("upsets") or []),
+            )
+        )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from kdpipe.core import ui
 from kdpipe.data.loader import WorkerLoader
@@ -38,6 +40,17 @@ def predict_logits(
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
+
+
+def call_logits(
+    predict: Callable[[Tensor], Tensor], dataset: Dataset, batch_size: int = 128
+) -> tuple[Tensor, Tensor]:
+    """Logits and labels for every sample of `dataset`, from a runtime's call (images in)."""
+    out, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        out.append(predict(x))
+        labels.append(y)
+    return torch.cat(out), torch.cat(labels)
 
 
 def top1(logits: Tensor, labels: Tensor) -> float:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdpipe.runtimes import tensorrt
+from kdpipe.runtimes.openvino import OvPredict
 from kdpipe.runtimes.ort import ort_session
 from kdpipe.runtimes.ort_input import read_input
 
@@ -27,8 +28,8 @@ class Target:
     """What is measured: which model, on which backend, in which precision."""
 
     model: str  # teacher | student
-    backend: str  # torch-cpu | torch-cuda | ort-cpu | ort-cuda | ort-tensorrt | tensorrt
-    precision: str  # fp32 | fp16 | int8
+    backend: str  # torch-cpu | torch-cuda | ort-cpu | ort-cuda | ort-tensorrt | ov-cpu | tensorrt
+    precision: str  # fp32 | fp16 | int8 | bf16 (a float file OpenVINO runs in bfloat16)
 
 
 @dataclass
@@ -131,6 +132,16 @@ def ort_runner(
     (weights kept as ONNX external data)."""
     predict = OrtPredict(path, threads, provider, spin)
     spec = {"kind": "ort", "path": str(path), "provider": provider, "threads": threads}
+    size = path.stat().st_size if size_bytes is None else size_bytes
+    return Runner(target, predict, size, spec, timed=predict.timed)
+
+
+def ov_runner(target: Target, path: Path, threads: int, size_bytes: int | None = None) -> Runner:
+    """OpenVINO's runner for one ONNX file; a float file it computes in bf16 is a bf16 target."""
+    predict = OvPredict(path, threads)
+    if target.precision in ("fp32", "fp16") and predict.precision == "bf16":
+        target = Target(target.model, target.backend, "bf16")
+    spec = {"kind": "ov", "path": str(path), "threads": threads}
     size = path.stat().st_size if size_bytes is None else size_bytes
     return Runner(target, predict, size, spec, timed=predict.timed)
 

@@ -19,8 +19,17 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from kdpipe.runtimes import tensorrt
-from kdpipe.runtimes.backends import Runner, Target, ort_runner, tensorrt_predict, torch_predict
+from kdpipe.core import ui
+from kdpipe.core.errors import first_line
+from kdpipe.runtimes import openvino, tensorrt
+from kdpipe.runtimes.backends import (
+    Runner,
+    Target,
+    ort_runner,
+    ov_runner,
+    tensorrt_predict,
+    torch_predict,
+)
 
 
 @dataclass
@@ -159,6 +168,29 @@ class OrtCuda(_Ort):
 @register_backend("ort-tensorrt")
 class OrtTensorrt(_Ort):
     provider = "TensorrtExecutionProvider"
+
+
+@register_backend("ov-cpu")
+class OvCpu(Backend):
+    """OpenVINO on the CPU. A float file it runs in bf16 is a `bf16` row; beside the FP32
+    file the FP16 one is then left out, since it would run as the same bf16 form."""
+
+    def unavailable(self) -> str | None:
+        return openvino.unavailable_reason()
+
+    def runners(self, model: Model, threads: int, alone: bool = False) -> list[Runner]:
+        out = []
+        for precision, path in model.onnx.items():
+            target = Target(model.name, self.name, precision)
+            try:
+                runner = ov_runner(target, path, threads, model.onnx_bytes.get(precision))
+            except RuntimeError as e:  # an operator OpenVINO lacks: the other backends go on
+                ui.warn(f"OpenVINO cannot compile {path.name}: {first_line(e)}; not timed there")
+                continue
+            if precision == "fp16" and runner.target.precision == "bf16" and "fp32" in model.onnx:
+                continue  # the FP32 file in bf16 is this same form
+            out.append(runner)
+        return out
 
 
 @register_backend("tensorrt")

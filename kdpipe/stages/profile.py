@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from kdpipe.core import ui
 from kdpipe.core.config import ProfileConfig, RunConfig
@@ -24,7 +24,7 @@ from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
 from kdpipe.report.model import ProfileResult
-from kdpipe.runtimes.accuracy import agreement, top1
+from kdpipe.runtimes.accuracy import agreement, call_logits, top1
 from kdpipe.runtimes.backends import Runner, Target
 from kdpipe.runtimes.registry import Model, runners_of
 from kdpipe.stages.base import Context, Stage
@@ -46,7 +46,7 @@ def run_profile_stage(
 ) -> dict:
     """Measure every target; write results.json; return it. With `teacher_onnx` the teacher
     is timed on onnxruntime too, beside the student."""
-    p = cfg.profile
+    p = cfg.profile.model_copy(update={"batch_sizes": cfg.profile.run_batch_sizes()})
     threads = p.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     teacher.eval()
@@ -160,14 +160,6 @@ def time_runners(
     return latency, samples
 
 
-def _logits(runner: Runner, dataset: Dataset, batch_size: int = 128) -> tuple[Tensor, Tensor]:
-    out, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        out.append(runner.predict(x))
-        labels.append(y)
-    return torch.cat(out), torch.cat(labels)
-
-
 def _accuracy_and_size(
     data: DataSplits, teacher: nn.Module, student: nn.Module, runners: list[Runner]
 ) -> list[dict]:
@@ -177,7 +169,7 @@ def _accuracy_and_size(
         "teacher": (complexity.parameters(teacher), complexity.flops_per_image(teacher, size)),
         "student": (complexity.parameters(student), complexity.flops_per_image(student, size)),
     }
-    outputs = [(r, *_logits(r, data.test)) for r in runners]
+    outputs = [(r, *call_logits(r.predict, data.test)) for r in runners]
     t_logits = outputs[0][1]  # the first runner is the teacher in torch-cpu
     rows = []
     for runner, logits, labels in outputs:

@@ -6,10 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.core.runs import read_json
+from kdpipe.export.bundle import write_bundle
 from kdpipe.report.build import build_report
 from kdpipe.report.gate import load_report
+from kdpipe.report.shipping import BUNDLE_RUNTIMES
 from kdpipe.report.write import write_reports
 from kdpipe.stages.base import Context, Stage
+
+
+def _ship(ctx: Context, report: dict) -> None:
+    """bundle.json names the form the profile measured fastest (report/shipping.py)."""
+    s = report["summary"]
+    form = s.get("shipped")
+    shipped = None
+    if form is not None:
+        shipped = {
+            "runtime": BUNDLE_RUNTIMES[form["backend"]],
+            "precision": form["precision"],
+            "batch_size": form["batch_size"],
+            "p50_ms": form["p50_ms"],
+            "accuracy": form["accuracy"],
+            "measured_on": report["environment"].get("cpu", ""),
+        }
+    exported = ctx.results["export"]
+    write_bundle(
+        ctx.folder("export"), ctx.data.info, exported.as_json(), ctx.cfg.out_dir(), shipped
+    )
 
 
 class ReportStage(Stage):
@@ -37,6 +59,7 @@ class ReportStage(Stage):
             {"teacher_onnx": teacher_onnx, "tensorrt": read_json(exported / "tensorrt.json")},
         ).as_json()
         write_reports(ctx.run_dir.root, report)
+        _ship(ctx, report)
         return report
 
     def load(self, ctx: Context, folder: Path) -> dict:

@@ -42,6 +42,12 @@ def test_bundle_describes_and_checksums_every_file(first_run) -> None:
     assert pre["color"] == "gray" and pre["resize"] == [32, 32] and len(pre["mean"]) == 3
     meta = {p.key: p.value for p in onnx.load(str(export / "student.fp16.onnx")).metadata_props}
     assert json.loads(meta["class_names"]) == bundle["class_names"]
+    # The form it ships is the one the report measured fastest at batch 1, on a CPU runtime.
+    shipped = json.loads((out / "report.json").read_text())["summary"]["shipped"]
+    runtime = {"ort-cpu": "onnxruntime", "ov-cpu": "openvino"}[shipped["backend"]]
+    assert bundle["shipped"]["runtime"] == runtime and bundle["shipped"]["batch_size"] == 1
+    assert bundle["shipped"]["precision"] == shipped["precision"]
+    assert bundle["shipped"]["model"] in bundle["models"]
 
 
 def _digits_test_pngs(folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -83,7 +89,8 @@ def test_predict_without_torch_matches_pytorch(first_run, tmp_path: Path) -> Non
         [sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True
     )
     assert check.returncode != 0 and "blocked" in check.stderr
-    proc = kdpipe("predict", str(out / "export"), *map(str, paths), "--json", env=env)
+    fp32 = ("--precision", "fp32", "--runtime", "onnxruntime")
+    proc = kdpipe("predict", str(out / "export"), *map(str, paths), "--json", *fp32, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = np.asarray([json.loads(line)["index"] for line in proc.stdout.splitlines()])
     # The same PNGs through torch (resize, scale, normalize) and the PyTorch student: the
@@ -97,9 +104,17 @@ def test_predict_without_torch_matches_pytorch(first_run, tmp_path: Path) -> Non
     # PNG's 8 bits lose little against the 17 grey levels of the training images.
     report = json.loads((out / "report.json").read_text())
     assert abs(np.mean(got == labels) - report["student"]["accuracy"]) < 0.03
+    # The shipped form (the default) and the FP32 file on OpenVINO, still without torch.
+    for form in ((), ("--precision", "fp32", "--runtime", "openvino")):
+        proc = kdpipe("predict", str(out / "export"), *map(str, paths), "--json", *form, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        other = np.asarray([json.loads(line)["index"] for line in proc.stdout.splitlines()])
+        assert np.mean(other == got) >= 0.95, form
+    proc = kdpipe("predict", str(out / "export"), str(paths[0]), "--runtime", "tflite", env=env)
+    assert proc.returncode == 2 and "unknown runtime 'tflite'" in proc.stderr
     # A folder stands for every image file under it (sorted; other files ignored).
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
-    proc = kdpipe("predict", str(out / "export"), str(tmp_path / "imgs"), "--json", env=env)
+    proc = kdpipe("predict", str(out / "export"), str(tmp_path / "imgs"), "--json", *fp32, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_file = {
         json.loads(line)["image"]: json.loads(line)["index"] for line in proc.stdout.splitlines()
@@ -130,13 +145,13 @@ def test_predict_refuses_modified_or_corrupt_models(first_run, tmp_path: Path) -
     Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(img)
     model = bundle / "student.onnx"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 3])  # truncated
-    proc = kdpipe("predict", str(bundle), str(img))
+    proc = kdpipe("predict", str(bundle), str(img), "--precision", "fp32")
     assert proc.returncode == 2 and "does not match its sha256" in proc.stderr
     # A truncated file whose checksum was updated too: onnxruntime itself must refuse it.
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["models"]["fp32"]["sha256"] = file_sha256(model)
     (bundle / "bundle.json").write_text(json.dumps(meta))
-    proc = kdpipe("predict", str(bundle), str(img))
+    proc = kdpipe("predict", str(bundle), str(img), "--precision", "fp32")
     assert proc.returncode == 2 and "onnxruntime cannot load" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
     proc = kdpipe("predict", str(bundle), str(tmp_path / "missing.png"), "--precision", "int8")

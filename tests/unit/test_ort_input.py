@@ -53,7 +53,7 @@ def test_a_foreign_input_name_and_a_fixed_batch(
     fixed = _pool_model(tmp_path / "hf.onnx", "pixel_values", [1, 3, 20, 12])
     r = _run_json(capsys, tmp_path, str(fixed), "--batch-sizes", "1,8")
     # batch 8 is dropped (the file fixes 1), the declared size is used, not 3x224x224
-    assert [e["batch_size"] for e in r["latency"]] == [1]
+    assert {e["batch_size"] for e in r["latency"]} == {1}  # on every backend
     assert r["input_size"] == [3, 20, 12]
     ran = kdpipe_here(capsys, "profile", str(fixed), "--batch-sizes", "8", *QUICK)
     assert ran.returncode == 2
@@ -73,7 +73,8 @@ def test_half_precision_inputs_and_non_image_shapes(
     assert r["input_size"] == [4, 224, 224]
     seq = _pool_model(tmp_path / "seq.onnx", "tokens", ["N", 5, 7])  # (N, C, L): pooled over L
     r = _run_json(capsys, tmp_path, str(seq), "--batch-sizes", "1,3")
-    assert r["input_size"] == [5, 7] and len(r["latency"]) == 2
+    assert r["input_size"] == [5, 7]
+    assert [e["batch_size"] for e in r["latency"] if e["backend"] == "ort-cpu"] == [1, 3]
 
 
 def test_models_it_cannot_feed_are_refused(
