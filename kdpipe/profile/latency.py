@@ -1,10 +1,12 @@
-"""Timing methodology (design.md): warm up, then time every call; interleave models.
+"""Timing methodology: warm up, then time every call, in two passes.
 
-Each measured callable is warmed up (>= `warmup` calls and >= `warmup_seconds`), then all are
-timed in rounds (A B C A B C ...; each round starts with untimed calls that bring the model
-back into the caches) with `time.perf_counter_ns` around every call, so a slow
-spell of the machine hits every model alike and ratios between them survive the noise. A
-callable leaves the rotation once it has >= `min_iters` calls and >= `min_seconds` of timings.
+Interleaved, for ratios: each callable is warmed up (>= `warmup` calls and >= `warmup_seconds`),
+then all are timed in rounds (A B C A B C ...; each round starts with untimed calls that bring
+the model back into the caches), so a slow spell of the machine hits every model alike and
+ratios between them survive the noise. Alone, for absolute figures: each callable in turn in a
+plain loop, as an application running that one model sees it (caches its own, onnxruntime's
+threads spinning between calls). Either pass times each callable until it has >= `min_iters`
+calls and >= `min_seconds` of timings, with `time.perf_counter_ns` around every call.
 """
 
 from __future__ import annotations
@@ -62,6 +64,30 @@ def measure_interleaved(
         active = [k for k in active if len(samples[k]) < min_iters or spent[k] < min_seconds]
         if on_round is not None:
             on_round(len(calls) - len(active), len(calls))
+    return samples
+
+
+def measure_alone(
+    calls: dict[K, Callable[[], object]],
+    warmup: int = 10,
+    warmup_seconds: float = 0.5,
+    min_iters: int = 200,
+    min_seconds: float = 2.0,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[K, list[float]]:
+    """Per-call latencies in milliseconds for every callable, each timed alone in turn."""
+    samples: dict[K, list[float]] = {}
+    for done, (key, fn) in enumerate(calls.items(), start=1):
+        warm_up(fn, warmup, warmup_seconds)
+        out, spent = samples.setdefault(key, []), 0.0
+        while len(out) < min_iters or spent < min_seconds:
+            t0 = time.perf_counter_ns()
+            fn()
+            dt = (time.perf_counter_ns() - t0) / 1e6
+            out.append(dt)
+            spent += dt / 1e3
+        if on_round is not None:
+            on_round(done, len(calls))
     return samples
 
 

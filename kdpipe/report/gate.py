@@ -176,6 +176,10 @@ def confidence_interval(
         bs, t, s = basis["batch_size"], basis["teacher"], basis["student"]
         t_key = f"teacher.{t['backend']}.{t['precision']}.bs{bs}"
         s_key = f"student.{s['backend']}.{s['precision']}.bs{bs}"
+        # the ratio's own samples: both models timed in the same rounds
+        t_key, s_key = (
+            k + ".interleaved" if k + ".interleaved" in samples else k for k in (t_key, s_key)
+        )
         if t_key not in samples or s_key not in samples:
             return None
         dist = bootstrap(samples[t_key], "p50_ms", rng, block) / bootstrap(

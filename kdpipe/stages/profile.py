@@ -22,7 +22,13 @@ from kdpipe.core.config import ProfileConfig, RunConfig
 from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
 from kdpipe.profile import complexity, environment, memory
-from kdpipe.profile.latency import REWARM_CALLS, ROUND_CALLS, measure_interleaved, summarize
+from kdpipe.profile.latency import (
+    REWARM_CALLS,
+    ROUND_CALLS,
+    measure_alone,
+    measure_interleaved,
+    summarize,
+)
 from kdpipe.report.model import ProfileResult
 from kdpipe.runtimes.accuracy import agreement, call_logits, top1
 from kdpipe.runtimes.backends import Runner, Target
@@ -53,21 +59,12 @@ def run_profile_stage(
     student.eval()
     k = data.info.num_classes
     teacher_forms = {"fp32": teacher_onnx} if teacher_onnx is not None else {}
-    runners, skipped = runners_of(
-        [
-            Model("teacher", teacher, cfg.teacher.arch, k, files["teacher"], teacher_forms),
-            Model(
-                "student",
-                student,
-                cfg.student.arch,
-                k,
-                files["student"],
-                dict(onnx_files),
-                plans=dict(plans),
-            ),
-        ],
-        threads,
-    )
+    both = [
+        Model("teacher", teacher, cfg.teacher.arch, k, files["teacher"], teacher_forms),
+        Model("student", student, cfg.student.arch, k, files["student"], dict(onnx_files)),
+    ]
+    both[1].plans = dict(plans)
+    runners, skipped = runners_of(both, threads)
     for s in skipped:
         ui.info(f"profile: {s['backend']} skipped: {s['reason']}")
     models = _accuracy_and_size(data, teacher, student, runners)
@@ -79,7 +76,9 @@ def run_profile_stage(
             row["memory"] = {"batch_size": shape[0], **mem}
 
     sample = next(iter(DataLoader(data.test, batch_size=max(p.batch_sizes))))[0]
-    latency, samples = time_runners(runners, sample, p)
+    latency, samples = time_runners(
+        runners, sample, p, alone=lambda: runners_of(both, threads, alone=True)[0]
+    )
     results = {
         "models": models,
         "latency": latency,
@@ -92,65 +91,58 @@ def run_profile_stage(
     return results
 
 
-def settings_record(p: ProfileConfig, threads: int, alone: bool = False) -> dict:
+def settings_record(p: ProfileConfig, threads: int) -> dict:
     """How the timings were taken, for report.json's `profile_settings`."""
     return {
         **p.model_dump(),
         "threads": threads,
         "timer": "time.perf_counter_ns, end to end (GPU runners synchronize)",
-        # onnxruntime's workers spin inside a call and stop when it returns
-        # (force_spinning_stop), unless one lone ONNX file is timed: then as a plain loop
-        "ort_spinning": "within and between calls" if alone else "within a call",
+        # p50_ms, p95_ms, ...: each model alone in a plain loop, as an application sees it
+        # (onnxruntime's workers spinning between calls); `interleaved`: all models in
+        # rounds, their workers stopping when a call returns, for ratios between them
+        "passes": ["interleaved", "alone"],
+        "ort_spinning": {"alone": "within and between calls", "interleaved": "within a call"},
         # per model and round: untimed calls back to steady state, then the timed ones
         "round": {"rewarm_calls": REWARM_CALLS, "timed_calls": ROUND_CALLS},
     }
 
 
+Timings = dict[tuple[Target, int], tuple[list[float], list[float] | None]]
+INTERLEAVED_STATS = ("p50_ms", "p95_ms", "mean_ms")
+
+
 def time_runners(
-    runners: list[Runner], sample: Tensor, p: ProfileConfig
+    runners: list[Runner],
+    sample: Tensor,
+    p: ProfileConfig,
+    alone: Callable[[], list[Runner]] | None = None,
 ) -> tuple[list[dict], dict[str, list[float]]]:
-    """Time every runner interleaved at each batch size (inputs cut from `sample`): the
-    latency entries of report.json and the raw per-call milliseconds behind them."""
-    latency: list[dict] = []
-    samples: dict[str, list[float]] = {}  # raw per-call ms, for the gate's confidence intervals
-    drawn = [0.0]  # when the bar was last drawn: between rounds, at most every 0.2 s
+    """Time every runner at each batch size (inputs cut from `sample`): interleaved, for the
+    ratios between them, then each alone (`alone()` builds its runners for that: onnxruntime
+    sessions whose threads spin, as an application's do), for absolute figures. The latency
+    entries of report.json (alone, with the interleaved p50/p95/mean beside) and the raw
+    per-call milliseconds behind them (KEY for alone, KEY.interleaved)."""
     with ui.progress(auto_refresh=False) as bar:
-        task = bar.add_task("profile", total=len(p.batch_sizes) * len(runners), rate="", stats="")
-        for i, bs in enumerate(p.batch_sizes):
-            batch = _batch_of(sample, bs)
-            calls: dict[Target, Callable[[], object]] = {
-                r.target: r.timed_call(batch) for r in runners
+        task = bar.add_task("profile", total=2 * len(p.batch_sizes) * len(runners), rate="")
+        mixed = _pass(runners, sample, p, measure_interleaved, (bar, task, 0), "interleaved")
+        solo_runners = alone() if alone is not None else runners
+        done = len(p.batch_sizes) * len(runners)
+        solo = _pass(solo_runners, sample, p, measure_alone, (bar, task, done), "alone")
+    latency: list[dict] = []
+    samples: dict[str, list[float]] = {}
+    for (target, bs), (ms, device_ms) in solo.items():
+        key = f"{target.model}.{target.backend}.{target.precision}.bs{bs}"
+        together = mixed[(target, bs)][0]
+        samples[key] = [round(v, 5) for v in ms]
+        samples[f"{key}.interleaved"] = [round(v, 5) for v in together]
+        entry = {"model": target.model, "backend": target.backend, "precision": target.precision}
+        latency.append({**entry, "batch_size": bs, **summarize(ms, bs)})
+        latency[-1]["interleaved"] = {k: summarize(together, bs)[k] for k in INTERLEAVED_STATS}
+        if device_ms:  # GPU: device time of the same timed calls, beside end-to-end time
+            device = summarize(device_ms[-len(ms) :], bs)
+            latency[-1]["device"] = {
+                k: device[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")
             }
-            for r in runners:  # device clocks hold only this batch size's calls
-                if r.device_ms is not None:
-                    r.device_ms.clear()
-            base, label = i * len(calls), f"batch {bs}"
-
-            def advance(finished: int, total: int, base: int = base, label: str = label) -> None:
-                now = time.perf_counter()
-                draw = finished == total or now - drawn[0] > 0.2
-                bar.update(task, completed=base + finished, stats=label, refresh=draw)
-                if draw:
-                    drawn[0] = now
-
-            timings = measure_interleaved(
-                calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
-            )
-            for target, ms in timings.items():
-                entry = {
-                    "model": target.model,
-                    "backend": target.backend,
-                    "precision": target.precision,
-                }
-                samples[f"{target.model}.{target.backend}.{target.precision}.bs{bs}"] = [
-                    round(v, 5) for v in ms
-                ]
-                latency.append({**entry, "batch_size": bs, **summarize(ms, bs)})
-                clock = next(r.device_ms for r in runners if r.target == target)
-                if clock:  # GPU: device time of the same timed calls, beside end-to-end time
-                    device = summarize(clock[-len(ms) :], bs)
-                    keep = ("p50_ms", "p95_ms", "p99_ms", "mean_ms")
-                    latency[-1]["device"] = {k: device[k] for k in keep}
     for e in latency:
         if e["cv"] > HIGH_CV:
             ui.warn(
@@ -158,6 +150,42 @@ def time_runners(
                 f"varies a lot (cv {e['cv']:.2f}); the machine may be busy"
             )
     return latency, samples
+
+
+def _pass(
+    runners: list[Runner],
+    sample: Tensor,
+    p: ProfileConfig,
+    measure: Callable[..., dict],
+    progress: tuple,
+    label: str,
+) -> Timings:
+    """One timing pass over every batch size: per (target, batch) the call times and, on a
+    GPU, the device times of the same calls."""
+    bar, task, base = progress
+    drawn = [0.0]  # when the bar was last drawn: between rounds, at most every 0.2 s
+    out: Timings = {}
+    for i, bs in enumerate(p.batch_sizes):
+        batch = _batch_of(sample, bs)
+        calls = {r.target: r.timed_call(batch) for r in runners}
+        for r in runners:  # device clocks hold only this batch size's calls
+            if r.device_ms is not None:
+                r.device_ms.clear()
+        start, stats = base + i * len(calls), f"{label}, batch {bs}"
+
+        def advance(finished: int, total: int, start: int = start, stats: str = stats) -> None:
+            now = time.perf_counter()
+            draw = finished == total or now - drawn[0] > 0.2
+            bar.update(task, completed=start + finished, stats=stats, refresh=draw)
+            if draw:
+                drawn[0] = now
+
+        timings = measure(
+            calls, p.warmup, p.warmup_seconds, p.min_iters, p.min_seconds, on_round=advance
+        )
+        for r in runners:
+            out[(r.target, bs)] = (timings[r.target], list(r.device_ms or []) or None)
+    return out
 
 
 def _accuracy_and_size(

@@ -127,7 +127,8 @@ def runners_for(
         _, bundle = load_bundle(path)  # a corrupt bundle.json is one clear line
         runners = []
         for entry in bundle["models"].values():
-            found, _ = _onnx_runners(path / entry["file"], name or path.name or "bundle", threads)
+            label = name or path.name or "bundle"
+            found, _ = _onnx_runners(path / entry["file"], label, threads, alone)
             runners += found
         return runners, Declared(tuple(bundle["input"]["shape"][1:]))
     if path.suffix == ".onnx":
@@ -259,19 +260,39 @@ def _check_takes(runners: list[Runner], x: torch.Tensor) -> None:
             ) from None
 
 
+def _distinct(targets: list[str]) -> dict[str, str]:
+    """Names for files of one name in different folders (a/student.onnx, b/student.onnx): the
+    shortest end of their folder paths that tells them apart, then the name."""
+    files = [Path(t) for t in targets if Path(t).suffix in (".onnx", ".plan")]
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.stem.split(".")[0], []).append(f)
+    out: dict[str, str] = {}
+    for name, group in groups.items():
+        folders = [f.resolve().parent.parts for f in group]
+        if len(set(folders)) < 2:
+            continue
+        depth = 1
+        while len({p[-depth:] for p in folders}) < len(set(folders)):
+            depth += 1
+        for f, parts in zip(group, folders, strict=True):
+            out[str(f)] = "/".join((*parts[-depth:], name)).lstrip("/")
+    return out
+
+
 def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] | None) -> dict:
     threads = p.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     runners: list[Runner] = []
     declared: dict[str, Declared] = {}
-    # A lone ONNX file is timed like a plain loop: its threads may spin between calls.
-    alone = len(targets) == 1 and Path(targets[0]).suffix == ".onnx"
     named: list[tuple[str, str | None]] = []
     for t in targets:
         is_run = (Path(t) / "config.yaml").is_file()
         named += run_dir_targets(Path(t)) if is_run else [(t, None)]
+    distinct = _distinct(targets)
+    named = [(t, name or distinct.get(t)) for t, name in named]
     for t, name in named:
-        found, says = runners_for(t, threads, alone=alone, name=name)
+        found, says = runners_for(t, threads, name=name)
         runners += found
         if says is not None:
             declared[t] = says
@@ -285,7 +306,11 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
     check_input_fits(max(p.batch_sizes), chw)
     sample = torch.randn(max(p.batch_sizes), *chw, generator=torch.Generator().manual_seed(0))
     _check_takes(runners, sample[: p.batch_sizes[0]])
-    latency, samples = time_runners(runners, sample, p)
+
+    def alone() -> list[Runner]:
+        return [r for t, name in named for r in runners_for(t, threads, alone=True, name=name)[0]]
+
+    latency, samples = time_runners(runners, sample, p, alone)
     mem = {}
     if p.memory:
         shape = [max(p.batch_sizes), *chw]
@@ -300,7 +325,7 @@ def profile_targets(targets: list[str], p: ProfileConfig, input_size: list[int] 
             f"{r.target.model}.{r.target.backend}.{r.target.precision}": r.size_bytes
             for r in runners
         },
-        "settings": settings_record(p, threads, alone),
+        "settings": settings_record(p, threads),
         "environment": environment.describe(threads),
         "samples": samples,
     }

@@ -34,14 +34,22 @@ def test_profile_any_mix_of_files(
     got = {(e["model"], e["backend"], e["precision"], e["batch_size"]) for e in r["latency"]}
     for bs in (1, 2):
         assert {("export", "ort-cpu", p, bs) for p in ("fp32", "fp16", "int8")} <= got
+        assert ("export", "ov-cpu", "int8", bs) in got
         assert ("resnet18", "torch-cpu", "fp32", bs) in got
     assert all(e["iters"] >= 10 for e in r["latency"])
     assert all(m["peak_rss_over_baseline_bytes"] > 1_000_000 for m in r["memory"].values())
     assert r["environment"]["threads"] >= 1
-    # How the timings were taken travels with them: interleaved, so no spinning between calls.
+    # How the timings were taken travels with them: interleaved rounds without spinning
+    # between calls, for ratios; then each alone, spinning as an application's would.
     assert r["settings"]["round"] == {"rewarm_calls": REWARM_CALLS, "timed_calls": ROUND_CALLS}
-    assert r["settings"]["ort_spinning"] == "within a call"
-    assert all(e["iters"] % ROUND_CALLS == 0 for e in r["latency"])  # whole rounds, re-warm untimed
+    assert r["settings"]["ort_spinning"] == {
+        "alone": "within and between calls",
+        "interleaved": "within a call",
+    }
+    mixed = {k: v for k, v in r["samples"].items() if k.endswith(".interleaved")}
+    assert len(mixed) == len(r["latency"]) == len(r["samples"]) - len(mixed)
+    assert all(len(v) % ROUND_CALLS == 0 for v in mixed.values())  # whole rounds, re-warm untimed
+    assert all(e["interleaved"]["p50_ms"] > 0 and e["p50_ms"] > 0 for e in r["latency"])
 
 
 def test_lone_onnx_files_are_fed_the_size_they_declare(
@@ -71,13 +79,19 @@ def test_lone_onnx_files_are_fed_the_size_they_declare(
     proc = kdpipe_here(capsys, "profile", onnx_files[0], str(small), *QUICK, env=env)
     assert proc.returncode == 2 and "different input sizes" in proc.stderr
     assert "3,16,16" in proc.stderr and "Traceback" not in proc.stderr
-    # One lone file is timed like a plain loop, its workers spinning between calls too.
+    # A lone file is timed both ways too: its absolute figures come from the plain loop.
     alone = tmp_path / "alone.json"
     proc = kdpipe_here(
         capsys, "profile", str(small), *QUICK, "--no-memory", "--out", str(alone), env=env
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(alone.read_text())["settings"]["ort_spinning"] == "within and between calls"
+    lone = json.loads(alone.read_text())
+    assert {e["backend"] for e in lone["latency"]} >= {"ort-cpu"}
+    assert all(
+        len(lone["samples"][f"{k}.interleaved"]) > 0
+        for k in lone["samples"]
+        if not k.endswith(".interleaved")
+    )
 
 
 def test_profile_refuses_corrupt_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -150,3 +150,14 @@ def test_external_data_counts_in_the_size(
     r = _run_json(capsys, tmp_path, str(path), "--batch-sizes", "1")
     data = (tmp_path / "ext.data").stat().st_size
     assert data >= 80_000 and r["sizes"]["ext.ort-cpu.fp32"] == path.stat().st_size + data
+
+
+def test_files_of_one_name_in_different_folders_are_told_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for folder in ("runs/a/export", "runs/b/export"):
+        (tmp_path / folder).mkdir(parents=True)
+        paths.append(_pool_model(tmp_path / folder / "student.onnx", "x", ["N", 3, 8, 8]))
+    r = _run_json(capsys, tmp_path, *map(str, paths), "--batch-sizes", "1")
+    assert {e["model"] for e in r["latency"]} == {"a/export/student", "b/export/student"}
