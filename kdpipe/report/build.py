@@ -132,6 +132,7 @@ def build_report(
         export=export.root,
         models=[ModelRow(**row) for row in profile["models"]],
         latency=[LatencyRow(**e) for e in profile["latency"]],
+        layers=profile.get("layers", {}),
         summary=Summary(
             **summarize(profile, cfg.export.max_accuracy_drop / 100, cfg.profile.ship_batch)
         ),

@@ -58,7 +58,17 @@ def _cpu_detail(env: dict) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    sections = (_headline, _shipping, _models, _latency, _parity, _openvino, _notes, _environment)
+    sections = (
+        _headline,
+        _shipping,
+        _layers,
+        _models,
+        _latency,
+        _parity,
+        _openvino,
+        _notes,
+        _environment,
+    )
     return "\n".join(line for section in sections for line in section(r))
 
 
@@ -105,6 +115,31 @@ def _shipping(r: dict) -> list[str]:
             f"{_pct(f['accuracy'])} |"
         )
     return lines + [""] + [f"- {u}" for u in s.get("upsets") or []]
+
+
+def _layers(r: dict) -> list[str]:
+    """Where one call of the shipped form, and of each INT8 form, spends its time."""
+    layers = r.get("layers") or {}
+    shipped = r["summary"].get("shipped") or {}
+    first = f"{shipped.get('backend')}.{shipped.get('precision')}"
+    forms = [first] * (first in layers) + [k for k in layers if k.endswith(".int8") and k != first]
+    lines = []
+    for form in forms:
+        backend, _, precision = form.partition(".")
+        lines += [
+            "",
+            f"### Where a call goes: student {backend} {precision}"
+            + (" (shipped)" if form == first else ""),
+            "",
+            "| operator | runs in | share of the call | ms (profiled) | nodes |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['op']} | {row['precision']} | {_pct(row['share'])} | {row['ms']:.3f} | "
+            f"{row['nodes']} |"
+            for row in layers[form]
+        ]
+    return lines
 
 
 def _models(r: dict) -> list[str]:

@@ -121,11 +121,24 @@ class LatencyRow(BaseModel):
     throughput: float
 
 
+class LayerRow(_Closed):
+    """One operator type in one precision, over one call (profile/layers.py)."""
+
+    op: str
+    precision: str = Field(description="int8 | fp32 | bf16 | fp16 | convert (Q/DQ)")
+    ms: float = Field(description="per call, under the runtime's profiler")
+    share: float = Field(description="of the call's operator time")
+    nodes: int
+
+
 class ProfileResult(_Closed):
     """profile/results.json: what the profile stage measured, read back whole or not at all."""
 
     models: list[ModelRow]
     latency: list[LatencyRow]
+    layers: dict[str, list[LayerRow]] = Field(
+        default_factory=dict, description="the student's CPU forms by operator, BACKEND.PRECISION"
+    )
     skipped_backends: list[dict[str, str]]
     settings: Json
     environment: Json
@@ -196,6 +209,7 @@ class Report(_Closed):
     export: dict[str, ExportedFile] = Field(description="the student's ONNX files by precision")
     models: list[ModelRow]
     latency: list[LatencyRow]
+    layers: dict[str, list[LayerRow]] = Field(default_factory=dict)
     summary: Summary
     skipped_backends: list[dict[str, str]]
     profile_settings: Json

@@ -21,6 +21,7 @@ from kdpipe.core import ui
 from kdpipe.core.config import ProfileConfig, RunConfig
 from kdpipe.core.runs import fingerprint, read_json, write_json
 from kdpipe.data import DataSplits
+from kdpipe.export.bundle import FILE_OF_FORM
 from kdpipe.profile import complexity, environment, memory
 from kdpipe.profile.latency import (
     REWARM_CALLS,
@@ -29,6 +30,7 @@ from kdpipe.profile.latency import (
     measure_interleaved,
     summarize,
 )
+from kdpipe.profile.layers import onnxruntime_layers, openvino_layers
 from kdpipe.report.model import ProfileResult
 from kdpipe.runtimes.accuracy import agreement, call_logits, top1
 from kdpipe.runtimes.backends import Runner, Target
@@ -36,6 +38,7 @@ from kdpipe.runtimes.registry import Model, runners_of
 from kdpipe.stages.base import Context, Stage
 from kdpipe.stages.export import FILES, TEACHER_ONNX
 
+LAYER_VIEWS = {"ort-cpu": onnxruntime_layers, "ov-cpu": openvino_layers}
 HIGH_CV = 0.25  # above this spread the machine was probably busy while timing
 
 
@@ -82,6 +85,7 @@ def run_profile_stage(
     results = {
         "models": models,
         "latency": latency,
+        "layers": student_layers(runners, onnx_files, _batch_of(sample, p.ship_batch), threads),
         "skipped_backends": skipped,
         "settings": settings_record(p, threads),
         "environment": environment.describe(threads),
@@ -89,6 +93,20 @@ def run_profile_stage(
     write_json(stage_dir / "results.json", results)
     write_json(stage_dir / "samples.json", samples)
     return results
+
+
+def student_layers(
+    runners: list[Runner], files: dict[str, Path], x: Tensor, threads: int
+) -> dict[str, list[dict]]:
+    """One call of each CPU form of the student, by operator (profile/layers.py), at the
+    batch size it ships at: why a form is as fast as it is."""
+    out = {}
+    for r in runners:
+        t = r.target
+        if t.model == "student" and t.backend in LAYER_VIEWS:
+            path = files[FILE_OF_FORM[t.precision]]
+            out[f"{t.backend}.{t.precision}"] = LAYER_VIEWS[t.backend](path, x.numpy(), threads)
+    return out
 
 
 def settings_record(p: ProfileConfig, threads: int) -> dict:

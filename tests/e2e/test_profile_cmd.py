@@ -199,3 +199,50 @@ def test_a_run_directory_among_other_targets_stands_for_its_models(
     }
     # the run's own report is not touched by a mixed profile
     assert json.loads((out / "report.json").read_text())["profile_settings"]["min_iters"] != 5
+
+
+def test_int8_slower_than_fp32_ships_fp32_and_says_why(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Forced: every INT8 call takes 30 ms longer, on both runtimes. Re-profiling the run
+    must ship a float form, name it in bundle.json, and say in one line that INT8 lost."""
+    import shutil
+    import time
+
+    from kdpipe.runtimes import registry
+
+    out, _, env = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+
+    def slowed(make):  # noqa: ANN001, ANN202
+        def build(target, *args, **kwargs):  # noqa: ANN001, ANN202
+            runner = make(target, *args, **kwargs)
+            if target.precision == "int8":
+                inner = runner.timed_call
+
+                def slow(x):  # noqa: ANN001, ANN202
+                    call = inner(x)
+                    return lambda: (time.sleep(0.03), call())[1]
+
+                runner.timed_call = slow
+            return runner
+
+        return build
+
+    monkeypatch.setattr(registry, "ort_runner", slowed(registry.ort_runner))
+    monkeypatch.setattr(registry, "ov_runner", slowed(registry.ov_runner))
+    proc = kdpipe_here(
+        capsys, "profile", str(run), "--min-iters", "10", "--min-seconds", "0.05", env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    shipped = report["summary"]["shipped"]
+    assert shipped["precision"] in ("fp32", "bf16") and shipped["batch_size"] == 1
+    bundle = json.loads((run / "export" / "bundle.json").read_text())
+    assert bundle["shipped"]["model"] == "fp32"
+    lost = [u for u in report["summary"]["upsets"] if u.startswith("INT8 lost to")]
+    assert lost and all(" at batch 1: " in u for u in lost)
+    ship_line = [line for line in proc.stdout.splitlines() if line.startswith("ship ")]
+    assert len(ship_line) == 1 and "INT8 lost to" in ship_line[0]
+    assert "INT8 lost to" in (run / "report.md").read_text()
