@@ -58,9 +58,24 @@ def _loud_again() -> Iterator[None]:
     ui.set_quiet(False)
 
 
+# Tests that fork ranks or launch process groups run first, while this process has not yet
+# loaded OpenVINO (in-process runs profile on it): after a suite's worth of OpenVINO use, the
+# next fork of pytest's process ended it with SIGSEGV.
+STARTS_PROCESSES_FIRST = {
+    "test_distributed.py",
+    "test_distributed_cli.py",
+    "test_stopping.py",
+    "test_cache.py",
+    "test_inputs.py",
+    "test_nan_guard.py",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/e2e trains models or starts processes: `slow`, so that
     `pytest -m "not slow"` is the quick loop."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
+    forks_first = sorted(items, key=lambda i: i.path.name not in STARTS_PROCESSES_FIRST)
+    items[:] = forks_first

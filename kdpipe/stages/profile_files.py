@@ -99,17 +99,22 @@ def onnx_bytes(path: Path, graph: onnx.GraphProto) -> int:
 
 
 def _onnx_runners(
-    path: Path, name: str, threads: int, alone: bool = False
+    paths: list[Path], name: str, threads: int, alone: bool = False
 ) -> tuple[list[Runner], Declared]:
-    """The file's runner on each onnxruntime backend here, and what its input declares."""
-    try:
-        onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, OSError, ValueError) as e:
-        first = first_line(e)
-        raise ExportError(f"{path} is not a valid ONNX model ({first})", "re-export it") from None
-    graph = _graph(path)
-    precision = onnx_precision(graph)
-    model = Model(name, onnx={precision: path}, onnx_bytes={precision: onnx_bytes(path, graph)})
+    """The runners of one model's ONNX files (one per precision: a bundle's) on each backend
+    here, and what the first file's input declares."""
+    model = Model(name)
+    for path in paths:
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, OSError, ValueError) as e:
+            first = first_line(e)
+            raise ExportError(
+                f"{path} is not a valid ONNX model ({first})", "re-export it"
+            ) from None
+        graph = _graph(path)
+        precision = onnx_precision(graph)
+        model.onnx[precision], model.onnx_bytes[precision] = path, onnx_bytes(path, graph)
     out, _ = runners_of([model], threads, alone)
     ort_cpu = out[0].predict
     assert isinstance(ort_cpu, OrtPredict)  # CPUExecutionProvider is in every build
@@ -125,16 +130,13 @@ def runners_for(
     path = Path(target)
     if path.is_dir() and (path / "bundle.json").is_file():
         _, bundle = load_bundle(path)  # a corrupt bundle.json is one clear line
-        runners = []
-        for entry in bundle["models"].values():
-            label = name or path.name or "bundle"
-            found, _ = _onnx_runners(path / entry["file"], label, threads, alone)
-            runners += found
+        files = [path / entry["file"] for entry in bundle["models"].values()]
+        runners, _ = _onnx_runners(files, name or path.name or "bundle", threads, alone)
         return runners, Declared(tuple(bundle["input"]["shape"][1:]))
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {path} does not exist", "check the path")
-        return _onnx_runners(path, name or path.stem.split(".")[0], threads, alone)
+        return _onnx_runners([path], name or path.stem.split(".")[0], threads, alone)
     if path.suffix == ".plan":
         return _engine_runners(path, name or path.stem, threads)
     if file_model(target):
