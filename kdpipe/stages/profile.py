@@ -141,7 +141,9 @@ def time_runners(
     entries of report.json (alone, with the interleaved p50/p95/mean beside) and the raw
     per-call milliseconds behind them (KEY for alone, KEY.interleaved)."""
     with ui.progress(auto_refresh=False) as bar:
-        task = bar.add_task("profile", total=2 * len(p.batch_sizes) * len(runners), rate="")
+        task = bar.add_task(
+            "profile", total=2 * len(p.batch_sizes) * len(runners), rate="", stats=""
+        )
         mixed = _pass(runners, sample, p, measure_interleaved, (bar, task, 0), "interleaved")
         solo_runners = alone() if alone is not None else runners
         done = len(p.batch_sizes) * len(runners)
