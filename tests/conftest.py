@@ -58,24 +58,28 @@ def _loud_again() -> Iterator[None]:
     ui.set_quiet(False)
 
 
-# Tests that fork ranks or launch process groups run first, while this process has not yet
-# loaded OpenVINO (in-process runs profile on it): after a suite's worth of OpenVINO use, the
-# next fork of pytest's process ended it with SIGSEGV.
-STARTS_PROCESSES_FIRST = {
-    "test_distributed.py",
-    "test_distributed_cli.py",
-    "test_stopping.py",
-    "test_cache.py",
-    "test_inputs.py",
-    "test_nan_guard.py",
-}
+# OpenVINO stays out of pytest's own process, except in the tests marked `openvino`, which
+# run last: after in-process OpenVINO use (a run with a user's model file among them), the next
+# torch work of pytest's process ended it with SIGSEGV, a fork or a training step alike, while
+# with OpenVINO disabled the same tests passed (docs/architecture.md). Runs the tests start as
+# processes of their own use OpenVINO as users' do.
+OPENVINO_KEPT_OUT = "OpenVINO is kept out of pytest's own process (tests/conftest.py)"
+
+
+@pytest.fixture(autouse=True)
+def _openvino_only_where_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("openvino") is None:
+        from kdpipe.runtimes import openvino
+
+        monkeypatch.setattr(openvino, "unavailable_reason", lambda: OPENVINO_KEPT_OUT)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/e2e trains models or starts processes: `slow`, so that
-    `pytest -m "not slow"` is the quick loop."""
+    `pytest -m "not slow"` is the quick loop. Tests that use OpenVINO in this process last."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
-    forks_first = sorted(items, key=lambda i: i.path.name not in STARTS_PROCESSES_FIRST)
-    items[:] = forks_first
+    items[:] = sorted(items, key=lambda i: i.get_closest_marker("openvino") is not None)

@@ -18,8 +18,9 @@ from kdpipe.runtimes.openvino import OvPredict
 
 CALLS = 10  # profiled calls, after as many untimed ones
 SHOWN = 8  # operator types a summary keeps
-# onnxruntime kernels that compute in integers; Quantize/Dequantize convert at their edges
-INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm"}
+# onnxruntime kernels that compute in integers (and every QLinear* one: QLinearAdd, ...);
+# Quantize/Dequantize convert at their edges
+INT8_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul"}
 CONVERSIONS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
@@ -74,7 +75,7 @@ def summarize(rows: list[tuple[str, str, float]], calls: int, unit_ms: float) ->
 
 
 def _ort_precision(op: str) -> str:
-    if op in INT8_OPS:
+    if op in INT8_OPS or op.startswith("QLinear"):
         return "int8"
     return "convert" if op in CONVERSIONS else "fp32"
 

@@ -13,6 +13,7 @@ from tests.e2e.helpers import kdpipe_here
 QUICK = ["--batch-sizes", "1,2", "--min-iters", "10", "--min-seconds", "0.05", "--quiet"]
 
 
+@pytest.mark.openvino
 def test_profile_any_mix_of_files(
     first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,6 +165,7 @@ def test_profile_run_dir_writes_out_and_refuses_input_size(
     assert report["profile_settings"]["round"]["rewarm_calls"] == REWARM_CALLS
 
 
+@pytest.mark.openvino
 def test_a_run_directory_among_other_targets_stands_for_its_models(
     first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

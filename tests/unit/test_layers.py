@@ -50,6 +50,7 @@ def test_onnxruntime_names_the_integer_kernels_and_the_conversions(files) -> Non
     assert ("QLinearConv", "int8") in by_op and ("QuantizeLinear", "convert") in by_op
 
 
+@pytest.mark.openvino
 @pytest.mark.skipif(openvino.unavailable_reason() is not None, reason="OpenVINO unavailable")
 def test_openvino_counters_say_which_convolutions_ran_in_int8(files) -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)

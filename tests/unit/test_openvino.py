@@ -14,7 +14,10 @@ from kdpipe.runtimes import openvino
 from kdpipe.runtimes.backends import Target, ov_runner
 
 REASON = openvino.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"OpenVINO unavailable: {REASON}")
+pytestmark = [
+    pytest.mark.skipif(REASON is not None, reason=f"OpenVINO unavailable: {REASON}"),
+    pytest.mark.openvino,
+]
 INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
 
 
