@@ -36,6 +36,15 @@ def warm_up(fn: Callable[[], object], calls: int, seconds: float) -> None:
         n += 1
 
 
+def timed_call(fn: Callable[[], object], out: list[float]) -> float:
+    """Call `fn` once, append its milliseconds to `out`; return its seconds."""
+    t0 = time.perf_counter_ns()
+    fn()
+    ms = (time.perf_counter_ns() - t0) / 1e6
+    out.append(ms)
+    return ms / 1e3
+
+
 def measure_interleaved(
     calls: dict[K, Callable[[], object]],
     warmup: int = 10,
@@ -56,11 +65,7 @@ def measure_interleaved(
             for _ in range(REWARM_CALLS):
                 fn()
             for _ in range(ROUND_CALLS):
-                t0 = time.perf_counter_ns()
-                fn()
-                dt = (time.perf_counter_ns() - t0) / 1e6
-                out.append(dt)
-                spent[key] += dt / 1e3
+                spent[key] += timed_call(fn, out)
         active = [k for k in active if len(samples[k]) < min_iters or spent[k] < min_seconds]
         if on_round is not None:
             on_round(len(calls) - len(active), len(calls))
@@ -81,11 +86,7 @@ def measure_alone(
         warm_up(fn, warmup, warmup_seconds)
         out, spent = samples.setdefault(key, []), 0.0
         while len(out) < min_iters or spent < min_seconds:
-            t0 = time.perf_counter_ns()
-            fn()
-            dt = (time.perf_counter_ns() - t0) / 1e6
-            out.append(dt)
-            spent += dt / 1e3
+            spent += timed_call(fn, out)
         if on_round is not None:
             on_round(done, len(calls))
     return samples

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from kdpipe.data.splits import DataInfo
-from kdpipe.export.onnx import export_onnx
-from kdpipe.models import create
 from kdpipe.runtimes import openvino
 from kdpipe.runtimes.backends import Target, ov_runner
 
@@ -18,20 +13,10 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"OpenVINO unavailable: {REASON}"),
     pytest.mark.openvino,
 ]
-INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
-    torch.manual_seed(0)
-    model = create("resnet18", 10).eval()
-    path = tmp_path_factory.mktemp("ov") / "m.onnx"
-    export_onnx(model, INFO, path)
-    return model, path
-
-
-def test_forced_f32_matches_pytorch_and_the_default_precision_is_reported(exported) -> None:
-    model, path = exported
+def test_forced_f32_matches_pytorch_and_the_default_precision_is_reported(onnx_model) -> None:
+    model, path = onnx_model
     x = torch.randn(5, 3, 32, 32)
     expected = model(x).detach()
     f32 = openvino.compile_file(path, threads=2, f32=True)
@@ -48,8 +33,8 @@ def test_forced_f32_matches_pytorch_and_the_default_precision_is_reported(export
     assert default(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_layer_times_name_each_layer_and_its_kernel(exported) -> None:
-    _, path = exported
+def test_layer_times_name_each_layer_and_its_kernel(onnx_model) -> None:
+    _, path = onnx_model
     counted = openvino.OvPredict(path, threads=2, counters=True)
     counted(torch.randn(1, 3, 32, 32))
     rows = counted.layer_times()

@@ -10,23 +10,10 @@ import pytest
 import torch
 
 from kdpipe.core.errors import BackendUnavailable
-from kdpipe.data.splits import DataInfo
-from kdpipe.export.onnx import export_onnx
-from kdpipe.models import create
 from kdpipe.runtimes import tensorrt
 from kdpipe.runtimes.registry import Model, runners_of
 
 TRT_REASON = tensorrt.unavailable_reason()
-INFO = DataInfo("synthetic", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3)
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
-    torch.manual_seed(0)
-    model = create("resnet18", 10).eval()
-    path = tmp_path_factory.mktemp("gpu") / "m.onnx"
-    export_onnx(model, INFO, path)
-    return model, path
 
 
 def test_unavailable_tensorrt_says_why_and_refuses_to_fake() -> None:
