@@ -179,17 +179,16 @@ class OvCpu(Backend):
         return openvino.unavailable_reason()
 
     def runners(self, model: Model, threads: int, alone: bool = False) -> list[Runner]:
-        out = []
-        for precision, path in model.onnx.items():
+        out: list[Runner] = []
+        # FP32 first: where it runs in bf16, the FP16 file would run as that same form
+        for precision, path in sorted(model.onnx.items(), key=lambda kv: kv[0] != "fp32"):
+            if precision == "fp16" and any(r.target.precision == "bf16" for r in out):
+                continue
             target = Target(model.name, self.name, precision)
             try:
-                runner = ov_runner(target, path, threads, model.onnx_bytes.get(precision))
+                out.append(ov_runner(target, path, threads, model.onnx_bytes.get(precision)))
             except RuntimeError as e:  # an operator OpenVINO lacks: the other backends go on
                 ui.warn(f"OpenVINO cannot compile {path.name}: {first_line(e)}; not timed there")
-                continue
-            if precision == "fp16" and runner.target.precision == "bf16" and "fp32" in model.onnx:
-                continue  # the FP32 file in bf16 is this same form
-            out.append(runner)
         return out
 
 

@@ -64,9 +64,16 @@ def run_profile_stage(
     teacher_forms = {"fp32": teacher_onnx} if teacher_onnx is not None else {}
     both = [
         Model("teacher", teacher, cfg.teacher.arch, k, files["teacher"], teacher_forms),
-        Model("student", student, cfg.student.arch, k, files["student"], dict(onnx_files)),
+        Model(
+            "student",
+            student,
+            cfg.student.arch,
+            k,
+            files["student"],
+            dict(onnx_files),
+            plans=dict(plans),
+        ),
     ]
-    both[1].plans = dict(plans)
     runners, skipped = runners_of(both, threads)
     for s in skipped:
         ui.info(f"profile: {s['backend']} skipped: {s['reason']}")
